@@ -1,0 +1,191 @@
+"""Variants: one runnable form of a model, whatever runs it.
+
+A ``Variant`` is what compression returns and what reports measure and explain/ perturbs:
+
+* ``name``     a short label ("original", "int8-onnx", ...),
+* ``format``   how it runs: ``"torch"`` (a PyTorch module) or ``"onnx"`` (an ONNX Runtime session),
+* ``steps``    the compression steps that made it, each a dict with its settings,
+* ``__call__`` a float32 batch tensor in, a float32 output tensor out (CPU), for every format,
+* ``save(dir)`` writes the deployable artifact and ``<name>.variant.json`` (its metadata) into ``dir``;
+  ``load_variant(json_path)`` reads it back.
+
+So a PyTorch module and an ONNX Runtime session are interchangeable wherever a forward function
+is expected (``zoo.evaluate(name, forward=variant)`` for one).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from zoo.cards import write_atomic
+from zoo.errors import SlimlensError
+from zoo.weights import read_state_dict, save_state_dict
+
+METADATA_SUFFIX = ".variant.json"
+
+
+class VariantError(SlimlensError):
+    """A variant cannot be saved, loaded or run."""
+
+
+@dataclass
+class Variant:
+    """Base of every variant: a name, a format, the steps that made it, and a forward call."""
+
+    name: str
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    source: dict[str, Any] = field(default_factory=dict)  # how to rebuild the architecture, e.g. {"zoo": "seed-cnn"}
+    artifact: Path | None = None
+    format: str = "abstract"
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def metadata(self) -> dict[str, Any]:
+        """What ``<name>.variant.json`` holds."""
+        return {
+            "name": self.name,
+            "format": self.format,
+            "steps": self.steps,
+            "source": self.source,
+            "artifact": self.artifact.name if self.artifact else None,
+        }
+
+    def _write_metadata(self, directory: Path, extra: dict[str, Any] | None = None) -> Path:
+        path = directory / f"{self.name}{METADATA_SUFFIX}"
+        write_atomic(path, (json.dumps({**self.metadata(), **(extra or {})}, indent=2) + "\n").encode())
+        return path
+
+
+@dataclass
+class TorchVariant(Variant):
+    """A PyTorch module run eagerly in eval mode and inference mode."""
+
+    module: nn.Module | None = None
+    format: str = "torch"
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.module(batch).float()
+
+    def save(self, directory: str | Path) -> Path:
+        """Write weights as safetensors (with every tensor's shape, so pruned layers rebuild) and metadata."""
+        directory = Path(directory)
+        self.artifact = directory / f"{self.name}.safetensors"
+        sha = save_state_dict(self.module, self.artifact)
+        shapes = {k: list(v.shape) for k, v in self.module.state_dict().items()}
+        return self._write_metadata(directory, {"sha256": sha, "shapes": shapes})
+
+
+@dataclass
+class OnnxVariant(Variant):
+    """An .onnx file run by an ONNX Runtime CPU session (threads fixed so timings are comparable)."""
+
+    threads: int = 1
+    format: str = "onnx"
+    _session: Any = None
+
+    @property
+    def session(self):
+        """The ONNX Runtime session, created on first use."""
+        if self._session is None:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+            try:
+                self._session = ort.InferenceSession(str(self.artifact), options, providers=["CPUExecutionProvider"])
+            except Exception as exc:  # onnxruntime raises its own exception types for bad files
+                raise VariantError(f"ONNX file {self.artifact} cannot be loaded by ONNX Runtime: {str(exc).splitlines()[0]}") from None
+        return self._session
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        session = self.session
+        feed = {session.get_inputs()[0].name: np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)}
+        return torch.from_numpy(session.run(None, feed)[0]).float()
+
+    def save(self, directory: str | Path) -> Path:
+        """Copy the .onnx file into ``directory`` (if elsewhere) and write metadata."""
+        directory = Path(directory)
+        target = directory / f"{self.name}.onnx"
+        if self.artifact is None or not Path(self.artifact).is_file():
+            raise VariantError(f"variant {self.name} has no ONNX file to save")
+        if Path(self.artifact).resolve() != target.resolve():
+            write_atomic(target, Path(self.artifact).read_bytes())
+            self.artifact = target
+            self._session = None
+        return self._write_metadata(directory)
+
+
+def _rebuild_module(source: dict[str, Any]) -> nn.Module:
+    if "zoo" in source:
+        import zoo
+
+        return zoo.build(source["zoo"])
+    if "builder" in source:
+        import importlib
+
+        module_name, _, attr = source["builder"].partition(":")
+        try:
+            return getattr(importlib.import_module(module_name), attr)()
+        except (ImportError, AttributeError) as exc:
+            raise VariantError(f"cannot import builder {source['builder']!r}: {exc}") from None
+    raise VariantError(f"variant metadata names no architecture to rebuild (source={source})")
+
+
+def load_variant(path: str | Path, threads: int = 1) -> Variant:
+    """Load a saved variant from its ``<name>.variant.json`` (or from a folder holding exactly one)."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob(f"*{METADATA_SUFFIX}"))
+        if len(found) != 1:
+            raise VariantError(f"{path} holds {len(found)} variant metadata files; name one *{METADATA_SUFFIX} file")
+        path = found[0]
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise VariantError(f"variant metadata {path} not found") from None
+    except json.JSONDecodeError as exc:
+        raise VariantError(f"variant metadata {path} is not valid JSON ({exc})") from None
+    artifact = path.parent / meta["artifact"] if meta.get("artifact") else None
+    common = {"name": meta["name"], "steps": meta.get("steps", []), "source": meta.get("source", {}), "artifact": artifact}
+    if meta.get("format") == "onnx":
+        return OnnxVariant(**common, threads=threads)
+    if meta.get("format") == "torch":
+        module = _rebuild_module(meta["source"])
+        state = read_state_dict(artifact, expected_sha256=meta.get("sha256"))
+        _fit_shapes(module, state)
+        module.load_state_dict(state)
+        return TorchVariant(**common, module=module.eval())
+    raise VariantError(f"variant {path} has unknown format {meta.get('format')!r}")
+
+
+def _fit_shapes(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Resize parameters and buffers to the saved shapes, so a channel-pruned model rebuilds from its builder."""
+    for key, tensor in state.items():
+        owner_name, _, attr = key.rpartition(".")
+        owner = module.get_submodule(owner_name) if owner_name else module
+        current = getattr(owner, attr, None)
+        if isinstance(current, torch.Tensor) and current.shape != tensor.shape:
+            replacement = torch.empty_like(tensor)
+            if isinstance(current, nn.Parameter):
+                setattr(owner, attr, nn.Parameter(replacement, requires_grad=current.requires_grad))
+            else:
+                owner.register_buffer(attr, replacement)
+    for sub in module.modules():  # keep the layers' own size attributes true to their new weights
+        if isinstance(sub, nn.Conv2d | nn.ConvTranspose2d):
+            w = sub.weight
+            out_ch, in_ch = (w.shape[0], w.shape[1] * sub.groups) if isinstance(sub, nn.Conv2d) else (w.shape[1] * sub.groups, w.shape[0])
+            sub.out_channels, sub.in_channels = out_ch, in_ch
+        elif isinstance(sub, nn.Linear):
+            sub.out_features, sub.in_features = sub.weight.shape
+        elif isinstance(sub, nn.BatchNorm2d | nn.BatchNorm1d):
+            sub.num_features = sub.weight.shape[0] if sub.weight is not None else sub.running_mean.shape[0]

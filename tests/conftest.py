@@ -1,0 +1,28 @@
+"""Shared fixtures: real zoo models and data, small enough to keep the suite fast."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import zoo
+from zoo.cards import TRAINED_DIR
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def mnist_test() -> zoo.datasets.DigitDataset:
+    """The bundled 1,000-image test split."""
+    return zoo.dataset("mnist", "test")
+
+
+@pytest.fixture()
+def trained_copy(tmp_path: Path) -> Path:
+    """A private copy of the shipped weights and cards that a test may damage."""
+    target = tmp_path / "trained"
+    shutil.copytree(TRAINED_DIR, target)
+    return target

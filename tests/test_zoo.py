@@ -1,0 +1,116 @@
+"""The zoo contract: every model loads, reproduces its card, and bad weights are refused clearly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import zoo
+from zoo.cards import weights_path
+from zoo.weights import sha256_file
+
+ALL = zoo.list_models()
+FLOORS = {"seed-cnn": 0.96, "lenet5": 0.96, "resnet-mnist": 0.98, "seed-lstm": 0.96, "softmax-regression": 0.88, "simplenet": 0.90}
+# Same weights, same data: only float summation order may differ across machines and thread counts.
+TOLERANCE = {"accuracy": 0.002, "fd": 0.02, "mse": 0.0005}
+
+
+def test_list_models_names_every_family():
+    assert {"seed-cnn", "lenet5", "resnet-mnist", "seed-lstm", "dcgan-g", "dcgan-d", "seed-autoencoder", "softmax-regression", "simplenet"} <= set(ALL)
+    assert {zoo.card(n).family for n in ALL} == {"cnn", "lstm", "gan", "autoencoder", "mlp"}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_model_reproduces_its_card(name):
+    card = zoo.card(name)
+    model = zoo.load(name)
+    assert not model.training
+    assert card.params == sum(p.numel() for p in model.parameters())
+    assert card.weights["sha256"] == sha256_file(weights_path(name))
+    now = zoo.evaluate(name)
+    metric = card.primary_metric
+    tol = TOLERANCE[metric] * (abs(card.metrics[metric]) if metric == "fd" else 1)
+    assert now[metric] == pytest.approx(card.metrics[metric], abs=tol)
+    if name in FLOORS:
+        assert card.metrics["accuracy"] >= FLOORS[name]
+
+
+def test_gan_card_reports_quality():
+    card = zoo.card("dcgan-g")
+    assert card.metrics["confident_fraction"] >= 0.8
+    # Generated digits sit a few times further from real ones than two real splits, not orders of magnitude.
+    assert card.metrics["fd"] < 20 * card.extra["fd_real_train_vs_test"] + 5
+
+
+def test_card_has_the_promised_fields():
+    card = zoo.card("seed-cnn").to_dict()
+    for key in ("family", "task", "dataset", "input", "class_names", "params", "metrics", "weights", "training"):
+        assert key in card
+    assert card["dataset"]["train_size"] == 4000 and card["dataset"]["test_size"] == 1000
+    assert card["training"]["command"].startswith("slimlens zoo train seed-cnn")
+    assert card["training"]["seconds"] > 0
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(zoo.UnknownModelError, match="no zoo model named 'resnet-9000'"):
+        zoo.load("resnet-9000")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_damaged_weights_are_refused(trained_copy, damage):
+    path = trained_copy / "seed-cnn.safetensors"
+    blob = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(blob[: len(blob) // 2])
+    elif damage == "flip":
+        path.write_bytes(blob[:-10] + bytes(b ^ 0xFF for b in blob[-10:]))
+    else:
+        path.unlink()
+    with pytest.raises(zoo.WeightsError, match="seed-cnn.safetensors"):
+        zoo.load("seed-cnn", root=trained_copy)
+
+
+def test_corrupt_file_with_matching_hash_is_refused(trained_copy):
+    """A file that is not safetensors at all, even with a card updated to its hash, is refused cleanly."""
+    import json
+
+    path = trained_copy / "seed-cnn.safetensors"
+    path.write_bytes(b"not a safetensors file at all")
+    card_file = trained_copy / "seed-cnn.card.json"
+    data = json.loads(card_file.read_text())
+    data["weights"]["sha256"] = sha256_file(path)
+    card_file.write_text(json.dumps(data))
+    with pytest.raises(zoo.WeightsError, match="not a readable safetensors"):
+        zoo.load("seed-cnn", root=trained_copy)
+
+
+def test_cli_reports_corrupt_weights_in_one_line(trained_copy):
+    (trained_copy / "lenet5.safetensors").write_bytes(b"\x00" * 100)
+    result = subprocess.run([sys.executable, "-m", "cli", "zoo", "eval", "lenet5", "--weights-root", str(trained_copy)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "lenet5.safetensors" in lines[0] and "expected" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_zoo_list_shows_every_model():
+    result = subprocess.run([sys.executable, "-m", "cli", "zoo", "list"], capture_output=True, text=True, check=True)
+    for name in ALL:
+        assert name in result.stdout
+    assert "accuracy=" in result.stdout and "fd=" in result.stdout and "mse=" in result.stdout
+
+
+def test_cli_zoo_eval_compares_with_card():
+    result = subprocess.run([sys.executable, "-m", "cli", "zoo", "eval", "seed-cnn"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
+
+
+def test_loaded_model_predicts_a_test_digit(mnist_test):
+    image, label = mnist_test[0]
+    logits = zoo.load("resnet-mnist")(image[None])
+    assert logits.shape == (1, 10) and int(logits.argmax()) == label

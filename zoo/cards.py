@@ -1,0 +1,87 @@
+"""Model cards: what a trained zoo model is and how well it did, stored as JSON beside its weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zoo.errors import WeightsError
+from zoo.registry import spec
+
+TRAINED_DIR = Path(__file__).parent / "trained"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """The facts of one trained zoo model, like torchvision's ``Weights.meta``."""
+
+    name: str
+    family: str
+    task: str
+    description: str
+    dataset: dict[str, Any]
+    input: dict[str, Any]
+    class_names: list[str]
+    params: int
+    metrics: dict[str, Any]
+    primary_metric: str
+    higher_is_better: bool
+    weights: dict[str, Any]
+    training: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def metric(self) -> float:
+        """The value of the card's primary metric."""
+        return float(self.metrics[self.primary_metric])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The card as plain JSON-ready data."""
+        return asdict(self)
+
+
+def card_path(name: str, root: str | Path | None = None) -> Path:
+    """Where the card of ``name`` lives (``root`` defaults to the package's trained/ folder)."""
+    return Path(root or TRAINED_DIR) / f"{name}.card.json"
+
+
+def weights_path(name: str, root: str | Path | None = None) -> Path:
+    """Where the safetensors weights of ``name`` live."""
+    return Path(root or TRAINED_DIR) / f"{name}.safetensors"
+
+
+def card(name: str, root: str | Path | None = None) -> ModelCard:
+    """Read the model card of zoo model ``name``."""
+    spec(name)  # a clear error for an unknown name before looking for files
+    path = card_path(name, root)
+    try:
+        data = json.loads(path.read_text())
+        return ModelCard(**data)
+    except FileNotFoundError:
+        raise WeightsError(f"no model card {path}; train it with `slimlens zoo train {name} --out {path.parent}`") from None
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise WeightsError(f"model card {path} is not a valid card ({exc}); restore it or retrain with `slimlens zoo train {name}`") from None
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_card(model_card: ModelCard, root: str | Path | None = None) -> Path:
+    """Write ``model_card`` as JSON (atomically) and return its path."""
+    path = card_path(model_card.name, root)
+    write_atomic(path, (json.dumps(model_card.to_dict(), indent=2) + "\n").encode())
+    return path

@@ -1,0 +1,106 @@
+"""Task metrics for zoo models and anything that behaves like one.
+
+Every function takes a *forward function* (a batch tensor in, outputs out), so a PyTorch module,
+a compressed variant or an ONNX Runtime session are measured the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+CONFIDENT = 0.9
+GAN_EVAL_SAMPLES = 1000
+GAN_EVAL_SEED = 0
+
+
+@torch.no_grad()
+def batched_outputs(forward: Forward, inputs: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Run ``forward`` over ``inputs`` in batches and concatenate the outputs as a float CPU tensor."""
+    outs = [torch.as_tensor(forward(inputs[i : i + batch_size])).float().cpu() for i in range(0, len(inputs), batch_size)]
+    return torch.cat(outs)
+
+
+def predicted_labels(outputs: torch.Tensor) -> torch.Tensor:
+    """Class indices from logits (batch, C), or from a single probability column (batch, 1) thresholded at 0.5."""
+    if outputs.dim() == 2 and outputs.shape[1] == 1:
+        return (outputs[:, 0] >= 0.5).long()
+    return outputs.argmax(dim=1)
+
+
+def classification_metrics(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
+    """Top-1 accuracy, macro-F1, per-class recall and the confusion matrix (rows: true, columns: predicted)."""
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    confusion.index_put_((labels, predictions), torch.ones_like(labels), accumulate=True)
+    tp = confusion.diag().double()
+    recall = tp / confusion.sum(1).clamp(min=1)
+    precision = tp / confusion.sum(0).clamp(min=1)
+    f1 = torch.where(recall + precision > 0, 2 * recall * precision / (recall + precision), torch.zeros_like(tp))
+    return {
+        "accuracy": float(tp.sum() / len(labels)),
+        "macro_f1": float(f1.mean()),
+        "per_class_recall": [round(float(r), 4) for r in recall],
+        "confusion": confusion.tolist(),
+    }
+
+
+def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (rows are samples)."""
+    a = np.asarray(feats_a, dtype=np.float64)
+    b = np.asarray(feats_b, dtype=np.float64)
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    # tr sqrt(A B) computed as tr sqrt(A^½ B A^½): symmetric, so eigvalsh is exact and stable.
+    w, v = np.linalg.eigh(cov_a)
+    sqrt_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = np.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a)
+    trace_sqrt = np.sqrt(np.clip(inner, 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_sqrt)
+
+
+def generator_metrics(
+    generate: Forward,
+    classifier: torch.nn.Module,
+    real_images: torch.Tensor,
+    latent_vectors: torch.Tensor,
+    reference: Forward | None = None,
+) -> dict:
+    """Fréchet distance in the classifier's penultimate features, confident-digit fraction, and fidelity.
+
+    ``classifier`` must expose ``features`` (penultimate activations) and ``head``; fidelity (mean
+    squared pixel difference) is reported when a ``reference`` generator is given.
+    """
+    fake = batched_outputs(generate, latent_vectors)
+    with torch.no_grad():
+        real_feats = batched_outputs(classifier.features, real_images)
+        fake_feats = batched_outputs(classifier.features, fake)
+        probs = torch.softmax(classifier.head(fake_feats), dim=1)
+    result = {
+        "fd": frechet_distance(real_feats.numpy(), fake_feats.numpy()),
+        "confident_fraction": float((probs.max(1).values >= CONFIDENT).float().mean()),
+        "class_histogram": torch.bincount(probs.argmax(1), minlength=probs.shape[1]).tolist(),
+    }
+    if reference is not None:
+        ref = batched_outputs(reference, latent_vectors)
+        result["fidelity_mse"] = float(((fake - ref) ** 2).mean())
+    return result
+
+
+def discriminator_metrics(discriminate: Forward, real_images: torch.Tensor, fake_images: torch.Tensor) -> dict:
+    """Accuracy of a real-vs-generated discriminator (logit > 0 means real) on balanced real and fake sets."""
+    real_hits = (batched_outputs(discriminate, real_images)[:, 0] > 0).float()
+    fake_hits = (batched_outputs(discriminate, fake_images)[:, 0] <= 0).float()
+    return {
+        "accuracy": float(torch.cat([real_hits, fake_hits]).mean()),
+        "real_recall": float(real_hits.mean()),
+        "fake_recall": float(fake_hits.mean()),
+    }
+
+
+def reconstruction_metrics(reconstruct: Forward, images: torch.Tensor) -> dict:
+    """Mean squared error per pixel between images and their reconstructions."""
+    recon = batched_outputs(reconstruct, images)
+    return {"mse": float(((recon.reshape(images.shape) - images) ** 2).mean())}

@@ -1,0 +1,59 @@
+"""Loading and saving zoo weights: safetensors only, every file checked against its card's sha256."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+from torch import nn
+
+from zoo.cards import write_atomic
+from zoo.errors import WeightsError
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def read_state_dict(path: Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """Read a safetensors state dict, refusing a missing, corrupt or mismatching file with one clear line."""
+    path = Path(path)
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        raise WeightsError(f"weights file {path} is missing; restore it from the repository or retrain the model") from None
+    if expected_sha256 is not None:
+        digest = hashlib.sha256(blob).hexdigest()
+        if digest != expected_sha256:
+            raise WeightsError(
+                f"weights file {path} has sha256 {digest[:16]}…, expected {expected_sha256[:16]}… from its card "
+                "(truncated, corrupt or replaced); restore it or retrain the model"
+            )
+    try:
+        return load_safetensors_bytes(blob)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise WeightsError(f"weights file {path} is not a readable safetensors file ({exc}); restore it or retrain the model") from None
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
+    """Load ``state`` into ``model`` strictly, turning a shape or key mismatch into a WeightsError."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise WeightsError(f"weights file {path} does not fit the architecture: {detail}") from None
+    return model
+
+
+def save_state_dict(model: nn.Module, path: Path) -> str:
+    """Save ``model``'s state dict as safetensors (atomically) and return the file's sha256."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    blob = save_safetensors_bytes(state)
+    write_atomic(Path(path), blob)
+    return hashlib.sha256(blob).hexdigest()
