@@ -6,6 +6,8 @@ A ``Variant`` is what compression returns and what reports measure and explain/ 
 * ``format``   how it runs: ``"torch"`` (a PyTorch module) or ``"onnx"`` (an ONNX Runtime session),
 * ``steps``    the compression steps that made it, each a dict with its settings,
 * ``__call__`` a float32 batch tensor in, a float32 output tensor out (CPU), for every format,
+* ``stand_in``  for a variant without gradients (int8, ONNX): a float ``nn.Module`` that computes the
+  same function (e.g. the dequantized copy), for gradient-based explanations; ``None`` otherwise,
 * ``save(dir)`` writes the deployable artifact and ``<name>.variant.json`` (its metadata) into ``dir``;
   ``load_variant(json_path)`` reads it back.
 
@@ -43,6 +45,7 @@ class Variant:
     steps: list[dict[str, Any]] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=dict)  # how to rebuild the architecture, e.g. {"zoo": "seed-cnn"}
     artifact: Path | None = None
+    stand_in: nn.Module | None = None
     format: str = "abstract"
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:  # pragma: no cover - overridden

@@ -1,0 +1,98 @@
+"""One fine-tuning loop for every family, shared by pruning, quantization-aware training and distillation."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compress.context import CompressionData
+from zoo.training import random_affine
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def task_loss(data: CompressionData, outputs: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor,
+              teacher_outputs: torch.Tensor | None = None) -> torch.Tensor:
+    """The training loss of the task: CE, BCE, reconstruction MSE, or (for a generator) MSE to the original's output."""
+    if data.task == "classification":
+        return F.cross_entropy(outputs, labels)
+    if data.task == "binary-classification":
+        return F.binary_cross_entropy(outputs[:, 0].clamp(1e-7, 1 - 1e-7), labels.float())
+    if data.task == "reconstruction":
+        return F.mse_loss(outputs, inputs)
+    if teacher_outputs is None:
+        raise ValueError(f"fine-tuning a {data.task} model needs the original model as teacher")
+    return F.mse_loss(outputs, teacher_outputs)
+
+
+def finetune(
+    model: nn.Module,
+    data: CompressionData,
+    epochs: float,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    teacher: nn.Module | None = None,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+    after_step: Callable[[nn.Module], None] | None = None,
+    augment: bool = True,
+    progress: Callable[[str], None] = lambda message: None,
+) -> nn.Module:
+    """Train ``model`` in place for ``epochs`` (fractions allowed) on the task, then return it in eval mode.
+
+    ``teacher`` (the original model) supplies targets for generators and for ``loss_fn``;
+    ``loss_fn(outputs, inputs, labels, teacher_outputs)`` replaces the task loss (distillation);
+    ``after_step(model)`` runs after every optimiser step (pruning re-applies its masks there).
+    A generator trains on fresh latent vectors, 4,000 per epoch, to match its original.
+    """
+    gen = torch.Generator().manual_seed(data.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    n = len(data.train)
+    steps = max(1, math.ceil(epochs * n / batch_size))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    if teacher is not None:
+        teacher = teacher.eval()
+    model.train()
+    step = 0
+    while step < steps:
+        order = torch.randperm(n, generator=gen)
+        for i in range(0, n, batch_size):
+            if step >= steps:
+                break
+            idx = order[i : i + batch_size]
+            labels = data.train.labels[idx]
+            if data.task == "generation":
+                inputs = torch.randn(len(idx), data.input_shape[0], generator=gen)
+            else:
+                inputs = data.train.images[idx]
+                if augment and data.task in ("classification", "binary-classification"):
+                    inputs = random_affine(inputs, gen)
+            teacher_out = None
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_out = teacher(inputs)
+            outputs = model(inputs)
+            if loss_fn is not None:
+                loss = loss_fn(outputs, inputs, labels, teacher_out)
+            else:
+                loss = task_loss(data, outputs, inputs, labels, teacher_out)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if after_step is not None:
+                after_step(model)
+            step += 1
+            if step % 50 == 0 or step == steps:
+                progress(f"fine-tune step {step}/{steps} loss {loss.item():.4f}")
+    return model.eval()
+
+
+def clone(model: nn.Module) -> nn.Module:
+    """A deep copy, so a step never changes the model it was given."""
+    return copy.deepcopy(model)

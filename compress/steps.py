@@ -1,0 +1,69 @@
+"""The step registry: a recipe names steps; each maps to a frozen config class and a function.
+
+A step function reads like torchao's ``quantize_(model, config)``::
+
+    def prune_structured(model: nn.Module, config: PruneStructuredConfig, data: CompressionData,
+                         progress=...) -> nn.Module | Variant
+
+It never changes the model it is given. A step returning an ``nn.Module`` (prune, distill, QAT,
+weight sharing) can be followed by more steps; a step returning a ``Variant`` (an int8 ONNX file,
+a compressed-storage artifact) ends its branch of the recipe.
+
+A config class may name ``strength_field`` (e.g. "ratio"): the pipeline's accuracy-aware search
+then tries values of that field and keeps the most compressed result within a tolerated drop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from zoo.errors import SlimlensError
+
+
+@dataclass(frozen=True)
+class Step:
+    """A registered step: its recipe name, config class and function."""
+
+    name: str
+    config_class: type
+    function: Callable[..., Any]
+
+
+_STEPS: dict[str, Step] = {}
+
+
+def register_step(name: str, config_class: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``function`` as recipe step ``name`` configured by ``config_class``."""
+
+    def wrap(function: Callable[..., Any]) -> Callable[..., Any]:
+        _STEPS[name] = Step(name, config_class, function)
+        return function
+
+    return wrap
+
+
+def get_step(name: str) -> Step:
+    """The registered step called ``name``."""
+    _import_steps()
+    try:
+        return _STEPS[name]
+    except KeyError:
+        raise SlimlensError(f"unknown recipe step {name!r}; known steps: {', '.join(sorted(_STEPS))}") from None
+
+
+def list_steps() -> list[str]:
+    """Names of all registered steps."""
+    _import_steps()
+    return sorted(_STEPS)
+
+
+def _import_steps() -> None:
+    import importlib
+
+    for module in ("compress.quantize", "compress.prune", "compress.sharing", "compress.distill", "compress.export"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:  # a missing dependency inside a step module is a real error
+                raise
