@@ -1,0 +1,196 @@
+"""ONNX export with a dynamic batch axis, and the parity check of a variant against its PyTorch original.
+
+>>> import zoo, tempfile
+>>> from compress.export import export_onnx, check_parity
+>>> from compress.variant import OnnxVariant
+>>> model = zoo.load("seed-cnn")
+>>> images = zoo.dataset("mnist", "test").images[:64]
+>>> path = export_onnx(model, images[:2], tempfile.mkdtemp() + "/seed-cnn.onnx")
+>>> check_parity(model, OnnxVariant("fp32-onnx", artifact=path), images)["passed"]
+True
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import onnx
+import torch
+from torch import nn
+
+from compress.context import CompressionData
+from compress.steps import register_step
+from compress.variant import OnnxVariant
+from zoo import metrics
+from zoo.errors import SlimlensError
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+EXPORTERS = ("dynamo", "legacy")
+EXPORTER_KEY = "slimlens.exporter"  # metadata_props entry naming the exporter that wrote the file
+INPUT_NAME, OUTPUT_NAME = "input", "output"
+
+
+class ExportError(SlimlensError):
+    """A model could not be exported to ONNX; ``attempts`` maps each exporter tried to its failure reason."""
+
+    def __init__(self, model: str, attempts: dict[str, str]):
+        self.model = model
+        self.attempts = attempts
+        reasons = "; ".join(f"{exporter}: {reason}" for exporter, reason in attempts.items())
+        super().__init__(f"cannot export {model} to ONNX ({reasons})")
+
+    def record(self) -> dict[str, Any]:
+        """The failure as a JSON-ready dict, for results.json."""
+        return {"exported": False, "model": self.model, "attempts": self.attempts}
+
+
+def export_onnx(
+    module: nn.Module,
+    example_input: torch.Tensor,
+    path: str | Path,
+    opset: int = 18,
+    exporter: str = "auto",
+) -> Path:
+    """Export ``module`` (float32 in, float32 out) to a self-contained ``.onnx`` file whose batch axis is dynamic.
+
+    ``exporter`` is "dynamo" (torch.export based), "legacy" (TorchScript based, deprecated) or "auto":
+    dynamo first, legacy if dynamo fails. The exporter used is stored in the file's metadata
+    (``onnx_exporter(path)``); if every exporter fails an ``ExportError`` lists each one's reason.
+    """
+    if exporter not in (*EXPORTERS, "auto"):
+        raise SlimlensError(f"unknown ONNX exporter {exporter!r}; use one of: auto, {', '.join(EXPORTERS)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = copy.deepcopy(module).eval()  # exporting may trace hooks into the module; keep the caller's untouched
+    # torch.export specialises size-1 dimensions, so a batch of 1 would freeze the batch axis.
+    example = example_input if example_input.shape[0] > 1 else example_input.expand(2, *example_input.shape[1:])
+    attempts: dict[str, str] = {}
+    for name in EXPORTERS if exporter == "auto" else (exporter,):
+        try:
+            _EXPORT[name](model, example.contiguous(), path, opset)
+            onnx.checker.check_model(str(path))
+        except Exception as exc:  # exporters raise many unrelated types; each reason is kept and reported
+            attempts[name] = _first_line(exc)
+            continue
+        _tag_exporter(path, name, attempts)
+        return path
+    raise ExportError(type(module).__name__, attempts)
+
+
+def onnx_exporter(path: str | Path) -> dict[str, str]:
+    """Which exporter wrote ``path`` and why earlier ones were skipped, from its metadata."""
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return {k.removeprefix("slimlens."): v for k, v in props.items() if k.startswith("slimlens.")}
+
+
+def _export_dynamo(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    batch = torch.export.Dim("batch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation chatter from torch internals, not about this model
+        torch.onnx.export(
+            model, (example,), str(path), dynamo=True, opset_version=opset, verbose=False, external_data=False,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},),
+        )
+
+
+def _export_legacy(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter always warns that it is deprecated; we record its use
+        torch.onnx.export(
+            model, (example,), str(path), dynamo=False, opset_version=opset,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
+
+
+_EXPORT = {"dynamo": _export_dynamo, "legacy": _export_legacy}
+
+
+def _tag_exporter(path: Path, exporter: str, skipped: dict[str, str]) -> None:
+    proto = onnx.load(str(path))
+    onnx.helper.set_model_props(proto, {EXPORTER_KEY: exporter, **{f"slimlens.{k}_failed": v for k, v in skipped.items()}})
+    onnx.save(proto, str(path))
+
+
+def _first_line(exc: BaseException) -> str:
+    while exc.__cause__ is not None:  # the dynamo exporter wraps the informative error (e.g. an op with no ONNX function)
+        exc = exc.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # drop terminal colour codes
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else 'no message'}"
+
+
+def check_parity(
+    reference: Forward,
+    variant: Forward,
+    inputs: torch.Tensor,
+    atol: float | None = 1e-4,
+    rtol: float = 1e-4,
+    min_agreement: float = 1.0,
+    batch_size: int = 256,
+) -> dict[str, Any]:
+    """Compare ``variant``'s outputs with ``reference``'s on ``inputs`` (e.g. the test split).
+
+    Passes when ``max_abs_diff <= atol + rtol * max|reference|`` (skipped with ``atol=None``, as for
+    lossy int8 variants) and, for classifier outputs (batch, classes), when the fraction of
+    inputs whose predicted class agrees is at least ``min_agreement``.
+    """
+    ref = metrics.batched_outputs(reference, inputs, batch_size)
+    out = metrics.batched_outputs(variant, inputs, batch_size)
+    if ref.shape != out.shape:
+        return {"passed": False, "reason": f"output shape {tuple(out.shape)} differs from reference {tuple(ref.shape)}",
+                "samples": len(inputs)}
+    diff = (ref - out).abs()
+    result: dict[str, Any] = {
+        "samples": len(inputs),
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "argmax_agreement": None,
+        "tolerance": {"atol": atol, "rtol": rtol, "min_agreement": min_agreement},
+    }
+    failures = []
+    if atol is not None:
+        bound = atol + rtol * float(ref.abs().max())
+        if result["max_abs_diff"] > bound:
+            failures.append(f"max abs diff {result['max_abs_diff']:.3g} > {bound:.3g}")
+    if ref.dim() == 2:  # classifier logits or a single probability column
+        agreement = float((metrics.predicted_labels(ref) == metrics.predicted_labels(out)).double().mean())
+        result["argmax_agreement"] = agreement
+        if agreement < min_agreement:
+            failures.append(f"argmax agreement {agreement:.4f} < {min_agreement}")
+    result["passed"] = not failures
+    if failures:
+        result["reason"] = "; ".join(failures)
+    return result
+
+
+def parity_inputs(data: CompressionData, n: int | None = None) -> torch.Tensor:
+    """The inputs a parity check uses: the test split (or its first ``n``), or fixed latents for a generator."""
+    if data.task == "generation":
+        return data.inputs(n or 256, seed=0)
+    return data.test.images if n is None else data.test.images[:n]
+
+
+@dataclass(frozen=True)
+class ExportOnnxConfig:
+    """Export the model as float32 ONNX (dynamic batch axis), run by ONNX Runtime."""
+
+    opset: int = 18
+    name: str = "fp32-onnx"
+    exporter: str = "auto"  # "dynamo", "legacy" or "auto" (dynamo, falling back to legacy)
+
+
+@register_step("export_onnx", ExportOnnxConfig)
+def export_onnx_step(model: nn.Module, config: ExportOnnxConfig, data: CompressionData,
+                     progress: Callable[[str], None] = lambda message: None) -> OnnxVariant:
+    """Export ``model`` to fp32 ONNX and return it as an ``OnnxVariant`` (the file lives in a temp folder until saved)."""
+    progress(f"exporting {data.model_name} to ONNX (opset {config.opset})")
+    path = export_onnx(model, data.example_input(2), Path(tempfile.mkdtemp(prefix="slimlens-")) / f"{config.name}.onnx",
+                       opset=config.opset, exporter=config.exporter)
+    step = {"step": "export_onnx", **asdict(config), "exported_with": onnx_exporter(path)}
+    return OnnxVariant(name=config.name, steps=[step], source=dict(data.source), artifact=path)

@@ -1,0 +1,73 @@
+"""ONNX export of real zoo models: parity with PyTorch, dynamic batch, save/load, and failures that say why."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import zoo
+from compress import load_variant
+from compress.context import data_for
+from compress.export import ExportError, ExportOnnxConfig, check_parity, export_onnx, export_onnx_step, parity_inputs
+from compress.steps import get_step
+from compress.variant import OnnxVariant
+
+
+@pytest.mark.parametrize("name", ["seed-cnn", "seed-lstm", "dcgan-g", "resnet-mnist"])
+def test_fp32_export_matches_pytorch_on_the_test_split(name, tmp_path):
+    model = zoo.load(name)
+    data = data_for(name)
+    variant = export_onnx_step(model, ExportOnnxConfig(), data)
+    parity = check_parity(model, variant, parity_inputs(data, 256))
+    assert parity["passed"], parity
+    assert parity["max_abs_diff"] < 1e-3
+    if data.task == "classification":
+        assert parity["argmax_agreement"] == 1.0
+    assert variant.steps[0]["exported_with"]["exporter"] in ("dynamo", "legacy")
+    assert variant(data.example_input(3)).shape[0] == 3  # the batch axis is dynamic
+    loaded = load_variant(variant.save(tmp_path))
+    assert torch.equal(loaded(data.example_input(5)), variant(data.example_input(5)))
+
+
+def test_export_step_is_registered_and_leaves_the_model_untouched():
+    model = zoo.load("seed-cnn")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    variant = get_step("export_onnx").function(model, ExportOnnxConfig(name="cnn-onnx", exporter="legacy"), data_for("seed-cnn"))
+    assert variant.name == "cnn-onnx" and variant.steps[0]["exported_with"] == {"exporter": "legacy"}
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not model.training
+
+
+def test_parity_check_fails_on_a_different_model(mnist_test):
+    model = zoo.load("seed-cnn")
+    wrong = zoo.build("seed-cnn").eval()  # untrained weights
+    parity = check_parity(model, wrong, mnist_test.images[:128])
+    assert not parity["passed"]
+    assert "max abs diff" in parity["reason"] and "argmax agreement" in parity["reason"]
+    assert parity["argmax_agreement"] < 0.5
+
+
+class _NoOnnxOp(torch.nn.Module):
+    """A symmetric eigen-decomposition has no ONNX operator, so every exporter must refuse it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x[:, 0]
+        return torch.linalg.eigvalsh(rows @ rows.transpose(-1, -2))
+
+
+def test_a_failed_export_names_each_exporter_and_its_reason(tmp_path):
+    with pytest.raises(ExportError) as info:
+        export_onnx(_NoOnnxOp(), torch.rand(2, 1, 28, 28), tmp_path / "bad.onnx")
+    record = info.value.record()
+    assert record["exported"] is False and set(record["attempts"]) == {"dynamo", "legacy"}
+    assert "eigvalsh" in record["attempts"]["legacy"] and "eigh" in record["attempts"]["dynamo"]
+
+
+def test_unknown_exporter_is_refused(tmp_path):
+    with pytest.raises(zoo.SlimlensError, match="unknown ONNX exporter"):
+        export_onnx(zoo.load("seed-cnn"), torch.rand(2, 1, 28, 28), tmp_path / "x.onnx", exporter="tflite")
+
+
+def test_onnx_variant_of_a_missing_file_is_an_error(tmp_path):
+    with pytest.raises(zoo.SlimlensError, match="no ONNX file"):
+        OnnxVariant("ghost", artifact=tmp_path / "missing.onnx").save(tmp_path)
