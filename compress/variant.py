@@ -160,6 +160,11 @@ def load_variant(path: str | Path, threads: int = 1) -> Variant:
         raise VariantError(f"variant metadata {path} is not valid JSON ({exc})") from None
     artifact = path.parent / meta["artifact"] if meta.get("artifact") else None
     common = {"name": meta["name"], "steps": meta.get("steps", []), "source": meta.get("source", {}), "artifact": artifact}
+    if meta.get("loader"):  # an artifact with its own reader (e.g. int8 weights) names it as "module:function"
+        import importlib
+
+        module_name, _, attr = meta["loader"].partition(":")
+        return getattr(importlib.import_module(module_name), attr)(meta, common)
     if meta.get("format") == "onnx":
         return OnnxVariant(**common, threads=threads)
     if meta.get("format") == "torch":
@@ -192,3 +197,5 @@ def _fit_shapes(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
             sub.out_features, sub.in_features = sub.weight.shape
         elif isinstance(sub, nn.BatchNorm2d | nn.BatchNorm1d):
             sub.num_features = sub.weight.shape[0] if sub.weight is not None else sub.running_mean.shape[0]
+        elif isinstance(sub, nn.LSTM):  # hidden units removed by structured pruning
+            sub.hidden_size, sub.input_size = sub.weight_hh_l0.shape[1], sub.weight_ih_l0.shape[1]

@@ -1,0 +1,244 @@
+"""Pruning steps: structured channel pruning (Torch-Pruning) and gradual unstructured magnitude pruning.
+
+>>> import zoo
+>>> from compress.context import data_for
+>>> from compress.prune import PruneStructuredConfig, prune_structured
+>>> small = prune_structured(zoo.load("seed-cnn"), PruneStructuredConfig(ratio=0.5, epochs=0.05), data_for("seed-cnn"))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+from torch_pruning.pruner.function import LSTMPruner
+
+from compress.context import CompressionData
+from compress.finetune import clone, finetune
+from compress.steps import register_step
+from zoo.errors import SlimlensError
+
+Progress = Callable[[str], None]
+PRUNABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise SlimlensError(f"{name}={value} is out of range; give a fraction in [0, 1), e.g. {name}=0.5")
+
+
+def output_layer(model: nn.Module) -> nn.Module:
+    """The layer that produces the model's output (last Conv/Linear registered): never pruned, so outputs keep their shape."""
+    layers = [m for m in model.modules() if isinstance(m, PRUNABLE)]
+    if not layers:
+        raise SlimlensError(f"{type(model).__name__} has no Conv or Linear layer to prune")
+    return layers[-1]
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(parameters, nonzero parameters) of ``model``."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params), sum(int(torch.count_nonzero(p)) for p in params)
+
+
+def count_macs(model: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass on ``example`` (Torch-Pruning's counter)."""
+    macs, _ = tp.utils.count_ops_and_params(model, example)
+    return int(macs)
+
+
+# ---------------------------------------------------------------- structured (channel) pruning
+
+
+class _LSTMPruner(LSTMPruner):
+    """Torch-Pruning 1.6.1's LSTM pruner slices weight_hh by the wrong rows; this one removes a hidden unit from all four gates."""
+
+    def prune_out_channels(self, layer: nn.LSTM, idxs: list) -> nn.Module:
+        if layer.num_layers != 1:
+            raise SlimlensError("structured pruning supports single-layer LSTMs only; use prune-unstructured")
+        drop = {int(i) for i in idxs}
+        keep = torch.tensor([i for i in range(layer.hidden_size) if i not in drop])
+        gates = torch.cat([keep + g * layer.hidden_size for g in range(4)])  # i, f, g, o blocks
+        for suffix in [""] + (["_reverse"] if layer.bidirectional else []):
+            for attr, dim, index in (("weight_ih_l0", 0, gates), ("weight_hh_l0", 0, gates), ("weight_hh_l0", 1, keep),
+                                     ("bias_ih_l0", 0, gates), ("bias_hh_l0", 0, gates)):
+                if getattr(layer, attr + suffix, None) is not None:
+                    setattr(layer, attr + suffix, self._prune_parameter_and_grad(getattr(layer, attr + suffix), index, dim))
+        layer.hidden_size = len(keep)
+        return layer
+
+
+@dataclass(frozen=True)
+class PruneStructuredConfig:
+    """Remove whole channels (and LSTM hidden units) with Torch-Pruning's dependency graph, fine-tuning between rounds."""
+
+    ratio: float = 0.5  # fraction of channels removed from every prunable group (0.5 → about 4x fewer MACs in convs)
+    steps: int = 3  # prune → fine-tune rounds; the ratio rises linearly over them
+    epochs: float = 2.0  # fine-tuning epochs in total, split evenly over the rounds
+    lr: float = 1e-3
+    importance: str = "l2"  # group magnitude norm: "l1" or "l2"
+    global_pruning: bool = False  # rank channels across layers instead of the same ratio per layer
+    round_to: int | None = None  # keep channel counts multiples of this (SIMD-friendly widths)
+
+    strength_field: ClassVar[str] = "ratio"
+
+    def __post_init__(self) -> None:
+        _check_fraction("ratio", self.ratio)
+        if self.steps < 1:
+            raise SlimlensError(f"steps={self.steps} must be at least 1")
+        if self.importance not in ("l1", "l2"):
+            raise SlimlensError(f"importance={self.importance!r} is unknown; use 'l1' or 'l2'")
+
+
+@register_step("prune-structured", PruneStructuredConfig)
+def prune_structured(model: nn.Module, config: PruneStructuredConfig, data: CompressionData,
+                     progress: Progress = lambda message: None) -> nn.Module:
+    """A narrower dense copy of ``model``: channels removed by group magnitude, coupled layers (skips) kept consistent."""
+    pruned = clone(model).eval()
+    for p in pruned.parameters():
+        p.requires_grad_(True)
+    example = data.example_input(2)
+    importance = tp.importance.GroupMagnitudeImportance(p=1 if config.importance == "l1" else 2)
+    pruner = tp.pruner.BasePruner(
+        pruned, example, importance=importance, pruning_ratio=config.ratio, iterative_steps=config.steps,
+        global_pruning=config.global_pruning, round_to=config.round_to, ignored_layers=[output_layer(pruned)],
+        customized_pruners={nn.LSTM: _LSTMPruner()},
+    )
+    teacher = model.eval() if data.task == "generation" else None  # a generator learns to match its original
+    for step in range(config.steps):
+        pruner.step()
+        progress(f"structured prune round {step + 1}/{config.steps}: {count_params(pruned)[0]:,} params")
+        if config.epochs > 0:
+            finetune(pruned, data, config.epochs / config.steps, lr=config.lr, teacher=teacher, progress=progress)
+    return pruned.eval()
+
+
+# ---------------------------------------------------------------- unstructured (magnitude) pruning
+
+
+def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """(module, parameter name) of every weight matrix magnitude pruning may zero: Conv/Linear weights, LSTM weights."""
+    found: list[tuple[nn.Module, str]] = []
+    for module in model.modules():
+        if isinstance(module, PRUNABLE):
+            found.append((module, "weight"))
+        elif isinstance(module, nn.LSTM):
+            found += [(module, name) for name, _ in module.named_parameters(recurse=False) if name.startswith("weight")]
+    return found
+
+
+def cubic_sparsity(step: int, total: int, final: float, initial: float = 0.0) -> float:
+    """Zhu & Gupta (2017): sparsity rises fast, then slowly, reaching ``final`` at ``step == total``."""
+    if total <= 0 or step >= total:
+        return final
+    return final + (initial - final) * (1 - step / total) ** 3
+
+
+@dataclass(frozen=True)
+class PruneUnstructuredConfig:
+    """Zero the smallest weights on a cubic schedule during fine-tuning; pruned weights stay zero."""
+
+    sparsity: float = 0.9  # fraction of the prunable weights that end at zero
+    epochs: float = 3.0  # fine-tuning epochs in total
+    ramp: float = 0.6  # share of fine-tuning over which sparsity rises; the rest recovers at full sparsity
+    prune_every: int = 10  # optimiser steps between mask updates on the ramp
+    lr: float = 1e-3
+    scope: str = "global"  # "global": one magnitude threshold across layers; "layer": every layer to `sparsity`
+    layer_sparsity: tuple[tuple[str, float], ...] = ()  # per-layer targets by module name (Han et al.), overriding scope
+
+    strength_field: ClassVar[str] = "sparsity"
+
+    def __post_init__(self) -> None:
+        _check_fraction("sparsity", self.sparsity)
+        for name, value in self.layer_sparsity:
+            _check_fraction(f"layer_sparsity[{name}]", value)
+        if self.scope not in ("global", "layer"):
+            raise SlimlensError(f"scope={self.scope!r} is unknown; use 'global' or 'layer'")
+        if not 0.0 < self.ramp <= 1.0:
+            raise SlimlensError(f"ramp={self.ramp} must be in (0, 1]")
+
+
+class _Masks:
+    """Magnitude masks on the prunable weights, held by torch.nn.utils.prune so gradients of pruned weights are zero."""
+
+    def __init__(self, model: nn.Module, config: PruneUnstructuredConfig):
+        names = {module: name for name, module in model.named_modules()}
+        overrides = dict(config.layer_sparsity)
+        unknown = set(overrides) - set(names.values())
+        if unknown:
+            raise SlimlensError(f"layer_sparsity names unknown layers {sorted(unknown)}; layers: {sorted(v for v in names.values() if v)}")
+        self.config = config
+        self.targets = prunable_weights(model)
+        self.share = {(m, p): overrides[names[m]] / config.sparsity if names[m] in overrides and config.sparsity > 0 else None
+                      for m, p in self.targets}
+        for module, pname in self.targets:
+            torch_prune.identity(module, pname)
+
+    def _weight(self, module: nn.Module, pname: str) -> torch.Tensor:
+        return getattr(module, pname + "_orig").detach() * getattr(module, pname + "_mask")
+
+    def update(self, sparsity: float) -> None:
+        """Re-mask so a fraction ``sparsity`` (scaled per layer by its override) of weights is zero; zeros stay zero."""
+        free = [(m, p) for m, p in self.targets if self.share[(m, p)] is None]
+        if self.config.scope == "global" and free:
+            magnitudes = torch.cat([self._weight(m, p).abs().flatten() for m, p in free])
+            threshold = _kth_smallest(magnitudes, sparsity)
+            for m, p in free:
+                self._set(m, p, self._weight(m, p).abs() > threshold)
+        else:
+            for m, p in free:
+                self._set_fraction(m, p, sparsity)
+        for (m, p), share in self.share.items():
+            if share is not None:
+                self._set_fraction(m, p, min(share * sparsity, 0.999))
+
+    def _set_fraction(self, module: nn.Module, pname: str, sparsity: float) -> None:
+        magnitudes = self._weight(module, pname).abs()
+        self._set(module, pname, magnitudes > _kth_smallest(magnitudes.flatten(), sparsity))
+
+    @staticmethod
+    def _set(module: nn.Module, pname: str, keep: torch.Tensor) -> None:
+        getattr(module, pname + "_mask").copy_(keep.to(getattr(module, pname + "_mask").dtype))
+
+    def remove(self) -> None:
+        """Bake the masks into the weights and drop the pruning hooks (``prune.remove``)."""
+        for module, pname in self.targets:
+            torch_prune.remove(module, pname)
+
+
+def _kth_smallest(values: torch.Tensor, fraction: float) -> float:
+    """The magnitude at or below which a ``fraction`` of ``values`` lies (−1 when nothing is to be pruned)."""
+    k = int(round(fraction * values.numel()))
+    return float(values.kthvalue(k).values) if k > 0 else -1.0
+
+
+@register_step("prune-unstructured", PruneUnstructuredConfig)
+def prune_unstructured(model: nn.Module, config: PruneUnstructuredConfig, data: CompressionData,
+                       progress: Progress = lambda message: None) -> nn.Module:
+    """A copy of ``model`` with a fraction ``sparsity`` of its weights zero, fine-tuned; store it with compressed-storage."""
+    pruned = clone(model).eval()
+    for p in pruned.parameters():
+        p.requires_grad_(True)
+    masks = _Masks(pruned, config)
+    teacher = model.eval() if data.task == "generation" else None
+    total_steps = max(1, math.ceil(config.epochs * len(data.train) / 64))  # as finetune counts them at its batch size 64
+    ramp_steps = max(1, int(config.ramp * total_steps))
+    state = {"step": 0}
+
+    def after_step(net: nn.Module) -> None:
+        state["step"] += 1
+        if state["step"] <= ramp_steps and (state["step"] % config.prune_every == 0 or state["step"] == ramp_steps):
+            masks.update(cubic_sparsity(state["step"], ramp_steps, config.sparsity))
+
+    if config.epochs > 0:
+        finetune(pruned, data, config.epochs, lr=config.lr, teacher=teacher, after_step=after_step, progress=progress)
+    masks.update(config.sparsity)  # exact final sparsity, also when there was no fine-tuning
+    masks.remove()
+    total, nonzero = count_params(pruned)
+    progress(f"unstructured prune: {1 - nonzero / total:.1%} of all parameters zero")
+    return pruned.eval()

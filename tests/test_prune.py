@@ -1,0 +1,85 @@
+"""Pruning on real zoo models with real Torch-Pruning, tiny fine-tuning budgets to stay fast."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import zoo
+from compress.context import data_for
+from compress.prune import (
+    PruneStructuredConfig,
+    PruneUnstructuredConfig,
+    count_macs,
+    count_params,
+    cubic_sparsity,
+    prunable_weights,
+    prune_structured,
+    prune_unstructured,
+)
+from compress.steps import get_step
+from compress.variant import TorchVariant, load_variant
+from zoo.errors import SlimlensError
+
+
+def test_structured_pruning_shrinks_resnet_and_reloads(tmp_path):
+    data = data_for("resnet-mnist")
+    model = zoo.load("resnet-mnist")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    example = data.example_input(4)
+
+    pruned = prune_structured(model, PruneStructuredConfig(ratio=0.5, steps=2, epochs=0.02), data)
+
+    assert count_params(pruned)[0] < 0.4 * count_params(model)[0]
+    assert count_macs(pruned, example) < 0.4 * count_macs(model, example)
+    assert pruned.layer1[0].conv1.out_channels < 32
+    assert pruned(example).shape == model(example).shape == (4, 10)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the given model is untouched
+    variant = TorchVariant(name="pruned", source=data.source, module=pruned)
+    reloaded = load_variant(variant.save(tmp_path))
+    assert torch.equal(variant(example), reloaded(example))
+
+
+def test_structured_pruning_removes_lstm_hidden_units(tmp_path):
+    data = data_for("seed-lstm")
+    pruned = prune_structured(zoo.load("seed-lstm"), PruneStructuredConfig(ratio=0.5, steps=1, epochs=0), data)
+    assert pruned.lstm.hidden_size == 64 and pruned.head.in_features == 64
+    example = data.example_input(3)
+    variant = TorchVariant(name="lstm", source=data.source, module=pruned)
+    reloaded = load_variant(variant.save(tmp_path))
+    assert torch.equal(variant(example), reloaded(example))
+
+
+def test_unstructured_pruning_reaches_sparsity():
+    data = data_for("lenet5")
+    model = zoo.load("lenet5")
+    pruned = prune_unstructured(model, PruneUnstructuredConfig(sparsity=0.9, epochs=0.05, prune_every=2), data)
+    weights = [getattr(m, name) for m, name in prunable_weights(pruned)]
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    assert zeros / sum(w.numel() for w in weights) == pytest.approx(0.9, abs=0.002)
+    assert not any(hasattr(m, "weight_orig") for m in pruned.modules())  # masks baked in, hooks gone
+    assert data.evaluate(pruned)["accuracy"] > 0.9
+    assert count_params(model)[1] == count_params(model)[0]  # the given model is untouched
+
+
+def test_layer_sparsity_overrides_global_threshold():
+    data = data_for("lenet5")
+    config = PruneUnstructuredConfig(sparsity=0.9, epochs=0, layer_sparsity=(("features.1", 0.5),))
+    pruned = prune_unstructured(zoo.load("lenet5"), config, data)
+    assert float((pruned.features[1].weight == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
+
+
+def test_cubic_schedule_rises_to_final():
+    values = [cubic_sparsity(t, 10, 0.9) for t in range(11)]
+    assert values[0] == 0 and values[-1] == pytest.approx(0.9)
+    assert all(a < b for a, b in zip(values, values[1:]))
+
+
+def test_bad_settings_are_refused_with_a_fix():
+    with pytest.raises(SlimlensError, match="ratio=1.5"):
+        PruneStructuredConfig(ratio=1.5)
+    with pytest.raises(SlimlensError, match="unknown layers"):
+        prune_unstructured(nn.Sequential(nn.Linear(2, 2)), PruneUnstructuredConfig(layer_sparsity=(("nope", 0.5),)),
+                           data_for("lenet5"))
+    assert get_step("prune-structured").config_class.strength_field == "ratio"
