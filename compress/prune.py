@@ -52,6 +52,11 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     return int(macs)
 
 
+def _teacher(model: nn.Module, data: CompressionData, original: nn.Module | None) -> nn.Module | None:
+    """A generator has no labels: it fine-tunes to match the original G (the recipe's first model when chained)."""
+    return (original if original is not None else model).eval() if data.task == "generation" else None
+
+
 # ---------------------------------------------------------------- structured (channel) pruning
 
 
@@ -97,7 +102,7 @@ class PruneStructuredConfig:
 
 @register_step("prune-structured", PruneStructuredConfig)
 def prune_structured(model: nn.Module, config: PruneStructuredConfig, data: CompressionData,
-                     progress: Progress = lambda message: None) -> nn.Module:
+                     progress: Progress = lambda message: None, original: nn.Module | None = None) -> nn.Module:
     """A narrower dense copy of ``model``: channels removed by group magnitude, coupled layers (skips) kept consistent."""
     pruned = clone(model).eval()
     for p in pruned.parameters():
@@ -109,7 +114,7 @@ def prune_structured(model: nn.Module, config: PruneStructuredConfig, data: Comp
         global_pruning=config.global_pruning, round_to=config.round_to, ignored_layers=[output_layer(pruned)],
         customized_pruners={nn.LSTM: _LSTMPruner()},
     )
-    teacher = model.eval() if data.task == "generation" else None  # a generator learns to match its original
+    teacher = _teacher(model, data, original)
     for step in range(config.steps):
         pruner.step()
         progress(f"structured prune round {step + 1}/{config.steps}: {count_params(pruned)[0]:,} params")
@@ -225,7 +230,7 @@ def prune_unstructured(model: nn.Module, config: PruneUnstructuredConfig, data: 
     for p in pruned.parameters():
         p.requires_grad_(True)
     masks = _Masks(pruned, config)
-    teacher = model.eval() if data.task == "generation" else None
+    teacher = _teacher(model, data, original)
     total_steps = max(1, math.ceil(config.epochs * len(data.train) / 64))  # as finetune counts them at its batch size 64
     ramp_steps = max(1, int(config.ramp * total_steps))
     state = {"step": 0}

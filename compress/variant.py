@@ -169,10 +169,15 @@ def load_variant(path: str | Path, threads: int = 1) -> Variant:
         return OnnxVariant(**common, threads=threads)
     if meta.get("format") == "torch":
         module = _rebuild_module(meta["source"])
-        state = read_state_dict(artifact, expected_sha256=meta.get("sha256"))
+        if meta.get("storage"):  # a compressed-storage artifact (compress/sparse.py) decodes to a float state dict
+            from compress.sparse import CompressedVariant, read_compressed
+
+            state, kind = read_compressed(artifact, meta["storage"], expected_sha256=meta.get("sha256")), CompressedVariant
+        else:
+            state, kind = read_state_dict(artifact, expected_sha256=meta.get("sha256")), TorchVariant
         _fit_shapes(module, state)
         module.load_state_dict(state)
-        return TorchVariant(**common, module=module.eval())
+        return kind(**common, module=module.eval())
     raise VariantError(f"variant {path} has unknown format {meta.get('format')!r}")
 
 

@@ -18,6 +18,7 @@ from compress.prune import (
     prune_structured,
     prune_unstructured,
 )
+from compress.sparse import CompressedStorageConfig, CompressedVariant, compressed_storage, decode_gaps, encode_gaps
 from compress.steps import get_step
 from compress.variant import TorchVariant, load_variant
 from zoo.errors import SlimlensError
@@ -61,6 +62,26 @@ def test_unstructured_pruning_reaches_sparsity():
     assert not any(hasattr(m, "weight_orig") for m in pruned.modules())  # masks baked in, hooks gone
     assert data.evaluate(pruned)["accuracy"] > 0.9
     assert count_params(model)[1] == count_params(model)[0]  # the given model is untouched
+
+
+def test_sparse_storage_shrinks_the_file_and_reloads_exactly(tmp_path):
+    data = data_for("lenet5")
+    pruned = prune_unstructured(zoo.load("lenet5"), PruneUnstructuredConfig(sparsity=0.9, epochs=0), data)
+    variant = compressed_storage(pruned, CompressedStorageConfig(), data)
+    variant.name = "sparse"
+    dense = TorchVariant(name="dense", source=data.source, module=pruned)
+    dense.save(tmp_path)
+    reloaded = load_variant(variant.save(tmp_path))
+    assert isinstance(reloaded, CompressedVariant) and reloaded.format == "torch"
+    assert variant.artifact.stat().st_size < 0.15 * dense.artifact.stat().st_size
+    state = reloaded.module.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in pruned.state_dict().items())
+
+
+def test_relative_indices_round_trip_long_gaps():
+    positions = torch.tensor([0, 1, 40, 41, 300, 1000]).numpy()
+    for bits in (2, 5, 8):
+        assert (decode_gaps(encode_gaps(positions, bits), bits) == positions).all()
 
 
 def test_layer_sparsity_overrides_global_threshold():
