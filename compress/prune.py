@@ -224,7 +224,7 @@ def _kth_smallest(values: torch.Tensor, fraction: float) -> float:
 
 @register_step("prune-unstructured", PruneUnstructuredConfig)
 def prune_unstructured(model: nn.Module, config: PruneUnstructuredConfig, data: CompressionData,
-                       progress: Progress = lambda message: None) -> nn.Module:
+                       progress: Progress = lambda message: None, original: nn.Module | None = None) -> nn.Module:
     """A copy of ``model`` with a fraction ``sparsity`` of its weights zero, fine-tuned; store it with compressed-storage."""
     pruned = clone(model).eval()
     for p in pruned.parameters():
