@@ -1,0 +1,92 @@
+"""ONNX Runtime quantization mechanics: pre-processing, a calibration reader over tensors, dynamic and static int8.
+
+Every function reads one .onnx file and writes another; the steps in ``compress.quantize`` choose the settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
+from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
+from onnxruntime.quantization import quantize_static as ort_quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from compress.export import INPUT_NAME
+
+CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                       "percentile": CalibrationMethod.Percentile}
+QUANT_TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+
+
+class TensorCalibrationReader(CalibrationDataReader):
+    """Feeds a tensor of model inputs to ONNX Runtime's calibrator in fixed-size batches."""
+
+    def __init__(self, inputs: torch.Tensor, batch_size: int = 32, input_name: str = INPUT_NAME):
+        array = np.ascontiguousarray(inputs.detach().cpu().numpy(), dtype=np.float32)
+        self._batches = iter([{input_name: array[i : i + batch_size]} for i in range(0, len(array), batch_size)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        """The next batch, or None when the inputs are used up."""
+        return next(self._batches, None)
+
+
+def preprocess(source: str | Path, target: str | Path) -> Path:
+    """ONNX Runtime's quantization pre-processing: shape inference and graph optimisation.
+
+    It folds the weight re-ordering the dynamo exporter leaves around LSTM (without it the LSTM
+    op is not quantized at all) and folds BatchNorm into convolutions before calibration.
+    """
+    quant_pre_process(str(source), str(target))
+    return Path(target)
+
+
+def quantize_dynamic_file(source: str | Path, target: str | Path, per_channel: bool = False) -> Path:
+    """Dynamic int8: int8 weights for MatMul/Gemm/LSTM (DynamicQuantizeLSTM), activations quantized at run time."""
+    with _quiet(), tempfile.TemporaryDirectory(prefix="slimlens-") as tmp:
+        prepared = preprocess(source, Path(tmp) / "prepared.onnx")
+        ort_quantize_dynamic(prepared, str(target), per_channel=per_channel, weight_type=QuantType.QInt8)
+    return Path(target)
+
+
+def quantize_static_file(
+    source: str | Path,
+    target: str | Path,
+    calibration: torch.Tensor,
+    method: str = "minmax",
+    percentile: float = 99.999,
+    per_channel: bool = True,
+    activations: str = "uint8",
+    weights: str = "int8",
+    reduce_range: bool = False,
+) -> Path:
+    """Static int8 in QDQ format, activation ranges calibrated on ``calibration`` with ``method``."""
+    extra = {"CalibPercentile": percentile} if method == "percentile" else {}
+    with _quiet(), tempfile.TemporaryDirectory(prefix="slimlens-") as tmp:
+        prepared = preprocess(source, Path(tmp) / "prepared.onnx")
+        ort_quantize_static(
+            prepared, str(target), TensorCalibrationReader(calibration), quant_format=QuantFormat.QDQ,
+            per_channel=per_channel, reduce_range=reduce_range, activation_type=QUANT_TYPES[activations],
+            weight_type=QUANT_TYPES[weights], calibrate_method=CALIBRATION_METHODS[method], extra_options=extra,
+        )
+    return Path(target)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the calibrator's progress prints and INFO logs, so scripted runs stay quiet; errors still raise."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)

@@ -1,0 +1,123 @@
+"""Quantization steps on real zoo models and real ONNX Runtime sessions: size, accuracy, reload, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import zoo
+from compress import TorchVariant, load_variant
+from compress.context import data_for
+from compress.quantize import (
+    DynamicInt8Config,
+    HalfPrecisionConfig,
+    OrtDynamicInt8Config,
+    QuantizationError,
+    StaticInt8Config,
+    half_precision,
+    quantize_dynamic,
+    quantize_dynamic_onnx,
+    quantize_static_onnx,
+)
+from compress.steps import list_steps
+
+
+def _size(variant, folder) -> int:
+    variant.save(folder)
+    return variant.artifact.stat().st_size
+
+
+@pytest.fixture(scope="module")
+def lstm():
+    return zoo.load("seed-lstm"), data_for("seed-lstm")
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    model = zoo.load("seed-cnn")
+    data = data_for("seed-cnn")
+    return model, data, data.evaluate(model)
+
+
+def test_steps_are_registered():
+    assert {"quantize_dynamic", "quantize_dynamic_onnx", "quantize_static_onnx", "half_precision"} <= set(list_steps())
+
+
+def test_torch_dynamic_int8_lstm_is_smaller_accurate_and_reloads_exactly(lstm, tmp_path):
+    model, data = lstm
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    variant = quantize_dynamic(model, DynamicInt8Config(), data)
+    float_bytes = _size(TorchVariant("fp32", source=data.source, module=model), tmp_path / "fp32")
+    assert float_bytes / _size(variant, tmp_path / "int8") >= 3.5
+    drop = data.metric_drop(data.evaluate(model), data.evaluate(variant))
+    assert drop <= 0.005  # half a point on 1,000 test digits
+    loaded = load_variant(tmp_path / "int8" / f"{variant.name}.variant.json")
+    x = data.example_input(16)
+    assert torch.equal(loaded(x), variant(x))
+    assert (loaded.stand_in(x) - variant(x)).abs().max() < 0.05  # the float stand-in computes nearly the same function
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_onnx_dynamic_int8_lstm_quantizes_the_lstm_op(lstm, tmp_path):
+    import onnx
+
+    model, data = lstm
+    variant = quantize_dynamic_onnx(model, OrtDynamicInt8Config(), data)
+    ops = {node.op_type for node in onnx.load(str(variant.artifact)).graph.node}
+    assert "DynamicQuantizeLSTM" in ops and "MatMulInteger" in ops
+    float_bytes = _size(TorchVariant("fp32", source=data.source, module=model), tmp_path)
+    assert float_bytes / variant.artifact.stat().st_size >= 3.5
+    assert data.metric_drop(data.evaluate(model), data.evaluate(variant)) <= 0.005
+    loaded = load_variant(variant.save(tmp_path))
+    assert torch.equal(loaded(data.example_input(4)), variant(data.example_input(4)))
+
+
+@pytest.mark.parametrize("calibration", ["minmax", "entropy", "percentile"])
+def test_static_int8_cnn_stays_within_a_point(cnn, calibration):
+    model, data, base = cnn
+    variant = quantize_static_onnx(model, StaticInt8Config(calibration=calibration, samples=64), data)
+    assert variant.steps[0]["calibration"] == calibration and variant.steps[0]["calibration_inputs"] == 64
+    assert data.metric_drop(base, data.evaluate(variant)) <= 0.012
+    assert variant.artifact.stat().st_size * 3 < zoo.card("seed-cnn").weights["bytes"]  # int8 weights: ~4x smaller
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_halves_the_file_and_keeps_accuracy(cnn, dtype, tmp_path):
+    model, data, base = cnn
+    variant = half_precision(model, HalfPrecisionConfig(dtype=dtype), data)
+    assert variant.name == dtype
+    x = data.example_input(8)
+    assert variant(x).dtype == torch.float32
+    assert _size(variant, tmp_path) < 0.55 * zoo.card("seed-cnn").weights["bytes"]
+    assert data.metric_drop(base, data.evaluate(variant)) <= 0.003
+    loaded = load_variant(tmp_path / f"{dtype}.variant.json")
+    assert next(loaded.module.parameters()).dtype == getattr(torch, dtype)
+    assert torch.equal(loaded(x), variant(x))
+
+
+def test_static_int8_of_an_lstm_says_what_to_use_instead():
+    with pytest.raises(QuantizationError, match=r"family lstm.*quantize_dynamic"):
+        quantize_static_onnx(zoo.build("seed-lstm"), StaticInt8Config(), data_for("seed-lstm"))
+
+
+def test_dynamic_int8_of_a_generator_without_linear_layers_is_refused():
+    with pytest.raises(QuantizationError, match=r"family gan.*quantize_static_onnx"):
+        quantize_dynamic(zoo.build("dcgan-g"), DynamicInt8Config(), data_for("dcgan-g"))
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"samples": 0}, "needs calibration inputs"),
+    ({"calibration": "kl"}, "unknown calibration method"),
+    ({"percentile": 12.0}, "percentile"),
+    ({"activations": "int4"}, "activations"),
+])
+def test_bad_static_settings_are_refused(settings, message):
+    with pytest.raises(QuantizationError, match=message):
+        StaticInt8Config(**settings)
+
+
+def test_bad_dynamic_and_half_settings_are_refused():
+    with pytest.raises(QuantizationError, match="conv"):
+        DynamicInt8Config(layers=("conv",))
+    with pytest.raises(QuantizationError, match="float8"):
+        HalfPrecisionConfig(dtype="float8")
