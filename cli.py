@@ -147,6 +147,77 @@ def _add_zoo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_zoo_samples)
 
 
+# ---- compress --------------------------------------------------------------------------------------
+
+
+def _compress_command(args: argparse.Namespace) -> str:
+    import shlex
+
+    parts = ["slimlens", "compress", args.model, "--recipe", args.recipe, "--out", args.out, "--seed", str(args.seed)]
+    for flag, value in (("--weights", args.weights), ("--data", args.data), ("--data-root", args.data_root)):
+        parts += [flag, str(value)] if value is not None else []
+    return shlex.join(parts + (["--onnx-exporter", args.onnx_exporter] if args.onnx_exporter != "auto" else []))
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    import shutil
+
+    import torch
+
+    from compress.context import data_for
+    from compress.pipeline import load_model, run
+    from compress.recipe import load_recipe
+    from compress.results import move_into_place, staging_dir, write_results
+
+    recipe = load_recipe(args.recipe)  # bad input fails here, before anything is built or written
+    model = load_model(args.model, args.weights, args.trust_pickle)
+    data = data_for(args.model, args.data, args.data_root, seed=args.seed)
+    staged = staging_dir(args.out, args.force)
+    try:
+        torch.manual_seed(args.seed)
+        variants = run(model, recipe, data, out_dir=staged, progress=lambda m: _say(args, m), command=_compress_command(args),
+                       exporter=args.onnx_exporter)
+        results = variants.results
+        import reports  # compress never imports reports; the CLI joins them: latency, then the HTML report
+
+        if hasattr(reports, "latency") and args.latency:
+            from reports.inputs import timing_inputs
+
+            cfg = reports.TimingConfig(compile=False)
+            x = timing_inputs(data.source.get("zoo"), cfg.batch, data.input_shape)
+            for variant, entry in zip(variants, results["variants"]):
+                _say(args, f"latency: {variant.name}")
+                entry["latency"] = reports.latency(variant, x[:1].clone(), x, ["cpu"], cfg)
+            results["timing"] = cfg.how()
+        write_results(results, staged / "results.json")
+        if hasattr(reports, "render") and args.report:
+            reports.render([staged], staged / "report.html")
+        move_into_place(staged, args.out)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    print(Path(args.out) / "results.json")
+    return 0
+
+
+def _add_compress(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compress", help="apply a compression recipe; write variants, results.json and report.html")
+    p.add_argument("model", help="a zoo model name, or package.module:function that builds a torch module")
+    p.add_argument("--recipe", required=True, help="a preset (int8, prune-structured, distill, deep-compression, edge) or a TOML file")
+    p.add_argument("--out", required=True, help="the folder to write (built beside it, then renamed into place)")
+    p.add_argument("--weights", help="weights for MODEL: safetensors, or a state dict torch.load reads with weights_only=True")
+    p.add_argument("--trust-pickle", action="store_true", help="allow --weights that need full unpickling (runs code from the file)")
+    p.add_argument("--data", choices=("mnist", "mnist-ge5"), help="the dataset to calibrate, fine-tune and evaluate on (zoo models know theirs)")
+    p.add_argument("--data-root", help="a torchvision-format MNIST folder instead of the bundled digits")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+    p.add_argument("--no-latency", dest="latency", action="store_false", help="skip the latency measurement")
+    p.add_argument("--no-report", dest="report", action="store_false", help="skip report.html")
+    p.add_argument("--onnx-exporter", choices=("auto", "dynamo", "legacy"), default="auto", help="ONNX exporter for the fp32 exports")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_compress)
+
+
 # ---- entry point -----------------------------------------------------------------------------------
 
 
@@ -155,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slimlens", description="Make neural networks smaller and faster, and show what they look at.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_zoo(sub)
+    _add_compress(sub)
     return parser
 
 

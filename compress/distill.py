@@ -1,0 +1,212 @@
+"""Knowledge distillation: a slimmer student learns from the teacher's softened logits and features.
+
+Logit distillation follows Hinton et al. (2015): ``alpha`` weighs the KL divergence between the
+temperature-softened teacher and student outputs (scaled by T² so its gradients keep their size),
+``1 - alpha`` the ordinary task loss on the labels. The hint loss follows FitNets (Romero et al.,
+2015), on the penultimate features (the input of the last linear layer) through a learned linear
+regressor from the student's width to the teacher's.
+
+The result always holds two students: ``student`` (distilled) and ``alone`` — the same architecture
+from the same initial weights, trained on the task loss alone with the same data order, augmentation,
+epochs and learning rate — so a gain from distillation is measured, not assumed.
+
+>>> from compress.distill import DistillConfig, distill
+>>> out = distill(zoo.load("resnet-mnist"), DistillConfig(width=0.25, epochs=1), data_for("resnet-mnist"))  # doctest: +SKIP
+>>> out["student"].module, out["alone"].module                                                             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compress.context import CompressionData
+from compress.finetune import finetune, task_loss
+from compress.steps import register_step
+from compress.variant import TorchVariant
+from zoo.errors import SlimlensError
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Settings of the ``distill`` step."""
+
+    student: str = "auto"  # "auto": the model's own architecture at `width`; "self": the incoming model; or a zoo model name
+    width: float = 0.25  # channel / hidden-unit fraction of an "auto" student
+    teacher: str = ""  # a zoo model name; empty: the original model of the run (or the incoming one)
+    temperature: float = 4.0
+    alpha: float = 0.9  # weight of the soft-target loss; 1 - alpha goes to the labels
+    hint_weight: float = 0.0  # weight of the FitNets hint loss on penultimate features; 0 turns it off
+    epochs: float = 10.0
+    lr: float = 3e-3
+    batch_size: int = 64
+    augment: bool = True
+
+    strength_field: ClassVar[str] = "width"
+    search_values: ClassVar[tuple] = (0.5, 0.375, 0.25, 0.125)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.width <= 1:
+            raise ValueError(f"width must be in (0, 1], got {self.width}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if not 0 <= self.alpha <= 1:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.hint_weight < 0 or self.epochs <= 0 or self.lr <= 0 or self.batch_size < 1:
+            raise ValueError("hint_weight must be >= 0; epochs, lr and batch_size must be positive")
+
+
+def _scaled(channels: int, width: float) -> int:
+    return max(1, round(channels * width))
+
+
+def _reset(model: nn.Module) -> nn.Module:
+    """Fresh initial weights everywhere, so a student starts from scratch like its baseline."""
+    for sub in model.modules():
+        if sub is not model and hasattr(sub, "reset_parameters"):
+            sub.reset_parameters()
+    return model
+
+
+def _last_linear(model: nn.Module) -> nn.Linear:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise SlimlensError(f"{type(model).__name__} has no linear head; distillation's student needs one")
+    return linears[-1]
+
+
+def slimmer(model: nn.Module, width: float, example: torch.Tensor) -> tuple[nn.Module, dict]:
+    """A freshly initialised copy of ``model``'s architecture with ``width`` of its channels (and how to rebuild it)."""
+    from zoo.models.lstm import RowLSTM
+    from zoo.models.resnet import ResNetMNIST
+
+    if isinstance(model, ResNetMNIST):
+        widths = tuple(_scaled(layer[0].conv2.out_channels, width) for layer in (model.layer1, model.layer2, model.layer3))
+        return ResNetMNIST(widths=widths, num_classes=model.head.out_features), {"widths": list(widths)}
+    if isinstance(model, RowLSTM):
+        hidden = _scaled(model.lstm.hidden_size, width)
+        return RowLSTM(hidden=hidden, num_classes=model.head.out_features), {"hidden": hidden}
+    return _slimmer_by_pruning(model, width, example), {"width": width}
+
+
+def _slimmer_by_pruning(model: nn.Module, width: float, example: torch.Tensor) -> nn.Module:
+    # Any other architecture: Torch-Pruning's dependency graph removes the same fraction of channels
+    # from every coupled layer (the output layer keeps its classes); the weights are then re-drawn.
+    import torch_pruning as tp
+
+    student = copy.deepcopy(model).eval()
+    try:
+        pruner = tp.pruner.MetaPruner(
+            student, example, importance=tp.importance.MagnitudeImportance(p=1),
+            pruning_ratio=1 - width, ignored_layers=[_last_linear(student)],
+        )
+        pruner.step()
+    except SlimlensError:
+        raise
+    except Exception as exc:  # Torch-Pruning raises plain errors on graphs it cannot trace
+        raise SlimlensError(f"cannot derive a slimmer {type(model).__name__} student ({exc}); name a zoo model as student") from None
+    return _reset(student)
+
+
+class _Features:
+    """Captures the input of a module's last linear layer: the penultimate features for the hint loss."""
+
+    def __init__(self, model: nn.Module):
+        self.value: torch.Tensor | None = None
+        self.dim = _last_linear(model).in_features
+        self._handle = _last_linear(model).register_forward_hook(self._keep)
+
+    def remove(self) -> None:
+        """Detach the hook, so the trained student carries nothing of the training."""
+        self._handle.remove()
+
+    def _keep(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        self.value = args[0]
+
+
+class _Hinted(nn.Module):
+    """The student plus its hint regressor, so the shared fine-tuning loop optimises both."""
+
+    def __init__(self, student: nn.Module, regressor: nn.Module):
+        super().__init__()
+        self.student = student
+        self.regressor = regressor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student(x)
+
+
+def soft_target_loss(data: CompressionData, student_out: torch.Tensor, teacher_out: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's T²-scaled divergence between softened outputs (MSE for tasks whose outputs are not class scores)."""
+    t = temperature
+    if data.task == "classification":
+        return F.kl_div(F.log_softmax(student_out / t, 1), F.log_softmax(teacher_out / t, 1), reduction="batchmean", log_target=True) * t * t
+    if data.task == "binary-classification":  # the models output a probability: soften its logit
+        s_logit = torch.logit(student_out.clamp(1e-6, 1 - 1e-6))
+        t_logit = torch.logit(teacher_out.clamp(1e-6, 1 - 1e-6))
+        return F.binary_cross_entropy_with_logits(s_logit / t, torch.sigmoid(t_logit / t)) * t * t
+    return F.mse_loss(student_out, teacher_out)
+
+
+def _kd_loss(data: CompressionData, config: DistillConfig, hinted: _Hinted, student_feats: _Features,
+             teacher_feats: _Features) -> Callable[..., torch.Tensor]:
+    def loss(outputs: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor, teacher_out: torch.Tensor) -> torch.Tensor:
+        total = config.alpha * soft_target_loss(data, outputs, teacher_out, config.temperature)
+        if config.alpha < 1:
+            total = total + (1 - config.alpha) * task_loss(data, outputs, inputs, labels, teacher_out)
+        if config.hint_weight > 0:
+            total = total + config.hint_weight * F.mse_loss(hinted.regressor(student_feats.value), teacher_feats.value)
+        return total
+
+    return loss
+
+
+def _teacher(config: DistillConfig, model: nn.Module, original: nn.Module | None) -> nn.Module:
+    if config.teacher:
+        import zoo
+
+        return zoo.load(config.teacher)
+    return copy.deepcopy(original if original is not None else model).eval()
+
+
+def _student(config: DistillConfig, model: nn.Module, data: CompressionData) -> tuple[nn.Module, dict]:
+    if config.student == "self":
+        return copy.deepcopy(model), dict(data.source)
+    if config.student == "auto":
+        student, shape = slimmer(model, config.width, data.example_input(2))
+        return student, {**data.source, "student": shape}
+    import zoo
+
+    return zoo.build(config.student), {"zoo": config.student}
+
+
+@register_step("distill", DistillConfig)
+def distill(model: nn.Module, config: DistillConfig, data: CompressionData, progress: Callable[[str], None] = lambda m: None,
+            original: nn.Module | None = None) -> dict[str, TorchVariant]:
+    """Distil ``model`` (or ``original``/``config.teacher``) into a student; also train that student alone on the same budget."""
+    torch.manual_seed(data.seed)  # the student's initial weights depend on the run's seed only
+    teacher = _teacher(config, model, original)
+    student, source = _student(config, model, data)
+    alone = copy.deepcopy(student)  # the same starting weights for the baseline
+
+    student_feats, teacher_feats = _Features(student), _Features(teacher)
+    regressor = nn.Linear(student_feats.dim, teacher_feats.dim) if config.hint_weight > 0 else nn.Identity()
+    hinted = _Hinted(student, regressor)
+    budget = {"epochs": config.epochs, "lr": config.lr, "batch_size": config.batch_size, "augment": config.augment}
+    progress(f"distill: teacher {sum(p.numel() for p in teacher.parameters()):,} params → student {sum(p.numel() for p in student.parameters()):,}")
+    finetune(hinted, data, teacher=teacher, loss_fn=_kd_loss(data, config, hinted, student_feats, teacher_feats),
+             progress=lambda m: progress(f"distill (with teacher): {m}"), **budget)
+    student_feats.remove()
+    teacher_feats.remove()
+    # The baseline sees the teacher's outputs only where the task itself needs them (a generator's targets).
+    finetune(alone, data, teacher=teacher if data.task == "generation" else None,
+             progress=lambda m: progress(f"distill (student alone): {m}"), **budget)
+    return {
+        "student": TorchVariant(name="student", source=source, module=student.eval()),
+        "alone": TorchVariant(name="student-alone", source=source, module=alone.eval()),
+    }

@@ -1,0 +1,377 @@
+"""``run``: apply a recipe to a model and return every variant it made, measured, with the results dict.
+
+The variants, in order: ``original`` (the model as given), ``original-onnx`` (its fp32 ONNX export,
+so speed-ups can be stated against both PyTorch eager and ONNX Runtime), then each step's outputs.
+
+How step outputs chain:
+
+* an ``nn.Module`` (or a ``TorchVariant``, which also names its architecture) becomes the input of the
+  next step, and its variant's ``steps`` list every step that led to it;
+* any other ``Variant`` (an int8 ONNX file, compressed storage) ends its branch: the next step
+  continues from the last module;
+* a dict of outputs (distillation's ``student`` and ``alone``): the first continues the chain, the others
+  are recorded beside it as ``<label>-<key>``.
+
+A step function that takes an ``original`` argument receives the run's original model (a teacher).
+Each PyTorch variant is exported to ONNX and checked against its own outputs; a failed export is
+recorded on the variant with its reason. A step with ``max_drop`` searches its strength (see ``_search``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from compress.context import CompressionData, data_for
+from compress.recipe import Recipe, RecipeStep, load_recipe
+from compress.results import (SCHEMA, count_macs, count_params, environment, file_sizes, is_float_module, output_parity,
+                              write_results)
+from compress.steps import get_step
+from compress.variant import OnnxVariant, TorchVariant, Variant
+from zoo.errors import SlimlensError
+from zoo.metrics import batched_outputs
+
+Progress = Callable[[str], None]
+POINT_METRICS = ("accuracy", "macro_f1", "confident_fraction")  # fractions whose tolerances are given in points
+
+
+class RunResult(list):
+    """The variants of a run (a list, original first) with ``results`` (the results.json dict) and ``out_dir``."""
+
+    def __init__(self, variants: list[Variant], results: dict[str, Any], out_dir: Path):
+        super().__init__(variants)
+        self.results = results
+        self.out_dir = out_dir
+
+    def variant(self, name: str) -> Variant:
+        """The variant called ``name``."""
+        for v in self:
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+
+@dataclasses.dataclass
+class _Output:
+    """One produced variant before it is saved, with the float module whose params and MACs it has."""
+
+    variant: Variant
+    counted: nn.Module
+    chains: bool  # whether the next step continues from it
+
+
+def _wrap(output: Any, source: dict, fallback: nn.Module) -> _Output:
+    if isinstance(output, TorchVariant):
+        float_module = is_float_module(output.module)
+        counted = output.module if float_module else (output.stand_in or fallback)
+        return _Output(output, counted, chains=float_module)
+    if isinstance(output, nn.Module):
+        return _wrap(TorchVariant(name="", source=dict(source), module=output.eval()), source, fallback)
+    if isinstance(output, Variant):
+        return _Output(output, output.stand_in or fallback, chains=False)
+    raise SlimlensError(f"a step returned {type(output).__name__}, not a module or a variant")
+
+
+def _outputs(output: Any, label: str, source: dict, fallback: nn.Module) -> list[tuple[str, _Output]]:
+    if isinstance(output, dict):
+        items = list(output.items())
+        return [(label if i == 0 else f"{label}-{key}", _wrap(value, source, fallback)) for i, (key, value) in enumerate(items)]
+    return [(label, _wrap(output, source, fallback))]
+
+
+def _call(recipe_step: RecipeStep, config: Any, module: nn.Module, data: CompressionData, original: nn.Module,
+          progress: Progress) -> Any:
+    function = get_step(recipe_step.step).function
+    kwargs: dict[str, Any] = {"progress": progress}
+    if "original" in inspect.signature(function).parameters:
+        kwargs["original"] = original
+    torch.manual_seed(data.seed)  # each step's randomness depends on the seed alone, not on the steps before it
+    return function(module, config, data, **kwargs)
+
+
+def metric_drop_points(data: CompressionData, base: dict, new: dict) -> float:
+    """How much worse ``new`` is than ``base`` on the primary metric: points for fractions, metric units otherwise."""
+    drop = data.metric_drop(base, new)
+    return drop * 100 if data.primary_metric in POINT_METRICS else drop
+
+
+def _compressed_bytes(variant: Variant) -> int:
+    with tempfile.TemporaryDirectory(prefix="slimlens-search-") as tmp:
+        saved = copy.copy(variant)  # saving sets the artifact path; keep the candidate's own untouched
+        saved.save(tmp)
+        return file_sizes(saved.artifact)[1]
+
+
+def _search(recipe_step: RecipeStep, module: nn.Module, data: CompressionData, original: nn.Module,
+            base_metrics: dict, progress: Progress) -> tuple[Any, Any, dict]:
+    """Try the step's strengths weakest first; keep the smallest (gzip bytes) output within ``max_drop``.
+
+    The search stops at the first strength past the tolerance: stronger ones are assumed worse.
+    If no strength is within it, the weakest is kept and the trail says the tolerance was not met.
+    """
+    field = type(recipe_step.config).strength_field
+    trail, best, weakest = [], None, None
+    for value in recipe_step.search_values():
+        config = dataclasses.replace(recipe_step.config, **{field: value})
+        progress(f"{recipe_step.label}: trying {field}={value}")
+        output = _call(recipe_step, config, module, data, original, progress)
+        candidate = _outputs(output, recipe_step.label, data.source, module)[0][1].variant
+        metrics = data.evaluate(candidate, reference=_forward(original))
+        drop = metric_drop_points(data, base_metrics, metrics)
+        size = _compressed_bytes(candidate)
+        within = drop <= recipe_step.max_drop
+        trail.append({field: value, data.primary_metric: metrics[data.primary_metric], "drop": round(drop, 4),
+                      "gzip_bytes": size, "within": within})
+        progress(f"{recipe_step.label}: {field}={value} → drop {drop:.3f}, {size:,} gzip bytes{'' if within else ' (past max_drop)'}")
+        weakest = weakest or (output, config, size)
+        if within and (best is None or size < best[2]):
+            best = (output, config, size)
+        if not within:
+            break
+    met = best is not None
+    output, config, _ = best if met else weakest
+    return output, config, {"field": field, "max_drop": recipe_step.max_drop, "chosen": getattr(config, field),
+                            "met": met, "trail": trail}
+
+
+def _forward(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return module(batch).float()
+
+    return forward
+
+
+class _Recorder:
+    """Saves each variant, measures it and keeps its results entry."""
+
+    def __init__(self, data: CompressionData, original: nn.Module, variants_dir: Path, out_dir: Path, export: bool,
+                 exporter: str, progress: Progress):
+        from compress.export import parity_inputs
+
+        self.data, self.original, self.variants_dir, self.out_dir = data, original, variants_dir, out_dir
+        self.export, self.exporter, self.progress = export, exporter, progress
+        self.inputs = parity_inputs(data)
+        self.reference = batched_outputs(_forward(original), self.inputs)
+        self.classifier = data.task in ("classification", "binary-classification", "discrimination")
+        self.example = data.example_input(1)
+        self.variants: list[Variant] = []
+        self.entries: list[dict[str, Any]] = []
+        self.base_metrics: dict | None = None
+
+    def unique(self, name: str) -> str:
+        taken = {v.name for v in self.variants}
+        candidate, n = name, 2
+        while candidate in taken:
+            candidate, n = f"{name}-{n}", n + 1
+        return candidate
+
+    def add(self, output: _Output, name: str, steps: list[dict], seconds: float, extra: dict | None = None) -> dict:
+        variant = output.variant
+        variant.name, variant.steps = self.unique(name), steps
+        variant.source = variant.source or dict(self.data.source)
+        if isinstance(variant, OnnxVariant):
+            variant.threads = torch.get_num_threads()
+        variant.save(self.variants_dir)
+        size, gz = file_sizes(variant.artifact)
+        params, nonzero = count_params(output.counted)
+        metrics = self.data.evaluate(variant, reference=_forward(self.original))
+        if self.base_metrics is None:
+            self.base_metrics = metrics
+        entry = {
+            "name": variant.name, "format": variant.format, "steps": steps,
+            "artifact": str(Path(variant.artifact).resolve().relative_to(self.out_dir.resolve())),
+            "size_bytes": size, "gzip_bytes": gz, "params": params, "nonzero_params": nonzero,
+            "macs": count_macs(output.counted, self.example), "metrics": metrics,
+            "metric_drop": round(metric_drop_points(self.data, self.base_metrics, metrics), 4),
+            "parity": output_parity(self.reference, batched_outputs(variant, self.inputs), self.classifier),
+            "seconds": round(seconds, 2), **(extra or {}),
+        }
+        self.variants.append(variant)
+        self.entries.append(entry)
+        self.progress(f"  {variant.name}: {self.data.primary_metric} {metrics[self.data.primary_metric]:.4f}, "
+                      f"{size:,} bytes, {params:,} params")
+        if self.export and isinstance(variant, TorchVariant) and is_float_module(variant.module):
+            self._export(variant, entry)
+        return entry
+
+    def _export(self, variant: TorchVariant, entry: dict) -> None:
+        """Add ``<name>-onnx``, checked against the PyTorch variant's own outputs; record a failure on the variant."""
+        from compress.export import ExportError, check_parity, export_onnx, onnx_exporter
+
+        name = self.unique(f"{variant.name}-onnx")
+        start = time.perf_counter()
+        try:
+            path = export_onnx(variant.module, self.data.example_input(2), self.variants_dir / f"{name}.onnx", exporter=self.exporter)
+        except ExportError as exc:
+            entry["onnx_export"] = exc.record()
+            self.progress(f"  {variant.name}: ONNX export failed ({exc})")
+            return
+        seconds = time.perf_counter() - start
+        onnx_variant = OnnxVariant(name=name, source=dict(variant.source), artifact=path, threads=torch.get_num_threads())
+        check = check_parity(variant, onnx_variant, self.inputs)
+        entry["onnx_export"] = {"exported": True, "variant": name, "passed": check["passed"]}
+        steps = variant.steps + [{"step": "export_onnx", "exported_with": onnx_exporter(path)}]
+        self.export, exporting = False, self.export  # the export itself is not exported again
+        try:
+            self.add(_Output(onnx_variant, variant.module, chains=False), name, steps, seconds, {"export_check": check})
+        finally:
+            self.export = exporting
+
+
+def load_model(model: str, weights: str | Path | None = None, trust_pickle: bool = False) -> nn.Module:
+    """A zoo model by name (its shipped weights, or ``weights``), or ``package.module:function`` loaded from ``weights``.
+
+    ``weights`` is a safetensors file or a state dict that ``torch.load(weights_only=True)`` reads;
+    a pickle that needs full unpickling (which can run code) is read only with ``trust_pickle``.
+    """
+    import zoo
+    from zoo.weights import load_into
+
+    if ":" not in model:
+        if weights is None:
+            return zoo.load(model)
+        module = zoo.build(model)
+    else:
+        module = _build(model)
+    if weights is not None:
+        load_into(module, _read_weights(Path(weights), trust_pickle), Path(weights))
+    return module.eval()
+
+
+def _build(path: str) -> nn.Module:
+    import importlib
+
+    module_name, _, attr = path.partition(":")
+    try:
+        builder = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise SlimlensError(f"cannot import model builder {path!r} ({exc}); give a zoo name or package.module:function") from None
+    built = builder()
+    if not isinstance(built, nn.Module):
+        raise SlimlensError(f"{path} returned {type(built).__name__}, not a torch.nn.Module")
+    return built
+
+
+def _read_weights(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor]:
+    import pickle
+
+    from zoo.errors import WeightsError
+    from zoo.weights import read_state_dict
+
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} not found")
+    if path.suffix == ".safetensors":
+        return read_state_dict(path)
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if not trust_pickle:
+            raise WeightsError(f"{path} needs full unpickling, which can run arbitrary code; "
+                               "re-save it as a state dict or safetensors, or pass --trust-pickle if you trust it") from None
+        loaded = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch.load raises several types for files that are not checkpoints
+        raise WeightsError(f"{path} is neither safetensors nor a torch state dict ({str(exc).splitlines()[0][:200]})") from None
+    if isinstance(loaded, nn.Module):
+        loaded = loaded.state_dict()
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise WeightsError(f"{path} does not hold a state dict (name → tensor)")
+    return loaded
+
+
+def _resolve(model: nn.Module | str, recipe: Recipe | str | Path | list, data: CompressionData | str | None,
+             seed: int) -> tuple[nn.Module, Recipe, CompressionData]:
+    import zoo
+
+    if isinstance(recipe, list):
+        recipe = Recipe.from_steps(recipe)
+    elif not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    if isinstance(model, str):
+        data = data if data is not None else model
+        model = zoo.load(model)
+    if data is None:
+        raise SlimlensError("pass data: a CompressionData (compress.context.data_for) or a zoo model name")
+    if isinstance(data, str):
+        data = data_for(data, seed=seed)
+    return model.eval(), recipe, data
+
+
+def run(
+    model: nn.Module | str,
+    recipe: Recipe | str | Path | list,
+    data: CompressionData | str | None = None,
+    out_dir: str | Path | None = None,
+    progress: Progress = lambda message: None,
+    command: str | None = None,
+    export: bool = True,
+    exporter: str = "auto",
+    seed: int = 0,
+) -> RunResult:
+    """Apply ``recipe`` (a Recipe, preset name, TOML path or list of step dicts) to ``model`` on ``data``.
+
+    Saves every variant under ``out_dir/variants/`` and writes ``out_dir/results.json`` (a temporary
+    folder when ``out_dir`` is None). Returns the variants, original first, with ``.results``.
+    ``export`` adds an ONNX export of every PyTorch variant (``exporter``: "auto", "dynamo" or "legacy");
+    ``seed`` is used when ``data`` is given as a name.
+
+    >>> variants = run("seed-cnn", "int8", out_dir="/tmp/seed-cnn-int8")  # doctest: +SKIP
+    >>> [v.name for v in variants], variants.results["variants"][0]["metrics"]["accuracy"]  # doctest: +SKIP
+    """
+    model, recipe, data = _resolve(model, recipe, data, seed)
+    out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="slimlens-run-"))
+    variants_dir = out / "variants"
+    variants_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(data.seed)
+    started = time.perf_counter()
+    recorder = _Recorder(data, model, variants_dir, out, export, exporter, progress)
+    progress(f"original: measuring {data.model_name}")
+    recorder.add(_Output(TorchVariant(name="original", source=dict(data.source), module=model), model, chains=True),
+                 "original", [], 0.0)
+
+    current, chain_steps, timings = model, [], []
+    for index, recipe_step in enumerate(recipe.steps):
+        progress(f"[{index + 1}/{len(recipe.steps)}] {recipe_step.label} ({recipe_step.step})")
+        start = time.perf_counter()
+        search = None
+        if recipe_step.max_drop is not None:
+            output, config, search = _search(recipe_step, current, data, model, recorder.base_metrics, progress)
+        else:
+            config = recipe_step.config
+            output = _call(recipe_step, config, current, data, model, progress)
+        seconds = time.perf_counter() - start
+        step_record = {"step": recipe_step.step, **dataclasses.asdict(config)}
+        timings.append({"step": recipe_step.label, "seconds": round(seconds, 2), **({"search": search} if search else {})})
+        outputs = _outputs(output, recipe_step.label, data.source, current)
+        for i, (name, produced) in enumerate(outputs):
+            extra = {"search": search} if search and i == 0 else {}
+            recorder.add(produced, name, chain_steps + [step_record], seconds, extra)
+        first = outputs[0][1]
+        if first.chains:
+            current, chain_steps = first.variant.module, chain_steps + [step_record]
+
+    results = {
+        "schema": SCHEMA,
+        "model": data.model_name,
+        "task": data.task,
+        "family": data.family,
+        "primary_metric": data.primary_metric,
+        "higher_is_better": data.higher_is_better,
+        "recipe": recipe.to_dict(),
+        "command": command,
+        "environment": environment(data.seed),
+        "timings": {"steps": timings, "total_seconds": round(time.perf_counter() - started, 2)},
+        "variants": recorder.entries,
+    }
+    write_results(results, out / "results.json")
+    return RunResult(recorder.variants, results, out)

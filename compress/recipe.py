@@ -1,0 +1,235 @@
+"""Recipes: an ordered list of compression steps with their settings, from TOML, a preset name or Python.
+
+A recipe file::
+
+    description = "prune half the channels, then distil"
+
+    [[steps]]
+    step = "prune-structured"     # a registered step (``compress.steps.list_steps()``)
+    ratio = 0.5                   # any field of the step's config class
+    max_drop = 0.5                # optional: search the step's strength, keep the most compressed
+    search = [0.3, 0.5, 0.7]      #   variant within this metric loss (points for accuracy)
+
+    [[steps]]
+    step = "distill"
+    name = "pruned-distilled"     # optional: the variant's name (default: the step's name)
+
+Every mistake (unknown step, unknown setting, wrong type, value out of range) is one
+``SlimlensError`` line naming the file, the step and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compress.steps import get_step, list_steps
+from zoo.errors import SlimlensError
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+RESERVED = ("step", "name", "max_drop", "search")
+
+
+@dataclass(frozen=True)
+class RecipeStep:
+    """One step of a recipe: the registered step, its config, and an optional accuracy-aware search."""
+
+    step: str
+    config: Any
+    name: str | None = None  # the variant's name; the step's name when None
+    max_drop: float | None = None  # tolerated loss of the primary metric (points for accuracy-like metrics)
+    search: tuple | None = None  # strength values to try, weakest first; the config class's defaults when None
+
+    @property
+    def label(self) -> str:
+        """The name its variant gets."""
+        return self.name or self.step
+
+    def to_dict(self) -> dict[str, Any]:
+        """The step as recipe data, every setting resolved (defaults included)."""
+        out: dict[str, Any] = {"step": self.step}
+        if self.name:
+            out["name"] = self.name
+        out.update(_plain(dataclasses.asdict(self.config)))
+        if self.max_drop is not None:
+            out["max_drop"] = self.max_drop
+            out["search"] = list(self.search_values())
+        return out
+
+    def search_values(self) -> tuple:
+        """The strengths an accuracy-aware search tries, weakest first."""
+        if self.search is not None:
+            return tuple(self.search)
+        return tuple(getattr(type(self.config), "search_values", ()))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """An ordered list of steps; ``origin`` says where it was read from (a preset name, a file, or "python")."""
+
+    steps: tuple[RecipeStep, ...]
+    description: str = ""
+    origin: str = "python"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The exact recipe, settings resolved, as written into results.json."""
+        return {"origin": self.origin, "description": self.description, "steps": [s.to_dict() for s in self.steps]}
+
+    @classmethod
+    def from_steps(cls, steps: list[dict[str, Any]], description: str = "", origin: str = "python") -> "Recipe":
+        """Build a recipe from ``[{"step": "distill", "epochs": 5}, ...]``, validated like a TOML file."""
+        return cls(tuple(parse_step(s, i, origin) for i, s in enumerate(steps)), description, origin)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def list_presets() -> list[str]:
+    """Names of the shipped recipes."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
+
+
+def load_recipe(recipe: str | Path) -> Recipe:
+    """A preset by name (``"int8"``) or a TOML file by path, parsed and validated."""
+    text_name = str(recipe)
+    path = Path(recipe)
+    if not path.suffix and not path.exists():
+        preset = PRESETS_DIR / f"{text_name}.toml"
+        if not preset.is_file():
+            raise SlimlensError(f"unknown recipe {text_name!r}: not a file, and the presets are {', '.join(list_presets())}")
+        return parse_recipe(preset.read_text(), origin=f"preset:{text_name}")
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SlimlensError(f"recipe file {path} not found; give a TOML file or one of the presets: {', '.join(list_presets())}") from None
+    except OSError as exc:
+        raise SlimlensError(f"recipe file {path} cannot be read ({exc.strerror})") from None
+    return parse_recipe(text, origin=str(path))
+
+
+def parse_recipe(text: str, origin: str = "<string>") -> Recipe:
+    """Parse and validate recipe TOML ``text``; ``origin`` names it in error messages."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SlimlensError(f"{origin}: not valid TOML ({exc})") from None
+    unknown = sorted(set(doc) - {"description", "steps"})
+    if unknown:
+        raise SlimlensError(f"{origin}: unknown top-level key {unknown[0]!r}; a recipe has 'description' and [[steps]]")
+    steps = doc.get("steps")
+    if not isinstance(steps, list) or not steps:
+        raise SlimlensError(f"{origin}: a recipe needs at least one [[steps]] table with step = \"name\"")
+    description = doc.get("description", "")
+    if not isinstance(description, str):
+        raise SlimlensError(f"{origin}: description must be a string")
+    return Recipe.from_steps(steps, description, origin)
+
+
+def parse_step(table: Any, index: int, origin: str) -> RecipeStep:
+    """Validate one ``[[steps]]`` table against its step's config class."""
+    where = f"{origin}: step {index + 1}"
+    if not isinstance(table, dict):
+        raise SlimlensError(f"{where}: must be a table with step = \"name\"")
+    name = table.get("step")
+    if not isinstance(name, str):
+        raise SlimlensError(f"{where}: missing step = \"name\"; known steps: {', '.join(list_steps())}")
+    try:
+        registered = get_step(name)
+    except SlimlensError as exc:
+        raise SlimlensError(f"{where}: {exc}") from None
+    where = f"{origin}: step {index + 1} ({name})"
+    config_class = registered.config_class
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    hints = typing.get_type_hints(config_class)
+    settings = {}
+    for key, value in table.items():
+        if key in RESERVED:
+            continue
+        if key not in fields:
+            known = ", ".join(list(fields) + ["name", "max_drop", "search"])
+            raise SlimlensError(f"{where}: unknown setting {key!r}; {name} takes: {known}")
+        settings[key] = _coerce(value, hints[key], f"{where}: setting {key!r}")
+    try:
+        config = config_class(**settings)
+    except (ValueError, TypeError) as exc:
+        raise SlimlensError(f"{where}: {exc}") from None
+    max_drop, search = table.get("max_drop"), table.get("search")
+    if max_drop is not None:
+        max_drop = _coerce(max_drop, float, f"{where}: setting 'max_drop'")
+        if max_drop < 0:
+            raise SlimlensError(f"{where}: max_drop must be >= 0 (the metric loss you tolerate), got {max_drop}")
+    if search is not None and max_drop is None:
+        raise SlimlensError(f"{where}: 'search' needs 'max_drop' (the tolerated metric loss)")
+    if search is not None and not isinstance(search, list):
+        raise SlimlensError(f"{where}: search must be a list of values, got {search!r}")
+    label = table.get("name")
+    if label is not None and (not isinstance(label, str) or not label.replace("-", "").replace("_", "").isalnum()):
+        raise SlimlensError(f"{where}: name must be letters, digits, '-' or '_', got {label!r}")
+    step = RecipeStep(name, config, label, max_drop, tuple(search) if search is not None else None)
+    if max_drop is not None:
+        _check_search(step, config_class, hints, where)
+    return step
+
+
+def _check_search(step: RecipeStep, config_class: type, hints: dict, where: str) -> None:
+    strength = getattr(config_class, "strength_field", None)
+    if strength is None:
+        raise SlimlensError(f"{where}: max_drop given, but {step.step} has no strength to search")
+    if not step.search_values():
+        raise SlimlensError(f"{where}: max_drop given, but no values to try; add search = [...] of {strength!r} values")
+    for value in step.search_values():
+        _coerce(value, hints[strength], f"{where}: search value for {strength!r}")
+        try:
+            dataclasses.replace(step.config, **{strength: value})
+        except (ValueError, TypeError) as exc:
+            raise SlimlensError(f"{where}: search value {value!r}: {exc}") from None
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """``value`` checked against a config field's type (an int is a valid float; a list a valid tuple)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            try:
+                return _coerce(value, option, where)
+            except SlimlensError:
+                continue
+        raise SlimlensError(f"{where} must be {_type_name(annotation)}, got {value!r}")
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise SlimlensError(f"{where} must be one of {', '.join(repr(a) for a in args)}, got {value!r}")
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            raise SlimlensError(f"{where} must be a list, got {value!r}")
+        item = args[0] if args else Any
+        items = [_coerce(v, item, where) for v in value] if item is not Any else list(value)
+        return tuple(items) if origin is tuple else items
+    if annotation is type(None):
+        raise SlimlensError(f"{where} cannot be given in TOML (it is unset by default)")
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, float, str, bool):
+        if isinstance(value, annotation) and not (annotation is int and isinstance(value, bool)):
+            return value
+        raise SlimlensError(f"{where} must be {_type_name(annotation)}, got {value!r}")
+    return value  # an annotation we cannot check (Any, a dict): the config class validates it
+
+
+def _type_name(annotation: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    if annotation in names:
+        return names[annotation]
+    return str(annotation).replace("typing.", "")

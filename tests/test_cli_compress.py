@@ -1,0 +1,81 @@
+"""``slimlens compress`` end to end, and every bad input as one line, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import cli
+from zoo.cards import TRAINED_DIR
+
+FAST = '[[steps]]\nstep = "distill"\nstudent = "self"\nepochs = 0.2\n'
+
+
+@pytest.fixture()
+def recipe(tmp_path: Path) -> Path:
+    path = tmp_path / "fast.toml"
+    path.write_text(FAST)
+    return path
+
+
+def test_compress_end_to_end_with_a_builder_and_weights(tmp_path: Path, recipe: Path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "cli", "compress", "zoo.models.mlp:SimpleNet", "--weights", str(TRAINED_DIR / "simplenet.safetensors"),
+           "--data", "mnist-ge5", "--recipe", str(recipe), "--out", str(out), "--no-latency", "--no-report", "--onnx-exporter", "legacy"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(cli.__file__).parent, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(out / "results.json")
+    assert "[1/1] distill" in done.stderr  # progress lines on stderr
+    results = json.loads((out / "results.json").read_text())
+    names = [v["name"] for v in results["variants"]]
+    assert names[:2] == ["original", "original-onnx"] and "distill-alone" in names
+    assert results["variants"][0]["metrics"]["accuracy"] > 0.9
+    assert results["command"].startswith("slimlens compress zoo.models.mlp:SimpleNet")
+    assert all((out / v["artifact"]).is_file() for v in results["variants"])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.")]  # the staging folder was renamed away
+
+
+def _fails(args: list[str], capsys) -> str:
+    assert cli.main(["compress", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("slimlens: error: ") and "\n" not in err
+    return err
+
+
+def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tmp_path: Path, recipe: Path, capsys):
+    out = tmp_path / "run"
+    common = ["--out", str(out), "--no-latency"]
+    assert "no zoo model named 'nonet'" in _fails(["nonet", "--recipe", str(recipe), *common], capsys)
+    assert "unknown recipe 'int9'" in _fails(["seed-cnn", "--recipe", "int9", *common], capsys)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[steps]]\nstep = "distill"\ntemperature = "hot"\n')
+    assert f"{bad}: step 1 (distill): setting 'temperature' must be a number" in _fails(["seed-cnn", "--recipe", str(bad), *common], capsys)
+    assert "not found" in _fails(["seed-cnn", "--weights", str(tmp_path / "none.safetensors"), "--recipe", str(recipe), *common], capsys)
+    assert "does not fit the architecture" in _fails(
+        ["seed-cnn", "--weights", str(TRAINED_DIR / "lenet5.safetensors"), "--recipe", str(recipe), *common], capsys)
+    assert "--data" in _fails(["zoo.models.mlp:SimpleNet", "--recipe", str(recipe), *common], capsys)
+    assert "parent folder" in _fails(["simplenet", "--recipe", str(recipe), "--out", str(tmp_path / "a" / "b"), "--no-latency"], capsys)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml", "fast.toml"]
+
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert "not empty; pass --force" in _fails(["simplenet", "--recipe", str(recipe), *common], capsys)
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_full_pickle_weights_need_trust(tmp_path: Path, recipe: Path, capsys):
+    import zoo
+
+    pickled = tmp_path / "simplenet.pt"
+    torch.save(zoo.load("simplenet"), pickled)  # a whole pickled module: loading it can run code
+    err = _fails(["simplenet", "--weights", str(pickled), "--recipe", str(recipe), "--out", str(tmp_path / "run"), "--no-latency"], capsys)
+    assert "--trust-pickle" in err
+    from compress.pipeline import load_model
+
+    model = load_model("simplenet", pickled, trust_pickle=True)
+    assert torch.equal(model.hidden.weight, zoo.load("simplenet").hidden.weight)

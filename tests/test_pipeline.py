@@ -1,0 +1,91 @@
+"""Recipes and ``compress.run`` on real zoo models, real ONNX Runtime, tiny budgets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress import load_variant
+from compress.pipeline import run
+from compress.recipe import Recipe, list_presets, load_recipe, parse_recipe
+from compress.results import SCHEMA, read_results
+from zoo.errors import SlimlensError
+
+TINY_DISTILL = [{"step": "distill", "width": 0.5, "epochs": 0.1}]
+
+
+def test_every_preset_parses():
+    assert {"distill", "prune-structured"} <= set(list_presets())
+    for name in list_presets():
+        recipe = load_recipe(name)
+        assert recipe.steps and recipe.origin == f"preset:{name}"
+
+
+def test_recipe_resolves_defaults_and_round_trips():
+    recipe = parse_recipe('[[steps]]\nstep = "distill"\nepochs = 2\nname = "small"\n', origin="r.toml")
+    step = recipe.to_dict()["steps"][0]
+    assert step["name"] == "small" and step["epochs"] == 2.0 and step["temperature"] == 4.0
+    assert Recipe.from_steps([step]).to_dict()["steps"][0] == step
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[[steps]]\nstep = "shrink"\n', "step 1: unknown recipe step 'shrink'"),
+        ('[[steps]]\nstep = "distill"\nepoch = 3\n', "step 1 (distill): unknown setting 'epoch'"),
+        ('[[steps]]\nstep = "distill"\nepochs = "three"\n', "step 1 (distill): setting 'epochs' must be a number"),
+        ('[[steps]]\nstep = "distill"\naugment = 1\n', "setting 'augment' must be true or false"),
+        ('[[steps]]\nstep = "distill"\nwidth = 1.5\n', "step 1 (distill): width must be in (0, 1]"),
+        ('[[steps]]\nstep = "distill"\nsearch = [0.5]\n', "'search' needs 'max_drop'"),
+        ('[[steps]]\nstep = "distill"\nmax_drop = 1\nsearch = [2.0]\n', "search value 2.0"),
+        ("[[steps]]\nstep = distill\n", "not valid TOML"),
+        ("description = 'no steps'\n", "needs at least one [[steps]]"),
+    ],
+)
+def test_recipe_errors_name_file_step_and_key(text, expected):
+    with pytest.raises(SlimlensError) as info:
+        parse_recipe(text, origin="my.toml")
+    message = str(info.value)
+    assert message.startswith("my.toml") and expected in message and "\n" not in message
+
+
+def test_unknown_preset_and_missing_file():
+    with pytest.raises(SlimlensError, match="unknown recipe 'int9'.*presets are"):
+        load_recipe("int9")
+    with pytest.raises(SlimlensError, match="not found"):
+        load_recipe("/nonexistent/recipe.toml")
+
+
+def test_run_writes_loadable_variants_and_schema_valid_results(tmp_path: Path):
+    variants = run("seed-cnn", TINY_DISTILL, out_dir=tmp_path, exporter="legacy")
+    results = read_results(tmp_path / "results.json")
+    names = [v["name"] for v in results["variants"]]
+    assert results["schema"] == SCHEMA and names[:2] == ["original", "original-onnx"]
+    assert {"distill", "distill-alone", "distill-onnx"} <= set(names)
+    assert results["recipe"]["steps"][0]["temperature"] == 4.0 and results["environment"]["torch"] == torch.__version__
+    by_name = {v["name"]: v for v in results["variants"]}
+    assert by_name["original"]["metrics"]["accuracy"] > 0.97
+    assert by_name["original-onnx"]["export_check"]["passed"] and by_name["original-onnx"]["parity"]["argmax_agreement"] == 1.0
+    assert by_name["distill"]["params"] < by_name["original"]["params"] / 3 and by_name["distill"]["macs"] > 0
+    assert by_name["distill"]["steps"][0]["step"] == "distill"
+    assert results["timings"]["steps"][0]["seconds"] > 0
+    images = torch.rand(4, 1, 28, 28)
+    for entry, variant in zip(results["variants"], variants):
+        meta = tmp_path / "variants" / f"{entry['name']}.variant.json"
+        loaded = load_variant(meta)
+        assert (tmp_path / entry["artifact"]).stat().st_size == entry["size_bytes"]
+        torch.testing.assert_close(loaded(images), variant(images), atol=1e-4, rtol=1e-4)
+    assert json.loads((tmp_path / "results.json").read_text())["model"] == "seed-cnn"
+
+
+def test_accuracy_aware_search_records_its_trail(tmp_path: Path):
+    recipe = [{"step": "distill", "epochs": 0.05, "max_drop": 0.5, "search": [0.5, 0.25]}]
+    variants = run("simplenet", recipe, out_dir=tmp_path, export=False)
+    entry = variants.results["variants"][1]
+    search = entry["search"]
+    assert search["field"] == "width" and search["trail"][0]["width"] == 0.5
+    # With a 3-batch budget the student cannot be within half a point: the search stops and says so.
+    assert not search["met"] and len(search["trail"]) == 1 and search["chosen"] == 0.5
