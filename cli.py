@@ -218,6 +218,57 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_compress)
 
 
+# ---- report and bench ------------------------------------------------------------------------------
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import reports
+
+    out = reports.render([reports.read_results(d) for d in args.dirs], args.out)
+    print(out)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import shlex
+
+    import reports
+
+    cfg = reports.TimingConfig(batch=args.batch, threads=args.threads, compile=not args.no_compile,
+                               min_seconds=args.min_seconds, warmup=args.warmup)
+    out = Path(args.out or f"bench-{Path(args.target).name}")
+    command = shlex.join(["slimlens", "bench", args.target, "--devices", args.devices, "--batch", str(args.batch),
+                          "--threads", str(args.threads), "--out", str(out)] + (["--no-compile"] if args.no_compile else []))
+    reports.bench(args.target, out, args.devices, cfg, memory=not args.no_memory, html=not args.no_html, force=args.force,
+                  command=command, progress=lambda m: _say(args, m))
+    print(out / "results.json")
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="render report.html from one or more runs' results.json (nothing is re-run)")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="run folders holding results.json; several are shown side by side")
+    p.add_argument("--out", default="report.html", help="the HTML file to write (default: ./report.html)")
+    p.set_defaults(func=cmd_report)
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="measure a zoo model (or a run folder's variants) without compressing")
+    p.add_argument("target", metavar="MODEL", help="a zoo model name, or a run folder written by compress or bench")
+    p.add_argument("--devices", default="cpu", help="comma-separated: cpu, cuda (default: cpu)")
+    p.add_argument("--batch", type=int, default=8, help="the throughput batch size (default: 8)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for PyTorch and ONNX Runtime (default: 2)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed calls before timing (default: 10)")
+    p.add_argument("--min-seconds", type=float, default=0.5, help="time each measurement at least this long (default: 0.5)")
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile (it costs tens of seconds per variant)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probe (a child process per variant)")
+    p.add_argument("--no-html", action="store_true", help="write results.json only")
+    p.add_argument("--out", help="folder to write results.json and report.html into (default: ./bench-MODEL)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_bench)
+
+
 # ---- entry point -----------------------------------------------------------------------------------
 
 
@@ -227,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_zoo(sub)
     _add_compress(sub)
+    _add_report(sub)
+    _add_bench(sub)
     return parser
 
 

@@ -1,0 +1,30 @@
+"""slimlens reports: measure variants (metric, size, latency, memory) and render one self-contained HTML report.
+
+>>> import zoo, reports
+>>> from compress import TorchVariant
+>>> original = TorchVariant(name="original", module=zoo.load("seed-autoencoder"), source={"zoo": "seed-autoencoder"})
+>>> results = reports.measure([original], "seed-autoencoder", devices="cpu", cfg=reports.TimingConfig(compile=False))
+>>> results["variants"][0]["latency"]["cpu"]["batch1_p50_ms"] > 0
+True
+"""
+
+from reports.errors import DeviceError, ReportError
+from reports.latency import TimingConfig
+from reports.bench import bench
+from reports.measure import latency, measure, parse_devices
+from reports.render import render
+from reports.results import SCHEMA, read_results, write_results
+
+__all__ = [
+    "DeviceError",
+    "ReportError",
+    "SCHEMA",
+    "TimingConfig",
+    "bench",
+    "latency",
+    "measure",
+    "parse_devices",
+    "read_results",
+    "render",
+    "write_results",
+]

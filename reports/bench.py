@@ -1,0 +1,139 @@
+"""``bench``: measure a zoo model (original + ONNX fp32 export) or a run folder's saved variants, without compressing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+import zoo
+from reports.errors import ReportError
+from reports.inputs import INPUT_SEED, timing_inputs
+from reports.latency import TimingConfig
+from reports.measure import measure, parse_devices
+from reports.results import RESULTS_FILE, read_results, write_results
+
+
+def export_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path) -> Path:
+    """Export ``module`` to ONNX with the TorchScript exporter and a dynamic batch axis."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is deprecated, not broken
+        torch.onnx.export(
+            module, (example,), str(path), dynamo=False, input_names=["input"], output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, opset_version=17,
+        )
+    return path
+
+
+def zoo_variants(model: str, folder: Path, onnx: bool = True) -> tuple[list[Any], list[dict[str, str]]]:
+    """The original zoo model saved into ``folder`` and its ONNX fp32 export; failures come back with reasons."""
+    from compress.variant import OnnxVariant, TorchVariant
+
+    original = TorchVariant(name="original", module=zoo.load(model), source={"zoo": model})
+    original.save(folder)
+    variants: list[Any] = [original]
+    failed: list[dict[str, str]] = []
+    if onnx:
+        steps = [{"step": "export", "format": "onnx", "exporter": "torch.onnx.export(dynamo=False)", "opset": 17}]
+        try:
+            path = export_onnx(original.module, timing_inputs(model, 1), folder / "onnx-fp32.onnx")
+            exported = OnnxVariant(name="onnx-fp32", steps=steps, source={"zoo": model}, artifact=path)
+            exported.save(folder)
+            variants.append(exported)
+        except Exception as exc:  # noqa: BLE001 - an export failure is a result, recorded with its reason
+            failed.append({"name": "onnx-fp32", "reason": f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]})
+    return variants, failed
+
+
+def run_variants(run_dir: Path, threads: int) -> tuple[str | None, list[Any]]:
+    """The model name and saved variants (original first) of a run folder written by compress or bench."""
+    from compress.variant import METADATA_SUFFIX, load_variant
+
+    results = read_results(run_dir)
+    found = sorted((run_dir / "variants").glob(f"*{METADATA_SUFFIX}")) or sorted(run_dir.glob(f"*{METADATA_SUFFIX}"))
+    if not found:
+        raise ReportError(f"{run_dir} holds no saved variants (*{METADATA_SUFFIX} in {run_dir / 'variants'})")
+    variants = [load_variant(p, threads=threads) for p in found]
+    order = {v["name"]: i for i, v in enumerate(results["variants"])}
+    variants.sort(key=lambda v: (v.name != "original", order.get(v.name, len(order)), v.name))
+    return results.get("model"), variants
+
+
+def _prepare_out(out: Path, force: bool) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise ReportError(f"--out {out} exists and is not empty; choose another folder or pass --force to replace it")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReportError(f"cannot create --out {out}: {exc.strerror}") from None
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    # Rename the finished folder into place; an old one is moved aside first and removed only after.
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def bench(
+    target: str,
+    out: str | Path,
+    devices: str | Sequence[str] = "cpu",
+    cfg: TimingConfig = TimingConfig(),
+    *,
+    memory: bool = True,
+    onnx: bool = True,
+    html: bool = True,
+    force: bool = False,
+    command: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Measure ``target`` (a zoo model name or a run folder) and write ``out/results.json`` (+ report.html); returns ``out``."""
+    devices = parse_devices(devices)  # fail before any work
+    out = Path(out)
+    source = Path(target)
+    is_run = source.is_dir()
+    if not is_run and target not in zoo.list_models():
+        raise ReportError(f"{target!r} is neither a zoo model ({', '.join(zoo.list_models())}) nor a run folder holding {RESULTS_FILE}")
+    _prepare_out(out, force)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the finished folder gets ordinary permissions
+    try:
+        failed: list[dict[str, str]] = []
+        if is_run:
+            model, variants = run_variants(source, cfg.threads)
+        else:
+            model = target
+            (tmp / "variants").mkdir()
+            variants, failed = zoo_variants(model, tmp / "variants", onnx)
+        results = measure(variants, model, devices, cfg, memory=memory, run_dir=tmp, seed=INPUT_SEED, command=command, progress=progress)
+        results["recipe"] = {"name": "bench", "steps": [], "note": f"measured without compressing ({'variants of ' + str(source) if is_run else 'zoo model'})"}
+        if failed:
+            results["failed_variants"] = failed
+        if is_run:  # artifacts stay in the measured run folder: record where
+            for entry in results["variants"]:
+                entry["artifact"] = str(Path(entry["artifact"]).resolve()) if entry.get("artifact") else None
+        write_results(results, tmp)
+        if html:
+            from reports.render import render
+
+            run = read_results(tmp)
+            run["_dir"] = str(out)  # the report names the folder the run will live in, not the staging one
+            render([run], tmp / "report.html")
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

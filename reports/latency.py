@@ -1,0 +1,207 @@
+"""Latency and throughput of one variant: warm-up, then many individually timed calls; medians and p90.
+
+Each call is timed on its own with ``time.perf_counter_ns`` (after ``torch.cuda.synchronize`` on the
+GPU) rather than with ``torch.utils.benchmark``'s blocked timing, because the p90 needs the
+distribution of single calls, not block means. Repetitions continue until both a minimum count and a
+minimum time are reached, so a fast model gets many more samples than a slow one.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from reports.environment import cpu_model, cuda_device_name, library_versions
+
+TIMER = "time.perf_counter_ns around each single call, after warm-up"
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    """How latency is taken; every field is recorded next to the figures."""
+
+    batch: int = 8  # the throughput batch
+    threads: int = 2  # torch intra-op threads and ONNX Runtime intra-op threads
+    warmup: int = 10  # untimed calls first: lazy initialisation, allocator and kernel caches settle
+    min_repetitions: int = 30
+    max_repetitions: int = 2000
+    min_seconds: float = 0.5  # per measured shape: keep sampling until this much time has passed
+    compile: bool = True  # also time torch.compile (costs tens of seconds of compilation per variant)
+
+    def how(self) -> dict[str, Any]:
+        """The settings as they go into results.json."""
+        return dataclasses.asdict(self)
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Fix torch's intra-op thread count for the duration, then restore it."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def time_calls(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, cfg: TimingConfig, sync: Callable[[], None] = lambda: None) -> dict[str, float]:
+    """Warm up, then time single calls of ``fn(x)``: median, p90, mean, min, IQR in ms and the count."""
+    for _ in range(cfg.warmup):
+        fn(x)
+    sync()
+    samples: list[int] = []
+    start = time.perf_counter()
+    while len(samples) < cfg.max_repetitions and (len(samples) < cfg.min_repetitions or time.perf_counter() - start < cfg.min_seconds):
+        t0 = time.perf_counter_ns()
+        fn(x)
+        sync()
+        samples.append(time.perf_counter_ns() - t0)
+    ms = np.asarray(samples, dtype=np.float64) / 1e6
+    q25, q50, q75, q90 = np.percentile(ms, [25, 50, 75, 90])
+    return {"p50_ms": float(q50), "p90_ms": float(q90), "mean_ms": float(ms.mean()), "min_ms": float(ms.min()), "iqr_ms": float(q75 - q25), "repetitions": len(samples)}
+
+
+def figures(fn: Callable[[torch.Tensor], Any], x1: torch.Tensor, xb: torch.Tensor, cfg: TimingConfig, sync: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """Batch-1 latency and throughput at ``len(xb)`` for one way of running a variant."""
+    one = time_calls(fn, x1, cfg, sync)
+    many = time_calls(fn, xb, cfg, sync)
+    return {
+        "batch1_p50_ms": one["p50_ms"],
+        "batch1_p90_ms": one["p90_ms"],
+        "batch1_mean_ms": one["mean_ms"],
+        "batch1_min_ms": one["min_ms"],
+        "batch1_iqr_ms": one["iqr_ms"],
+        "batch1_repetitions": one["repetitions"],
+        "throughput_batch": len(xb),
+        "throughput_p50_ms": many["p50_ms"],
+        "throughput_p90_ms": many["p90_ms"],
+        "throughput_per_s": len(xb) / (many["p50_ms"] / 1000.0),
+        "throughput_repetitions": many["repetitions"],
+    }
+
+
+def _guarded(label: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    # A way of running that fails (torch.compile without a compiler, an op with no GPU kernel) is
+    # recorded with its reason, never dropped: the report shows why a cell is empty.
+    try:
+        return run()
+    except Exception as exc:  # noqa: BLE001 - any failure of a third-party runtime is a recorded result
+        return {"unavailable": f"{label} failed: {_first_line(exc)}"}
+
+
+def _compiled_figures(module: torch.nn.Module, x1: torch.Tensor, xb: torch.Tensor, cfg: TimingConfig, sync: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    compiled = torch.compile(module, dynamic=False)  # one static graph per shape, as a deployment would use
+
+    def call(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return compiled(x)
+
+    try:
+        return figures(call, x1, xb, cfg, sync)
+    finally:
+        torch._dynamo.reset()  # free the compiled graphs before the next variant
+
+
+def _with_how(primary: str, modes: dict[str, dict[str, Any]], how: dict[str, Any]) -> dict[str, Any]:
+    head = modes[primary]
+    top = {k: v for k, v in head.items()} if "unavailable" not in head else {"unavailable": head["unavailable"]}
+    return {**top, "runtime": primary, "modes": modes, **how}
+
+
+def cpu_latency(variant: Any, x1: torch.Tensor, xb: torch.Tensor, cfg: TimingConfig) -> dict[str, Any]:
+    """``latency.cpu`` for a variant: eager (or ONNX Runtime) figures at top level, every mode under ``modes``."""
+    how = {
+        "device": cpu_model(),
+        "threads": cfg.threads,
+        "timing": cfg.how(),
+        "timer": TIMER,
+        "versions": library_versions(),
+        "inputs": "the same real test inputs for every variant (batch 1 = the first of them)",
+    }
+    with torch_threads(cfg.threads):
+        if variant.format == "onnx":
+            # A fresh session with the fixed thread count, so every ONNX variant runs with the same threads.
+            session_variant = dataclasses.replace(variant, threads=cfg.threads, _session=None)
+            modes = {"onnxruntime": _guarded("ONNX Runtime", lambda: figures(session_variant, x1, xb, cfg))}
+            return _with_how("onnxruntime", modes, how)
+        modes = {"eager": _guarded("PyTorch eager", lambda: figures(variant, x1, xb, cfg))}
+        if cfg.compile:
+            modes["compiled"] = _guarded("torch.compile", lambda: _compiled_figures(variant.module, x1, xb, cfg))
+        else:
+            modes["compiled"] = {"unavailable": "not measured (compile switched off for this run)"}
+        return _with_how("eager", modes, how)
+
+
+def _cuda_mode(module: torch.nn.Module, x1: torch.Tensor, xb: torch.Tensor, cfg: TimingConfig, dtype: torch.dtype, compiled: bool) -> dict[str, Any]:
+    module = copy.deepcopy(module).to(device="cuda", dtype=dtype).eval()
+    x1, xb = x1.to("cuda", dtype), xb.to("cuda", dtype)
+    torch.cuda.reset_peak_memory_stats()
+    if compiled:
+        result = _compiled_figures(module, x1, xb, cfg, torch.cuda.synchronize)
+    else:
+        def call(x: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                return module(x)
+
+        result = figures(call, x1, xb, cfg, torch.cuda.synchronize)
+    result["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    result["peak_memory_method"] = "torch.cuda.max_memory_allocated (weights, inputs and activations held by PyTorch's allocator)"
+    del module
+    torch.cuda.empty_cache()
+    return result
+
+
+def _onnx_cuda(variant: Any, x1: torch.Tensor, xb: torch.Tensor, cfg: TimingConfig) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    providers = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in providers:
+        return {"unavailable": f"cannot run on the GPU: this ONNX Runtime build has no CUDA execution provider (it has {', '.join(providers)}); the ONNX variant runs on the CPU only"}
+    session = ort.InferenceSession(str(variant.artifact), providers=["CUDAExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def call(x: torch.Tensor) -> Any:
+        return session.run(None, {name: x.numpy()})
+
+    result = figures(call, x1, xb, cfg)
+    result["note"] = "ONNX Runtime CUDA provider, inputs copied from host memory in every call"
+    return result
+
+
+def cuda_latency(variant: Any, x1: torch.Tensor, xb: torch.Tensor, cfg: TimingConfig) -> dict[str, Any]:
+    """``latency.cuda``: fp32 at top level; fp16, bf16 and compiled under ``modes``; or the reason it cannot run."""
+    if not torch.cuda.is_available():
+        return {"unavailable": "no CUDA GPU present on this machine"}
+    how = {
+        "device": cuda_device_name(),
+        "timing": cfg.how(),
+        "timer": TIMER + ", torch.cuda.synchronize() before reading the clock",
+        "versions": {**library_versions(), "cuda": torch.version.cuda},
+        "inputs": "the same inputs as on the CPU, already in GPU memory (host-to-device copies not timed)",
+    }
+    if variant.format == "onnx":
+        return _with_how("onnxruntime", {"onnxruntime": _guarded("ONNX Runtime CUDA", lambda: _onnx_cuda(variant, x1, xb, cfg))}, how)
+    modes = {"fp32": _guarded("fp32 on the GPU", lambda: _cuda_mode(variant.module, x1, xb, cfg, torch.float32, False))}
+    if "unavailable" in modes["fp32"]:
+        # e.g. dynamic int8 modules have CPU kernels only: say so once instead of three failures
+        modes["fp32"]["unavailable"] = "cannot run on the GPU: " + modes["fp32"]["unavailable"]
+        return _with_how("fp32", modes, how)
+    modes["fp16"] = _guarded("fp16 on the GPU", lambda: _cuda_mode(variant.module, x1, xb, cfg, torch.float16, False))
+    modes["bf16"] = _guarded("bf16 on the GPU", lambda: _cuda_mode(variant.module, x1, xb, cfg, torch.bfloat16, False))
+    if cfg.compile:
+        modes["compiled"] = _guarded("torch.compile on the GPU", lambda: _cuda_mode(variant.module, x1, xb, cfg, torch.float32, True))
+    else:
+        modes["compiled"] = {"unavailable": "not measured (compile switched off for this run)"}
+    return _with_how("fp32", modes, how)

@@ -1,0 +1,166 @@
+"""``measure``: every figure of every variant (task metric, parity, size, MACs, latency, memory) into results.json form."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+import zoo
+from reports.environment import environment
+from reports.errors import DeviceError
+from reports.inputs import timing_inputs
+from reports.latency import TimingConfig, cpu_latency, cuda_latency
+from reports.memory import peak_memory
+from reports.results import SCHEMA
+from reports.size import disk_bytes, module_macs, module_params, onnx_macs, onnx_params
+from zoo.metrics import batched_outputs
+
+DEVICES = ("cpu", "cuda")
+
+
+def parse_devices(devices: str | Sequence[str]) -> list[str]:
+    """Check a device list (``"cpu,cuda"`` or a sequence); CUDA without a GPU is an error, not a silent skip."""
+    names = [d.strip().lower() for d in (devices.split(",") if isinstance(devices, str) else devices) if d.strip()]
+    if not names:
+        raise DeviceError("no device named; use --devices cpu, cuda or cpu,cuda")
+    for name in names:
+        if name not in DEVICES:
+            raise DeviceError(f"unknown device {name!r}; choose from {', '.join(DEVICES)}")
+    if "cuda" in names and not torch.cuda.is_available():
+        raise DeviceError("cuda was requested but no CUDA GPU is present on this machine (torch.cuda.is_available() is False); use --devices cpu")
+    return list(dict.fromkeys(names))
+
+
+def latency(variant: Any, x1: torch.Tensor, xb: torch.Tensor, devices: Sequence[str], cfg: TimingConfig, memory: bool = True) -> dict[str, Any]:
+    """``latency`` of results.json: one entry per device, requested or not, so absence is always explained."""
+    out: dict[str, Any] = {}
+    if "cpu" in devices:
+        out["cpu"] = cpu_latency(variant, x1, xb, cfg)
+        out["cpu"]["peak_memory"] = peak_memory(variant, xb, cfg.threads) if memory else {"unavailable": "not measured (memory probe switched off)"}
+    else:
+        out["cpu"] = {"unavailable": "not requested"}
+    if "cuda" in devices:
+        out["cuda"] = cuda_latency(variant, x1, xb, cfg)
+    elif torch.cuda.is_available():
+        out["cuda"] = {"unavailable": "not requested"}
+    else:
+        out["cuda"] = {"unavailable": "no CUDA GPU present on this machine"}
+    return out
+
+
+def size_figures(variant: Any, example: torch.Tensor) -> dict[str, Any]:
+    """size_bytes, gzip_bytes, params, nonzero_params, macs of a variant (an unsaved module is saved to a temp folder to weigh it)."""
+    figures: dict[str, Any] = {}
+    artifact = Path(variant.artifact) if getattr(variant, "artifact", None) else None
+    if artifact is not None and artifact.exists():
+        figures.update(disk_bytes(artifact))
+    elif variant.format == "torch":
+        with tempfile.TemporaryDirectory() as tmp:
+            saved = type(variant)(name=variant.name, module=variant.module)
+            saved.save(tmp)
+            figures.update(disk_bytes(saved.artifact))
+            figures["size_note"] = "weights written as safetensors to a temporary folder to weigh them"
+    if variant.format == "onnx":
+        figures.update(onnx_params(artifact))
+        figures["macs"] = onnx_macs(artifact, example)
+    else:
+        figures.update(module_params(variant.module))
+        figures["macs"] = module_macs(variant.module, example)
+    figures["macs_note"] = "multiply-accumulates of one batch-1 forward pass"
+    return figures
+
+
+def parity(outputs: torch.Tensor, reference: torch.Tensor, classifier: bool) -> dict[str, Any]:
+    """How far a variant's outputs are from the original's on the same inputs."""
+    result: dict[str, Any] = {"max_abs_diff": float((outputs - reference).abs().max()), "inputs": len(outputs)}
+    if classifier and outputs.dim() == 2:
+        if outputs.shape[1] == 1:
+            agree = (outputs[:, 0] >= 0.5) == (reference[:, 0] >= 0.5)
+        else:
+            agree = outputs.argmax(1) == reference.argmax(1)
+        result["argmax_agreement"] = float(agree.float().mean())
+    return result
+
+
+def _parity_inputs(model: str) -> tuple[torch.Tensor, bool]:
+    spec = zoo.spec(model)
+    if spec.task == "generation":
+        from zoo.metrics import GAN_EVAL_SAMPLES, GAN_EVAL_SEED
+
+        return zoo.latents(GAN_EVAL_SAMPLES, GAN_EVAL_SEED), False
+    return zoo.dataset(spec.dataset, "test").images, spec.task in ("classification", "binary-classification", "discrimination")
+
+
+def _relative(path: Path | None, run_dir: Path | None) -> str | None:
+    if path is None:
+        return None
+    path = Path(path)
+    if run_dir is not None:
+        try:
+            return os.path.relpath(path.resolve(), Path(run_dir).resolve()) if path.resolve().is_relative_to(Path(run_dir).resolve()) else str(path.resolve())
+        except ValueError:
+            pass
+    return str(path)
+
+
+def measure(
+    variants: Sequence[Any],
+    model: str | None,
+    devices: str | Sequence[str] = ("cpu",),
+    cfg: TimingConfig = TimingConfig(),
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    memory: bool = True,
+    metrics: bool = True,
+    run_dir: str | Path | None = None,
+    seed: int | None = None,
+    command: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Measure ``variants`` (the first is the original) of zoo ``model`` on ``devices``; returns results.json content."""
+    devices = parse_devices(devices)
+    say = progress or (lambda message: None)
+    x_all = timing_inputs(model, cfg.batch, input_shape)
+    x1, xb = x_all[:1].clone(), x_all
+    spec = zoo.spec(model) if model else None
+    parity_inputs, is_classifier = _parity_inputs(model) if model else (x_all, False)
+    reference = batched_outputs(variants[0], parity_inputs) if variants else None
+    entries = []
+    for i, variant in enumerate(variants):
+        say(f"[{i + 1}/{len(variants)}] {variant.name}: size and MACs")
+        started = time.perf_counter()
+        entry: dict[str, Any] = {
+            "name": variant.name,
+            "format": variant.format,
+            "steps": list(getattr(variant, "steps", []) or []),
+            "artifact": _relative(getattr(variant, "artifact", None), run_dir),
+        }
+        entry.update(size_figures(variant, x1))
+        if metrics and model:
+            say(f"[{i + 1}/{len(variants)}] {variant.name}: task metric on the test split")
+            ref_forward = variants[0] if spec.task == "generation" else None
+            entry["metrics"] = zoo.evaluate(model, forward=variant, reference=ref_forward)
+            entry["parity"] = parity(batched_outputs(variant, parity_inputs), reference, is_classifier)
+        say(f"[{i + 1}/{len(variants)}] {variant.name}: latency on {', '.join(devices)}")
+        entry["latency"] = latency(variant, x1, xb, devices, cfg, memory)
+        entry["measure_seconds"] = round(time.perf_counter() - started, 2)
+        entries.append(entry)
+    results: dict[str, Any] = {
+        "schema": SCHEMA,
+        "model": model,
+        "environment": environment(cfg.threads, seed),
+        "devices": devices,
+        "timing": cfg.how(),
+        "variants": entries,
+    }
+    if spec is not None:
+        results.update(primary_metric=spec.primary_metric, higher_is_better=spec.higher_is_better, family=spec.family, task=spec.task,
+                       class_names=list(spec.class_names))
+    if command:
+        results["command"] = command
+    return results

@@ -1,0 +1,165 @@
+"""Matplotlib figures for the report, each returned as a base64 PNG data URI (no pyplot global state)."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
+
+from reports.pareto import pareto_front
+
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+
+
+def to_data_uri(fig: Figure, dpi: int = 110) -> str:
+    """Render ``fig`` to PNG and return it as a ``data:image/png;base64,...`` URI."""
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def tradeoff(names: Sequence[str], costs: Sequence[float | None], metrics: Sequence[float | None], *, cost_label: str,
+             metric_label: str, higher_is_better: bool, log_x: bool = False) -> str | None:
+    """Metric against a cost (latency or size), Pareto front drawn and its points ringed; None if nothing to plot."""
+    pts = [(n, c, m) for n, c, m in zip(names, costs, metrics) if c is not None and m is not None]
+    if not pts:
+        return None
+    front = pareto_front([p[1] for p in pts], [p[2] for p in pts], higher_is_better)
+    fig = Figure(figsize=(5.2, 3.6))
+    ax = fig.add_subplot()
+    for i, (name, cost, metric) in enumerate(pts):
+        ax.scatter(cost, metric, s=60, color=PALETTE[i % len(PALETTE)], zorder=3,
+                   edgecolors="black" if front[i] else "none", linewidths=1.5)
+        # names beside the points: a reader should not have to match colours to a legend
+        ax.annotate(name, (cost, metric), xytext=(5, 4), textcoords="offset points", fontsize=7)
+    line = sorted((p[1], p[2]) for p, on in zip(pts, front) if on)
+    if len(line) > 1:
+        ax.step([c for c, _ in line], [m for _, m in line], where="post", color="#444", lw=1, ls="--", zorder=2, label="Pareto front")
+    costs_drawn = [p[1] for p in pts]
+    if log_x and min(costs_drawn) > 0 and max(costs_drawn) / min(costs_drawn) > 4:  # log only when sizes span a range
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.margins(x=0.15, y=0.2)
+    ax.set_xlabel(cost_label)
+    ax.set_ylabel(f"{metric_label} ({'higher' if higher_is_better else 'lower'} is better)")
+    ax.grid(alpha=0.3)
+    if len(line) > 1:
+        ax.legend(fontsize=7, loc="best", frameon=False)
+    return to_data_uri(fig)
+
+
+def size_bars(names: Sequence[str], sizes: Sequence[int | None], gzip_sizes: Sequence[int | None]) -> str | None:
+    """Artifact size per variant on disk and gzipped, in KiB."""
+    if not any(s for s in sizes):
+        return None
+    fig = Figure(figsize=(5.2, 0.5 + 0.42 * len(names)))
+    ax = fig.add_subplot()
+    y = np.arange(len(names))
+    ax.barh(y + 0.2, [(s or 0) / 1024 for s in sizes], height=0.4, color="#1f77b4", label="on disk")
+    ax.barh(y - 0.2, [(s or 0) / 1024 for s in gzip_sizes], height=0.4, color="#9ecae1", label="gzip -9")
+    ax.set_yticks(y, labels=list(names))
+    ax.invert_yaxis()
+    ax.set_xlabel("KiB")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, frameon=False)
+    return to_data_uri(fig)
+
+
+def confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], title: str) -> str:
+    """A confusion matrix (rows true, columns predicted) with counts written in the cells."""
+    m = np.asarray(matrix)
+    n = len(m)
+    fig = Figure(figsize=(2.2 + 0.22 * n, 2.0 + 0.22 * n))
+    ax = fig.add_subplot()
+    ax.imshow(m, cmap="Blues")
+    labels = list(class_names) if len(class_names) == n else [str(i) for i in range(n)]
+    ax.set_xticks(range(n), labels=labels, fontsize=7)
+    ax.set_yticks(range(n), labels=labels, fontsize=7)
+    ax.set_xlabel("predicted", fontsize=8)
+    ax.set_ylabel("true", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    top = m.max() if m.size else 1
+    for i in range(n):
+        for j in range(n):
+            if m[i, j]:
+                ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=6, color="white" if m[i, j] > top / 2 else "black")
+    return to_data_uri(fig)
+
+
+def _points(curve: Any) -> tuple[list[float], list[float]] | None:
+    """(x, y) from the shapes a sensitivity curve may take: [[x, y], ...], [{ratio, metric}], {x: [...], y: [...]}, {x: y}."""
+    if isinstance(curve, dict):
+        xs_key = next((k for k in ("ratios", "ratio", "x", "strengths", "bits") if k in curve), None)
+        ys_key = next((k for k in ("metric", "metrics", "values", "y", "accuracy", "score") if k in curve), None)
+        if xs_key and ys_key and isinstance(curve[xs_key], list):
+            return [float(v) for v in curve[xs_key]], [float(v) for v in curve[ys_key]]
+        try:
+            pairs = sorted((float(k), float(v)) for k, v in curve.items())
+        except (TypeError, ValueError):
+            return None
+        return ([p[0] for p in pairs], [p[1] for p in pairs]) if pairs else None
+    if isinstance(curve, list) and curve:
+        if all(isinstance(p, (list, tuple)) and len(p) == 2 for p in curve):
+            return [float(p[0]) for p in curve], [float(p[1]) for p in curve]
+        if all(isinstance(p, dict) for p in curve):
+            xk = next((k for k in ("ratio", "x", "strength", "bits", "amount") if k in curve[0]), None)
+            yk = next((k for k in ("metric", "y", "accuracy", "value", "score") if k in curve[0]), None)
+            if xk and yk:
+                return [float(p[xk]) for p in curve], [float(p[yk]) for p in curve]
+    return None
+
+
+def sensitivity(curves: dict[str, Any], title: str, metric_label: str) -> str | None:
+    """Per-layer sensitivity: one line per layer of metric against pruning ratio (or bars for single values)."""
+    lines = {layer: _points(c) for layer, c in curves.items()}
+    scalars = {layer: float(c) for layer, c in curves.items() if isinstance(c, (int, float))}
+    fig = Figure(figsize=(5.2, 3.6))
+    ax = fig.add_subplot()
+    drawn = False
+    for i, (layer, pts) in enumerate(lines.items()):
+        if pts and pts[0]:
+            ax.plot(pts[0], pts[1], marker="o", ms=3, lw=1.2, color=PALETTE[i % len(PALETTE)], label=layer)
+            drawn = True
+    if drawn:
+        ax.set_xlabel("strength (e.g. pruning ratio)")
+        ax.legend(fontsize=6, frameon=False, ncol=2)
+    elif scalars:
+        ax.barh(list(scalars), list(scalars.values()), color="#1f77b4")
+        ax.invert_yaxis()
+        ax.set_xlabel(metric_label)
+        drawn = True
+    if not drawn:
+        return None
+    if any(lines.values()):
+        ax.set_ylabel(metric_label)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    return to_data_uri(fig)
+
+
+def image_grid(rows: Sequence[Sequence[Any]], column_titles: Sequence[str], row_titles: Sequence[str], diverging: Sequence[bool]) -> str:
+    """A grid of 2-D arrays (heatmaps): one row per input, columns e.g. original | variant | difference."""
+    n_rows, n_cols = len(rows), len(column_titles)
+    fig = Figure(figsize=(1.6 * n_cols + 0.6, 1.6 * n_rows + 0.3))
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            ax = fig.add_subplot(n_rows, n_cols, r * n_cols + c + 1)
+            arr = np.asarray(image, dtype=float).squeeze()
+            if diverging[c]:
+                lim = float(np.abs(arr).max()) or 1.0
+                ax.imshow(arr, cmap="RdBu_r", vmin=-lim, vmax=lim)
+            else:
+                ax.imshow(arr, cmap="inferno")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(column_titles[c], fontsize=8)
+            if c == 0:
+                ax.set_ylabel(row_titles[r], fontsize=7)
+    return to_data_uri(fig)

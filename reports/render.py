@@ -1,0 +1,255 @@
+"""``render``: one self-contained HTML report (images inlined as PNG data URIs) from one or more results.json runs."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from reports import plots
+from reports.errors import ReportError
+from reports.explain_view import explain_context
+from reports.pareto import pareto_front
+from reports.results import check_comparable, primary_metric, read_results
+from zoo.cards import write_atomic
+
+TEMPLATES = Path(__file__).parent / "templates"
+MAX_CONFUSIONS = 6
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _lat(entry: dict[str, Any], device: str, mode: str | None = None) -> dict[str, Any]:
+    lat = (entry.get("latency") or {}).get(device) or {}
+    if mode is not None:
+        return (lat.get("modes") or {}).get(mode) or {}
+    return lat
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def _row(entry: dict[str, Any], original: dict[str, Any], onnx_ref: dict[str, Any] | None, metric: str | None, higher: bool) -> dict[str, Any]:
+    value = _num((entry.get("metrics") or {}).get(metric)) if metric else None
+    base = _num((original.get("metrics") or {}).get(metric)) if metric else None
+    delta = value - base if value is not None and base is not None else None
+    cpu, cpu0 = _lat(entry, "cpu"), _lat(original, "cpu")
+    cuda = _lat(entry, "cuda")
+    params, nonzero = _num(entry.get("params")), _num(entry.get("nonzero_params"))
+    ort_ref = _lat(onnx_ref, "cpu") if onnx_ref else {}
+    return {
+        "name": entry["name"],
+        "format": entry.get("format", "?"),
+        "metric": value,
+        "delta": delta,
+        "delta_good": None if not delta else (delta > 0) == higher,
+        "size": _num(entry.get("size_bytes")),
+        "gzip": _num(entry.get("gzip_bytes")),
+        "ratio": _ratio(_num(original.get("size_bytes")), _num(entry.get("size_bytes"))),
+        "params": params,
+        "sparsity": 1 - nonzero / params if params and nonzero is not None else None,
+        "macs": _num(entry.get("macs")),
+        "cpu_p50": _num(cpu.get("batch1_p50_ms")),
+        "cpu_p90": _num(cpu.get("batch1_p90_ms")),
+        "cpu_tput": _num(cpu.get("throughput_per_s")),
+        "cpu_runtime": cpu.get("runtime"),
+        "cpu_missing": cpu.get("unavailable"),
+        "speedup": _ratio(_num(cpu.get("throughput_per_s")), _num(cpu0.get("throughput_per_s"))),
+        "speedup_ort": _ratio(_num(cpu.get("throughput_per_s")), _num(ort_ref.get("throughput_per_s"))) if onnx_ref else None,
+        "cuda_p50": _num(cuda.get("batch1_p50_ms")),
+        "cuda_tput": _num(cuda.get("throughput_per_s")),
+        "cuda_half_p50": _num(_lat(entry, "cuda", "fp16").get("batch1_p50_ms")),
+        "cuda_missing": cuda.get("unavailable"),
+        "memory_mb": _num((cpu.get("peak_memory") or {}).get("inference_mb")),
+        "parity": entry.get("parity") or {},
+    }
+
+
+def _modes(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every (device, mode) figure of a variant, the unavailable ones with their reason."""
+    rows = []
+    for device, lat in (entry.get("latency") or {}).items():
+        if not isinstance(lat, dict):
+            continue
+        modes = lat.get("modes") or ({lat.get("runtime", "default"): lat} if "batch1_p50_ms" in lat or "unavailable" in lat else {})
+        if not modes and "unavailable" in lat:
+            modes = {"-": lat}
+        for mode, figs in modes.items():
+            rows.append({
+                "variant": entry["name"], "device": device, "device_name": lat.get("device", ""), "mode": mode,
+                "p50": _num(figs.get("batch1_p50_ms")), "p90": _num(figs.get("batch1_p90_ms")),
+                "tput": _num(figs.get("throughput_per_s")), "batch": figs.get("throughput_batch"),
+                "reps": figs.get("batch1_repetitions"), "note": figs.get("unavailable") or lat.get("unavailable") or figs.get("note", ""),
+                "memory": _num(figs.get("peak_memory_mb")),
+            })
+    return rows
+
+
+def _per_class(entries: list[dict[str, Any]], class_names: list[str]) -> dict[str, Any] | None:
+    recalls = [(e["name"], (e.get("metrics") or {}).get("per_class_recall")) for e in entries]
+    recalls = [(n, r) for n, r in recalls if isinstance(r, list) and r]
+    if not recalls:
+        return None
+    base = recalls[0][1]
+    names = class_names if len(class_names) == len(base) else [str(i) for i in range(len(base))]
+    rows = [{"name": n, "cells": [{"value": v, "delta": v - b} for v, b in zip(r, base)]} for n, r in recalls]
+    return {"classes": names, "rows": rows}
+
+
+def _sensitivity_plots(sensitivity: Any, metric: str | None) -> list[dict[str, str]]:
+    out = []
+    if not isinstance(sensitivity, dict):
+        return out
+    kinds = sensitivity if all(isinstance(v, dict) for v in sensitivity.values()) else {"sensitivity": sensitivity}
+    for kind, curves in kinds.items():
+        layers = curves.get("layers", curves) if isinstance(curves, dict) else {}
+        if not isinstance(layers, dict):
+            continue
+        uri = plots.sensitivity(layers, f"{kind}: metric per layer", (curves.get("metric") if isinstance(curves.get("metric"), str) else None) or metric or "metric")
+        if uri:
+            out.append({"title": f"Per-layer sensitivity: {kind}", "uri": uri})
+    return out
+
+
+def _zoo_spec(model: Any) -> Any:
+    """The zoo's facts about a run's model (metric direction, class names), or None for other models."""
+    import zoo
+
+    try:
+        return zoo.spec(model) if isinstance(model, str) else None
+    except zoo.SlimlensError:
+        return None
+
+
+def run_context(run: dict[str, Any]) -> dict[str, Any]:
+    """Everything the template shows for one run, computed from its results.json content."""
+    entries = run["variants"]
+    spec = _zoo_spec(run.get("model"))
+    if spec is not None and not run.get("primary_metric"):
+        run = {**run, "primary_metric": spec.primary_metric, "higher_is_better": spec.higher_is_better}
+    metric, higher = primary_metric(run)
+    original = next((e for e in entries if e.get("name") == "original"), entries[0])
+    onnx_ref = next((e for e in entries if e.get("name") in ("onnx-fp32", "original-onnx", "onnx")), None)
+    rows = [_row(e, original, onnx_ref, metric, higher) for e in entries]
+    on_lat = pareto_front([r["cpu_p50"] for r in rows], [r["metric"] for r in rows], higher)
+    on_size = pareto_front([r["size"] for r in rows], [r["metric"] for r in rows], higher)
+    for row, lat_ok, size_ok in zip(rows, on_lat, on_size):
+        row["pareto_latency"], row["pareto_size"] = lat_ok, size_ok
+    names = [r["name"] for r in rows]
+    label = metric or "metric"
+    figures = []
+    for title, costs, xlabel, log in (
+        ("Metric against CPU latency (batch 1, median)", [r["cpu_p50"] for r in rows], "CPU latency, batch 1, p50 (ms)", False),
+        ("Metric against size on disk", [r["size"] / 1024 if r["size"] else None for r in rows], "artifact size (KiB)", True),
+    ):
+        uri = plots.tradeoff(names, costs, [r["metric"] for r in rows], cost_label=xlabel, metric_label=label, higher_is_better=higher, log_x=log)
+        if uri:
+            figures.append({"title": title, "uri": uri, "caption": "Ringed points are Pareto-optimal: no other variant is both cheaper and better."})
+    uri = plots.size_bars(names, [r["size"] for r in rows], [r["gzip"] for r in rows])
+    if uri:
+        figures.append({"title": "Size per variant", "uri": uri, "caption": "Bytes of the deployable artifact on disk and after gzip -9."})
+    class_names = list(run.get("class_names") or (spec.class_names if spec is not None else []))
+    confusions = []
+    for e in entries:
+        matrix = (e.get("metrics") or {}).get("confusion")
+        if isinstance(matrix, list) and matrix and len(confusions) < MAX_CONFUSIONS:
+            confusions.append({"title": e["name"], "uri": plots.confusion(matrix, class_names, e["name"])})
+    env = run.get("environment") or {}
+    gpu_present = any(isinstance(e.get("latency", {}).get("cuda"), dict) and "batch1_p50_ms" in e["latency"]["cuda"] for e in entries)
+    gpu_name = next((e["latency"]["cuda"].get("device") for e in entries if gpu_present and "device" in (e.get("latency", {}).get("cuda") or {})), None)
+    no_gpu = any("no CUDA GPU" in str((e.get("latency") or {}).get("cuda", {}).get("unavailable", "")) for e in entries) or str(env.get("gpu", "")).startswith("none")
+    recipe = run.get("recipe")
+    recipe_name = recipe.get("name") if isinstance(recipe, dict) else recipe
+    timing = run.get("timing") or _lat(original, "cpu").get("timing") or {}
+    return {
+        "dir": run.get("_dir", ""),
+        "model": run.get("model") or "?",
+        "recipe": recipe_name or "?",
+        "recipe_full": json.dumps(recipe, indent=2, default=str) if recipe is not None else None,
+        "family": run.get("family") or (spec.family if spec is not None else ""),
+        "metric": metric,
+        "higher": higher,
+        "rows": rows,
+        "figures": figures,
+        "sensitivity": _sensitivity_plots(run.get("sensitivity"), metric),
+        "confusions": confusions,
+        "per_class": _per_class(entries, class_names),
+        "modes": [m for e in entries for m in _modes(e)],
+        "provenance": [{"name": e["name"], "format": e.get("format", "?"), "artifact": e.get("artifact"), "seconds": e.get("seconds"),
+                        "steps": json.dumps(e.get("steps") or [], indent=2, default=str)} for e in entries],
+        "environment": env,
+        "env_json": json.dumps(env, indent=2, default=str),
+        "command": run.get("command"),
+        "seed": env.get("seed", run.get("seed")),
+        "timing": timing,
+        "cpu_name": _lat(original, "cpu").get("device") or env.get("cpu"),
+        "threads": _lat(original, "cpu").get("threads") or env.get("threads"),
+        "batch": timing.get("batch") if isinstance(timing, dict) else None,
+        "gpu_present": gpu_present,
+        "gpu_name": gpu_name,
+        "no_gpu": no_gpu and not gpu_present,
+        "failed": run.get("failed_variants") or [],
+        "explain": explain_context(run.get("explain"), Path(run.get("_dir", "."))),
+    }
+
+
+def comparison(contexts: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The side-by-side table for several runs, with a warning when their machines or threads differ."""
+    if len(contexts) < 2:
+        return None
+    rows = []
+    for ctx in contexts:
+        best = [r for r in ctx["rows"] if r["pareto_latency"] and r["name"] != "original"]
+        fastest = max((r for r in ctx["rows"] if r["speedup"]), key=lambda r: r["speedup"], default=None)
+        smallest = max((r for r in ctx["rows"] if r["ratio"]), key=lambda r: r["ratio"], default=None)
+        rows.append({"ctx": ctx, "original": ctx["rows"][0], "fastest": fastest, "smallest": smallest, "pareto": [r["name"] for r in best]})
+    machines = {(c["cpu_name"], c["threads"], c["batch"]) for c in contexts}
+    warning = None
+    if len(machines) > 1:
+        warning = "These runs were timed on different CPUs, thread counts or batch sizes: compare their speed-ups, not their milliseconds."
+    return {"rows": rows, "warning": warning}
+
+
+def _environment() -> Environment:
+    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(
+        ms=lambda v: "–" if v is None else (f"{v:.3f}" if v < 1 else f"{v:.2f}" if v < 100 else f"{v:.0f}"),
+        kib=lambda v: "–" if v is None else (f"{v / 1024:.1f} KiB" if v < 1024**2 else f"{v / 1024**2:.2f} MiB"),
+        x=lambda v: "–" if v is None else f"{v:.2f}×",
+        num=lambda v, d=4: "–" if v is None else f"{v:.{d}f}",
+        int=lambda v: "–" if v is None else f"{int(v):,}",
+        si=lambda v: "–" if v is None else (f"{v / 1e9:.2f} G" if v >= 1e9 else f"{v / 1e6:.2f} M" if v >= 1e6 else f"{v / 1e3:.1f} K" if v >= 1e3 else f"{v:.0f}"),
+        pct=lambda v: "–" if v is None else f"{100 * v:.1f}%",
+        signed=lambda v, d=4: "–" if v is None else f"{v:+.{d}f}",
+    )
+    return env
+
+
+def render_html(runs: Sequence[dict[str, Any]]) -> str:
+    """The report's HTML text for already-read runs."""
+    runs = list(runs)
+    check_comparable(runs)
+    contexts = [run_context(r) for r in runs]
+    for i, ctx in enumerate(contexts):
+        ctx["anchor"] = f"run-{i + 1}"
+    return _environment().get_template("report.html.j2").render(
+        runs=contexts, comparison=comparison(contexts), generated=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+    )
+
+
+def render(results: Sequence[dict[str, Any] | str | Path], out_path: str | Path) -> Path:
+    """Render runs (results dicts or run folders) into ONE self-contained HTML file, written atomically."""
+    runs = [r if isinstance(r, dict) else read_results(r) for r in results]
+    html = render_html(runs)
+    out = Path(out_path)
+    try:
+        write_atomic(out, html.encode("utf-8"))
+    except OSError as exc:
+        raise ReportError(f"cannot write {out}: {exc.strerror or exc}") from None
+    return out

@@ -1,0 +1,87 @@
+"""results.json: the versioned schema, reading it back with clear errors, and which metric leads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from reports.errors import ReportError
+from zoo.cards import write_atomic
+
+SCHEMA = "slimlens.results/1"
+RESULTS_FILE = "results.json"
+REQUIRED_VARIANT_KEYS = ("name",)
+# metric name -> higher is better; the first one a run has leads its summary
+METRIC_DIRECTION = {
+    "accuracy": True,
+    "macro_f1": True,
+    "fd": False,
+    "confident_fraction": True,
+    "fidelity_mse": False,
+    "mse": False,
+}
+
+
+def schema_major(schema: str) -> str:
+    """The schema without its minor version: ``slimlens.results/1.2`` -> ``slimlens.results/1``."""
+    family, _, version = schema.rpartition("/")
+    return f"{family}/{version.split('.')[0]}"
+
+
+def read_results(path: str | Path) -> dict[str, Any]:
+    """Read and check a run's results.json (``path`` is the run folder or the file); its folder is kept in ``_dir``."""
+    path = Path(path)
+    file = path / RESULTS_FILE if path.is_dir() else path
+    if not path.exists():
+        raise ReportError(f"{path} does not exist; name a run folder written by `slimlens compress` or `slimlens bench`")
+    if not file.is_file():
+        raise ReportError(f"{path} holds no {RESULTS_FILE}; name a run folder written by `slimlens compress` or `slimlens bench`")
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ReportError(f"{file} is not valid JSON ({exc}); re-run the command that wrote it") from None
+    if not isinstance(data, dict) or not str(data.get("schema", "")).startswith("slimlens.results/"):
+        raise ReportError(f"{file} is not a slimlens results file (no 'schema': 'slimlens.results/N' key)")
+    variants = data.get("variants")
+    if not isinstance(variants, list) or not variants or not all(isinstance(v, dict) and "name" in v for v in variants):
+        raise ReportError(f"{file} has no list of named variants; re-run the command that wrote it")
+    if schema_major(data["schema"]) != SCHEMA:
+        raise ReportError(f"{file} has schema {data['schema']!r}; this slimlens reads {SCHEMA!r}")
+    data["_dir"] = str(file.parent)
+    return data
+
+
+def write_results(results: dict[str, Any], folder: str | Path) -> Path:
+    """Write ``results`` as ``folder/results.json`` atomically (keys starting with ``_`` are not written)."""
+    path = Path(folder) / RESULTS_FILE
+    clean = {k: v for k, v in results.items() if not k.startswith("_")}
+    write_atomic(path, (json.dumps(clean, indent=2, default=str) + "\n").encode())
+    return path
+
+
+def primary_metric(results: dict[str, Any]) -> tuple[str | None, bool]:
+    """The metric that leads a run's summary, and whether higher is better."""
+    if results.get("primary_metric"):
+        name = results["primary_metric"]
+        return name, bool(results.get("higher_is_better", METRIC_DIRECTION.get(name, True)))
+    metrics = (results["variants"][0].get("metrics") or {}) if results.get("variants") else {}
+    for name, higher in METRIC_DIRECTION.items():
+        if isinstance(metrics.get(name), (int, float)):
+            return name, higher
+    return None, True
+
+
+def check_comparable(runs: list[dict[str, Any]]) -> None:
+    """Refuse run sets a side-by-side report cannot honestly show."""
+    if not runs:
+        raise ReportError("no runs to report; name at least one run folder")
+    seen: dict[str, str] = {}
+    for run in runs:
+        key = str(Path(run.get("_dir", "")).resolve())
+        if key in seen:
+            raise ReportError(f"run folder {run['_dir']} is named twice")
+        seen[key] = run["_dir"]
+    majors = {schema_major(r["schema"]) for r in runs}
+    if len(majors) > 1:
+        raise ReportError(f"runs have different results schemas ({', '.join(sorted(majors))}) and cannot be compared; re-run the older ones")

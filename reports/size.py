@@ -1,0 +1,162 @@
+"""Size figures of a variant: bytes on disk and gzipped, parameters, nonzero parameters, MACs."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def disk_bytes(path: str | Path) -> dict[str, int]:
+    """Bytes of the artifact on disk and gzip-compressed (level 9); a folder counts all its files."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    raw = sum(p.stat().st_size for p in files)
+    zipped = sum(len(gzip.compress(p.read_bytes(), compresslevel=9, mtime=0)) for p in files)
+    return {"size_bytes": raw, "gzip_bytes": zipped}
+
+
+def _module_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """The weight tensors of a module, unpacking quantized layers whose weights are not Parameters."""
+    tensors = [p.detach() for p in module.parameters()]
+    for sub in module.modules():
+        # torch.ao quantized Linear/Conv keep packed weights reachable through weight()/bias() methods
+        if callable(getattr(sub, "weight", None)) and not isinstance(getattr(sub, "weight"), torch.Tensor):
+            for getter in ("weight", "bias"):
+                try:
+                    t = getattr(sub, getter)()
+                except Exception:  # noqa: BLE001 - a layer without that packed tensor
+                    continue
+                if isinstance(t, torch.Tensor):
+                    tensors.append(t.detach())
+        if hasattr(sub, "_all_weight_values") and hasattr(sub, "_weight_bias"):  # quantized dynamic LSTM/GRU
+            for group in sub._weight_bias().values():
+                tensors.extend(t.detach() for t in group.values() if isinstance(t, torch.Tensor))
+    return tensors
+
+
+def _count(tensors: list[torch.Tensor]) -> tuple[int, int]:
+    total = nonzero = 0
+    for t in tensors:
+        values = t.int_repr() if t.is_quantized else t
+        total += values.numel()
+        # a quantized zero is its zero point, not the integer 0
+        zero = t.q_zero_point() if t.is_quantized and t.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric) else 0
+        nonzero += int((values != zero).sum())
+    return total, nonzero
+
+
+def module_params(module: nn.Module) -> dict[str, int]:
+    """Parameter count and nonzero parameter count of a PyTorch module (quantized weights included)."""
+    total, nonzero = _count(_module_tensors(module))
+    return {"params": total, "nonzero_params": nonzero}
+
+
+def onnx_params(path: str | Path) -> dict[str, int]:
+    """Parameter count and nonzeros of an ONNX file: its initializers, less scales and zero points."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    total = nonzero = 0
+    for init in model.graph.initializer:
+        if "scale" in init.name or "zero_point" in init.name:
+            continue  # quantization bookkeeping, not weights
+        arr = numpy_helper.to_array(init)
+        if arr.size <= 1 or arr.dtype.kind not in "fiu":
+            continue  # shape constants and scalars
+        total += arr.size
+        nonzero += int(np.count_nonzero(arr))
+    return {"params": total, "nonzero_params": nonzero}
+
+
+_QUANTIZED_LAYERS = ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized", "torch.nn.quantized")
+
+
+def _quantized_hook_macs(module: nn.Module, example: torch.Tensor) -> int:
+    """MACs of quantized layers, which FlopCounterMode cannot see (their kernels are not aten ops)."""
+    total = 0
+    hooks = []
+
+    def hook(sub: nn.Module, inputs: tuple, output: Any) -> None:
+        nonlocal total
+        out = output[0] if isinstance(output, tuple) else output
+        name = type(sub).__name__
+        if name == "Linear":
+            total += out.numel() * sub.in_features
+        elif name.startswith("Conv"):
+            w = sub.weight()
+            total += out.numel() * w[0].numel()
+        elif name == "LSTM":
+            x = inputs[0]
+            steps_batch = x.shape[0] * x.shape[1] if x.dim() == 3 else x.shape[0]
+            for layer in range(sub.num_layers):
+                inp = sub.input_size if layer == 0 else sub.hidden_size * (2 if sub.bidirectional else 1)
+                total += steps_batch * 4 * sub.hidden_size * (inp + sub.hidden_size) * (2 if sub.bidirectional else 1)
+
+    for sub in module.modules():
+        if type(sub).__module__.startswith(_QUANTIZED_LAYERS):
+            hooks.append(sub.register_forward_hook(hook))
+    try:
+        with torch.inference_mode():
+            module(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return int(total)
+
+
+def module_macs(module: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass on ``example`` (batch 1): FLOPs/2 from FlopCounterMode + quantized layers."""
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        module(example)
+    return int(counter.get_total_flops() // 2) + _quantized_hook_macs(module, example)
+
+
+def onnx_macs(path: str | Path, example: torch.Tensor) -> int:
+    """Multiply-accumulates of one ONNX forward pass on ``example``'s shape, from shape-inferred node shapes."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    graph_input = model.graph.input[0]
+    for dim, size in zip(graph_input.type.tensor_type.shape.dim, example.shape):
+        dim.ClearField("dim_param")
+        dim.dim_value = int(size)
+    model = onnx.shape_inference.infer_shapes(model)
+    shapes: dict[str, list[int]] = {}
+    for vi in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
+        shapes[vi.name] = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+    for init in model.graph.initializer:
+        shapes[init.name] = list(init.dims)
+    attrs = lambda node: {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}  # noqa: E731
+    total = 0
+    for node in model.graph.node:
+        op = node.op_type
+        ins = [shapes.get(n) for n in node.input]
+        out = shapes.get(node.output[0]) if node.output else None
+        if op in ("Conv", "ConvInteger", "QLinearConv") and out and all(out):
+            w = ins[3] if op == "QLinearConv" else ins[1]
+            if w:
+                total += int(np.prod(out)) * int(np.prod(w[1:]))
+        elif op == "ConvTranspose" and ins[0] and ins[1] and all(ins[0]):
+            w = ins[1]  # (C_in, C_out/groups, kh, kw): every input element feeds C_out/groups*kh*kw outputs
+            total += int(np.prod(ins[0])) * int(np.prod(w[1:]))
+        elif op in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul") and out and all(out):
+            a = ins[0]
+            k = a[-1] if a else 0
+            if op == "Gemm" and attrs(node).get("transA", 0) and a:
+                k = a[0]
+            total += int(np.prod(out)) * int(k)
+        elif op in ("LSTM", "DynamicQuantizeLSTM") and ins[0] and all(ins[0]):
+            hidden = attrs(node).get("hidden_size", 0)
+            seq, batch, inp = ins[0]
+            dirs = 2 if attrs(node).get("direction", b"forward") in (b"bidirectional", "bidirectional") else 1
+            total += seq * batch * 4 * hidden * (inp + hidden) * dirs
+    del numpy_helper
+    return int(total)

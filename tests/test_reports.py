@@ -1,0 +1,193 @@
+"""reports: measurement on real zoo variants, results.json round trip, rendering, escaping, CLI errors."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import cli
+import reports
+import zoo
+from compress.variant import OnnxVariant, TorchVariant
+from reports.bench import export_onnx
+from reports.inputs import timing_inputs
+from reports.size import module_macs, onnx_macs
+
+# Tiny repetition counts: these tests check that figures exist and are sane, not that they are precise.
+FAST = reports.TimingConfig(batch=4, threads=1, warmup=2, min_repetitions=5, max_repetitions=50, min_seconds=0.0, compile=False)
+MODEL = "seed-cnn"
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real bench run of a zoo model: the PyTorch original and its ONNX fp32 export, measured and rendered."""
+    out = tmp_path_factory.mktemp("bench") / "run"
+    reports.bench(MODEL, out, "cpu", FAST, command=f"slimlens bench {MODEL}")
+    return out
+
+
+@pytest.fixture()
+def results(bench_dir: Path) -> dict:
+    return reports.read_results(bench_dir)
+
+
+def _cpu_figures_sane(lat: dict, batch: int) -> None:
+    assert lat["batch1_p90_ms"] >= lat["batch1_p50_ms"] > 0
+    assert lat["throughput_p90_ms"] >= lat["throughput_p50_ms"] > 0
+    assert lat["throughput_batch"] == batch and lat["throughput_per_s"] > 0
+    assert lat["batch1_repetitions"] >= FAST.min_repetitions
+    assert lat["threads"] == FAST.threads and lat["timing"]["warmup"] == FAST.warmup
+    assert lat["device"] and lat["versions"]["torch"] == torch.__version__
+
+
+def test_bench_measures_torch_and_onnx_variants(bench_dir: Path, results: dict) -> None:
+    assert (bench_dir / "report.html").is_file()
+    assert not list(bench_dir.parent.glob(".run.tmp-*")), "the staging folder must be gone"
+    assert results["schema"] == reports.SCHEMA and results["model"] == MODEL
+    original, exported = results["variants"]
+    assert (original["name"], original["format"], exported["name"], exported["format"]) == ("original", "torch", "onnx-fp32", "onnx")
+    card = zoo.card(MODEL)
+    for entry in (original, exported):
+        assert (bench_dir / entry["artifact"]).is_file()
+        assert entry["size_bytes"] > entry["gzip_bytes"] > 0
+        assert entry["params"] == entry["nonzero_params"] == card.params
+        assert abs(entry["metrics"]["accuracy"] - card.metrics["accuracy"]) <= 0.002
+        assert entry["parity"]["argmax_agreement"] == 1.0 and entry["parity"]["max_abs_diff"] < 1e-3
+        cpu = entry["latency"]["cpu"]
+        _cpu_figures_sane(cpu, FAST.batch)
+        assert cpu["peak_memory"]["inference_mb"] >= 0 and cpu["peak_memory"]["process_peak_mb"] > 0
+        if not torch.cuda.is_available():
+            assert "no CUDA GPU" in entry["latency"]["cuda"]["unavailable"]
+    assert original["latency"]["cpu"]["runtime"] == "eager" and exported["latency"]["cpu"]["runtime"] == "onnxruntime"
+    assert "compile switched off" in original["latency"]["cpu"]["modes"]["compiled"]["unavailable"]
+    assert original["macs"] == exported["macs"] > 1_000_000  # the same network counted from PyTorch and from the ONNX graph
+
+
+def test_measure_torch_and_onnx_variants_built_by_hand(tmp_path: Path) -> None:
+    """measure() on variants built by hand: a TorchVariant and an OnnxVariant exported with dynamo=False."""
+    name = "seed-autoencoder"
+    module = zoo.load(name)
+    path = export_onnx(module, timing_inputs(name, 1), tmp_path / "ae.onnx")
+    variants = [TorchVariant(name="original", module=module, source={"zoo": name}), OnnxVariant(name="ae-onnx", artifact=path)]
+    out = reports.measure(variants, name, "cpu", FAST, memory=False)
+    torch_entry, onnx_entry = out["variants"]
+    assert abs(torch_entry["metrics"]["mse"] - zoo.card(name).metrics["mse"]) < 1e-3
+    assert onnx_entry["metrics"]["mse"] == pytest.approx(torch_entry["metrics"]["mse"], abs=1e-5)
+    assert torch_entry["macs"] == onnx_entry["macs"] == module_macs(module, timing_inputs(name, 1)) == onnx_macs(path, timing_inputs(name, 1))
+    for entry in out["variants"]:
+        _cpu_figures_sane(entry["latency"]["cpu"], FAST.batch)
+        assert "not measured" in entry["latency"]["cpu"]["peak_memory"]["unavailable"]
+
+
+def test_report_renders_self_contained_from_stored_results(bench_dir: Path, tmp_path: Path) -> None:
+    out = reports.render([bench_dir], tmp_path / "report.html")
+    html = out.read_text()
+    assert "seed-cnn" in html and "onnx-fp32" in html and "No GPU was present" in html
+    sources = re.findall(r'<img[^>]*\ssrc="([^"]*)"', html)
+    assert len(sources) >= 5 and all(s.startswith("data:image/png;base64,") for s in sources)  # tradeoffs, sizes, confusions
+    assert not re.search(r'(src|href)="(https?:)?//', html), "no external resource may be referenced"
+    assert "<script" not in html
+    assert "slimlens bench seed-cnn" in html  # provenance: the reproducing command
+
+
+def test_injected_names_show_as_text(results: dict, tmp_path: Path) -> None:
+    evil = "<script>alert('x')</script>"
+    run = copy.deepcopy(results)
+    run["model"] = f"<b>{evil}</b>"
+    run["variants"][1]["name"] = evil
+    run["class_names"] = [evil] + [str(i) for i in range(1, 10)]
+    run["variants"][1]["steps"] = [{"step": evil}]
+    html = reports.render([run], tmp_path / "evil.html").read_text()
+    assert "<script" not in html and "<b><script" not in html
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html
+
+
+def test_explain_and_sensitivity_sections_render_when_present(results: dict, tmp_path: Path) -> None:
+    run = copy.deepcopy(results)
+    assert "Explanations" not in reports.render([run], tmp_path / "plain.html").read_text()  # absent data, absent section
+    heat = torch.rand(28, 28).tolist()
+    (tmp_path / "explain.json").write_text(json.dumps({
+        "methods": ["saliency", "integrated_gradients"],
+        "trust": {"saliency": {"deletion_auc": 0.21, "randomisation_rank_corr": 0.05}},
+        "drift": {"onnx-fp32": {"rank_correlation": 0.99, "per_class": [0.01] * 10}},
+        "gallery": [{"variant": "onnx-fp32", "label": 3, "original": heat, "variant_map": heat, "difference": heat}],
+    }))
+    run["_dir"] = str(tmp_path)
+    run["explain"] = "explain.json"
+    run["sensitivity"] = {"prune": {"conv1": [[0.0, 0.98], [0.5, 0.97]], "conv2": {"0.0": 0.98, "0.5": 0.9}}}
+    html = reports.render([run], tmp_path / "full.html").read_text()
+    for text in ("Explanations", "Trust", "deletion_auc", "Drift per class", "Heatmap gallery", "Per-layer sensitivity: prune"):
+        assert text in html
+    run["explain"] = "missing.json"
+    assert "are missing" in reports.render([run], tmp_path / "missing.html").read_text()
+
+
+def test_several_runs_side_by_side_and_incomparable_runs(bench_dir: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(bench_dir, other)
+    data = json.loads((other / "results.json").read_text())
+    data["recipe"] = {"name": "second"}
+    (other / "results.json").write_text(json.dumps(data))
+    html = reports.render([bench_dir, other], tmp_path / "two.html").read_text()
+    assert "Runs side by side" in html and html.count("<section") == 2
+    data["schema"] = "slimlens.results/2"
+    (other / "results.json").write_text(json.dumps(data))
+    with pytest.raises(reports.ReportError, match="schema"):
+        reports.render([bench_dir, other], tmp_path / "bad.html")
+    assert not (tmp_path / "bad.html").exists()
+
+
+def test_cli_report(bench_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "r.html"
+    assert cli.main(["report", str(bench_dir), "--out", str(out)]) == 0
+    assert out.is_file() and "onnx-fp32" in out.read_text()
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda d: None, "holds no results.json"),
+    (lambda d: (d / "results.json").write_text("{not json"), "not valid JSON"),
+    (lambda d: (d / "results.json").write_text(json.dumps({"schema": "slimlens.results/1", "variants": []})), "no list of named variants"),
+    (lambda d: (d / "results.json").write_text(json.dumps({"hello": 1})), "not a slimlens results file"),
+])
+def test_cli_report_bad_input_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture, setup, message: str) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    setup(run)
+    out = tmp_path / "r.html"
+    assert cli.main(["report", str(run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bench", MODEL, "--devices", "tpu"], "unknown device 'tpu'"),
+    (["bench", "no-such-model"], "neither a zoo model"),
+    (["bench", MODEL, "--devices", ""], "no device named"),
+])
+def test_cli_bench_bad_input_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture, args: list, message: str) -> None:
+    out = tmp_path / "b"
+    assert cli.main([*args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without a GPU")
+def test_cli_bench_cuda_without_gpu_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["bench", MODEL, "--devices", "cpu,cuda", "--out", str(tmp_path / "b")]) == 2
+    assert "no CUDA GPU is present" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+def test_cli_bench_refuses_a_non_empty_out(bench_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    before = (bench_dir / "results.json").read_bytes()
+    assert cli.main(["bench", MODEL, "--out", str(bench_dir)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert (bench_dir / "results.json").read_bytes() == before
