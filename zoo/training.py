@@ -168,6 +168,12 @@ def train(name: str, out: str | Path | None = None, quick: bool = False, data_ro
     Returns the new cards: one, or two for a GAN (generator and discriminator train together).
     ``quick`` trains one short epoch on 512 images: a smoke test, not a usable model.
     """
+    # Seeding inside a forked RNG makes the run reproducible without disturbing the caller's stream.
+    with torch.random.fork_rng():
+        return _train(name, out, quick, data_root, progress)
+
+
+def _train(name: str, out: str | Path | None, quick: bool, data_root: str | Path | None, progress: Progress) -> list[ModelCard]:
     model_spec = spec(name)
     out = Path(out) if out is not None else None
     if out is None:

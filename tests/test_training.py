@@ -1,0 +1,64 @@
+"""Training smoke tests, one per family, and reproducibility of a retrain from the card's seed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import zoo
+from zoo.training import train
+
+
+@pytest.mark.parametrize("name", ["seed-cnn", "seed-lstm", "seed-autoencoder", "simplenet"])
+def test_quick_training_writes_a_loadable_model_and_card(tmp_path, name):
+    (card,) = train(name, out=tmp_path, quick=True)
+    assert card.training["quick"] and card.training["seconds"] > 0
+    assert (tmp_path / f"{name}.safetensors").is_file() and (tmp_path / f"{name}.card.json").is_file()
+    model = zoo.load(name, root=tmp_path)
+    assert zoo.card(name, tmp_path).metrics == card.metrics
+    metric = card.metrics[card.primary_metric]
+    assert metric == pytest.approx(zoo.evaluate(name, forward=model)[card.primary_metric], abs=1e-6)
+
+
+def test_quick_gan_training_writes_both_halves(tmp_path):
+    cards = train("dcgan-g", out=tmp_path, quick=True)
+    assert [c.name for c in cards] == ["dcgan-g", "dcgan-d"]
+    assert {"fd", "confident_fraction"} <= set(cards[0].metrics)
+    assert 0.0 <= cards[1].metrics["accuracy"] <= 1.0
+    images = zoo.load("dcgan-g", root=tmp_path)(zoo.latents(4))
+    assert images.shape == (4, 1, 28, 28) and 0.0 <= float(images.min()) and float(images.max()) <= 1.0
+
+
+def test_retraining_with_the_card_seed_is_reproducible(tmp_path):
+    first = train("softmax-regression", out=tmp_path / "a", quick=True)[0]
+    second = train("softmax-regression", out=tmp_path / "b", quick=True)[0]
+    assert first.weights["sha256"] == second.weights["sha256"]
+    assert first.metrics == second.metrics
+
+
+def test_cli_quick_train_and_samples(tmp_path):
+    out = tmp_path / "zoo"
+    result = subprocess.run([sys.executable, "-m", "cli", "zoo", "train", "simplenet", "--quick", "--quiet", "--out", str(out)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "simplenet: accuracy" in result.stdout and (out / "simplenet.safetensors").is_file()
+    png = tmp_path / "grid.png"
+    result = subprocess.run([sys.executable, "-m", "cli", "zoo", "samples", "dcgan-g", "--n", "16", "--out", str(png)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    from PIL import Image
+
+    with Image.open(png) as img:
+        assert img.size == (4 * 30 + 2, 4 * 30 + 2)
+
+
+def test_quick_training_leaves_the_global_rng_usable(tmp_path):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train("simplenet", out=tmp_path, quick=True)
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(3), expected)

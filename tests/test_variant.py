@@ -1,0 +1,61 @@
+"""The variant interface: a PyTorch module and an ONNX Runtime session answer the same call and round-trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import zoo
+from compress import OnnxVariant, TorchVariant, VariantError, load_variant
+
+
+def test_torch_variant_round_trip(tmp_path, mnist_test):
+    variant = TorchVariant("original", module=zoo.load("seed-cnn"), source={"zoo": "seed-cnn"})
+    meta = variant.save(tmp_path)
+    again = load_variant(meta)
+    batch = mnist_test.images[:16]
+    assert again.format == "torch" and torch.equal(again(batch), variant(batch))
+    assert json.loads(meta.read_text())["artifact"] == "original.safetensors"
+
+
+def test_onnx_variant_answers_like_torch(tmp_path, mnist_test):
+    model = zoo.load("seed-lstm")
+    path = tmp_path / "lstm.onnx"
+    torch.onnx.export(model, (mnist_test.images[:2],), str(path), dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    onnx_variant = OnnxVariant("lstm-onnx", artifact=path)
+    batch = mnist_test.images[:32]
+    assert torch.allclose(onnx_variant(batch), TorchVariant("t", module=model)(batch), atol=1e-4)
+    again = load_variant(onnx_variant.save(tmp_path / "saved"))
+    assert torch.allclose(again(batch), onnx_variant(batch))
+    # Metrics take any forward function, so an ONNX session is measured exactly like the module.
+    assert zoo.evaluate("seed-lstm", forward=again)["accuracy"] == pytest.approx(zoo.card("seed-lstm").metrics["accuracy"], abs=0.002)
+
+
+def test_channel_pruned_weights_rebuild_from_the_builder(tmp_path, mnist_test):
+    """A model whose layers lost channels reloads from its zoo builder plus the saved shapes."""
+    model = zoo.load("seed-cnn")
+    conv, nxt = model.features[4], model.features[7]  # Conv(32→64), Conv(64→64)
+    keep = torch.arange(0, 64, 2)
+    conv.weight = torch.nn.Parameter(conv.weight[keep].clone())
+    conv.bias = torch.nn.Parameter(conv.bias[keep].clone())
+    conv.out_channels = 32
+    nxt.weight = torch.nn.Parameter(nxt.weight[:, keep].clone())
+    nxt.in_channels = 32
+    variant = TorchVariant("halved", module=model, source={"zoo": "seed-cnn"})
+    again = load_variant(variant.save(tmp_path))
+    assert again.module.features[4].out_channels == 32
+    assert torch.equal(again(mnist_test.images[:8]), variant(mnist_test.images[:8]))
+
+
+def test_broken_variant_files_are_clear_errors(tmp_path):
+    with pytest.raises(VariantError, match="not found"):
+        load_variant(tmp_path / "nothing.variant.json")
+    (tmp_path / "bad.variant.json").write_text("{not json")
+    with pytest.raises(VariantError, match="not valid JSON"):
+        load_variant(tmp_path / "bad.variant.json")
+    (tmp_path / "x.onnx").write_bytes(b"garbage")
+    variant = OnnxVariant("x", artifact=tmp_path / "x.onnx")
+    with pytest.raises(VariantError, match="cannot be loaded by ONNX Runtime"):
+        variant(torch.zeros(1, 1, 28, 28))
