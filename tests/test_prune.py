@@ -18,6 +18,7 @@ from compress.prune import (
     prune_structured,
     prune_unstructured,
 )
+from compress.sensitivity import SensitivityConfig, fake_quantized, sensitivity
 from compress.sparse import CompressedStorageConfig, CompressedVariant, compressed_storage, decode_gaps, encode_gaps
 from compress.steps import get_step
 from compress.variant import TorchVariant, load_variant
@@ -104,3 +105,20 @@ def test_bad_settings_are_refused_with_a_fix():
         prune_unstructured(nn.Sequential(nn.Linear(2, 2)), PruneUnstructuredConfig(layer_sparsity=(("nope", 0.5),)),
                            data_for("lenet5"))
     assert get_step("prune-structured").config_class.strength_field == "ratio"
+
+
+def test_sensitivity_gives_a_curve_per_layer():
+    config = SensitivityConfig(ratios=(0.5, 0.95), bits=(4,), subset=128)
+    report = sensitivity(zoo.load("lenet5"), data_for("lenet5"), config)
+    layers = report["pruning"]["layers"]
+    assert list(layers) == ["features.1.weight", "features.3.weight", "features.6.weight", "head.weight"]
+    assert all(len(curve["values"]) == 2 for curve in layers.values())
+    assert all(len(curve["values"]) == 1 for curve in report["quantization"]["layers"].values())
+    # the 500-weight first convolution suffers more from losing 95% than the 400,000-weight fc1
+    assert layers["features.1.weight"]["values"][1] < layers["features.6.weight"]["values"][1]
+    assert report["evaluated_on"].startswith("128 of 1000")
+
+
+def test_fake_quantization_uses_the_requested_levels():
+    weight = torch.randn(6, 50)
+    assert all(torch.unique(row).numel() <= 2**3 for row in fake_quantized(weight, 3))
