@@ -1,8 +1,9 @@
-"""The explanation section's data: trust metrics, drift per variant and per class, and the heatmap gallery.
+"""The explanation section's data, read from explain/'s explain.json files: trust, drift, heatmap gallery.
 
-explain/ writes explain.json; results.json may embed it or name it (a path relative to the run folder).
-This module reads whichever it is tolerantly, because a report must still render when a field is
-absent: each part appears only when its data is there.
+An explain run covers one model and at most one compressed variant, so a compression run may hold
+several. They are found from results.json's ``explain`` key (explain.json content, a path relative to
+the run folder, or a list or {variant: ...} mapping of those) or, without it, as ``*/explain.json``
+inside the run folder. Every part is optional: a table appears only when its data is there.
 """
 
 from __future__ import annotations
@@ -12,100 +13,126 @@ import json
 from pathlib import Path
 from typing import Any
 
-from reports import plots
-
 DATA_URI_PREFIX = "data:image/png;base64,"
+MAX_GALLERY = 12
 
 
-def _scalar(value: Any) -> bool:
-    return isinstance(value, (int, float, str)) and not isinstance(value, bool) or isinstance(value, bool)
+def _mean(value: Any) -> float | None:
+    """A number, or the mean of explain's {mean, median, std} summaries."""
+    if isinstance(value, dict):
+        value = value.get("mean")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def table(mapping: Any) -> dict[str, Any] | None:
-    """A {row: {column: scalar}} mapping (or a list of row dicts with 'name'/'variant') as columns and rows."""
-    if isinstance(mapping, list) and all(isinstance(r, dict) for r in mapping):
-        key = next((k for k in ("variant", "name", "method", "class") if mapping and k in mapping[0]), None)
-        mapping = {str(r.get(key, i)): {k: v for k, v in r.items() if k != key} for i, r in enumerate(mapping)}
-    if not isinstance(mapping, dict) or not mapping:
+def _png(path: Path) -> str | None:
+    if path.suffix.lower() != ".png" or not path.is_file():
         return None
-    if all(_scalar(v) for v in mapping.values()):
-        return {"columns": ["value"], "rows": [{"name": k, "cells": [v]} for k, v in mapping.items()]}
-    rows = {k: v for k, v in mapping.items() if isinstance(v, dict)}
-    columns: list[str] = []
-    for v in rows.values():
-        for col, cell in v.items():
-            if _scalar(cell) and col not in columns:
-                columns.append(col)
-    if not columns:
-        return None
-    return {"columns": columns, "rows": [{"name": k, "cells": [v.get(c) for c in columns]} for k, v in rows.items()]}
+    return DATA_URI_PREFIX + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def _image(value: Any, base: Path) -> Any:
-    """An image given as a PNG data URI, a PNG path (relative to ``base``), or an array; None if unreadable."""
-    if isinstance(value, str):
-        if value.startswith(DATA_URI_PREFIX):
-            return value
-        path = base / value
-        if path.suffix.lower() == ".png" and path.is_file():
-            return DATA_URI_PREFIX + base64.b64encode(path.read_bytes()).decode("ascii")
-        return None
-    if isinstance(value, list):
-        return value
-    return None
+def _documents(spec: Any, run_dir: Path) -> tuple[list[tuple[dict[str, Any], Path]], list[str]]:
+    """(explain.json content, folder it came from) pairs, and problems worth telling the reader."""
+    docs: list[tuple[dict[str, Any], Path]] = []
+    problems: list[str] = []
+
+    def add(item: Any) -> None:
+        if isinstance(item, dict) and ("drift" in item or "trust" in item or "methods" in item):
+            docs.append((item, run_dir))
+        elif isinstance(item, dict):
+            for value in item.values():  # {variant: path-or-content}
+                add(value)
+        elif isinstance(item, list):
+            for value in item:
+                add(value)
+        elif isinstance(item, str):
+            path = run_dir / item
+            path = path / "explain.json" if path.is_dir() else path
+            if not path.is_file():
+                problems.append(f"explain results {item} named in results.json are missing")
+                return
+            try:
+                docs.append((json.loads(path.read_text()), path.parent))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                problems.append(f"explain results {item} are not valid JSON ({exc})")
+
+    if spec is not None:
+        add(spec)
+    elif run_dir.is_dir():
+        for path in sorted([*run_dir.glob("*/explain.json"), *run_dir.glob("*/*/explain.json")]):
+            add(str(path.relative_to(run_dir)))
+    return docs, problems
 
 
-def gallery(items: Any, base: Path) -> list[dict[str, Any]]:
-    """Heatmap gallery rows: original | variant | difference, per input; arrays are drawn here."""
-    out = []
-    if isinstance(items, dict):  # {variant: [items]} -> flat list with the variant named
-        items = [{**it, "variant_name": name} for name, group in items.items() if isinstance(group, list) for it in group if isinstance(it, dict)]
-    if not isinstance(items, list):
-        return out
-    for item in items[:24]:
-        if not isinstance(item, dict):
+def _trust_rows(trust: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for method, entry in trust.items():
+        if method == "settings" or not isinstance(entry, dict):
             continue
-        title = " · ".join(str(item[k]) for k in ("variant_name", "variant", "method", "label", "class", "index") if k in item)
-        cells = {k: _image(item.get(k), base) for k in ("input", "original", "variant", "difference")}
-        cells = {k: v for k, v in cells.items() if v is not None}
-        if not cells:
-            continue
-        if all(isinstance(v, str) for v in cells.values()):
-            out.append({"title": title, "images": [{"label": k, "uri": v} for k, v in cells.items()]})
-        else:
-            arrays = {k: v for k, v in cells.items() if isinstance(v, list)}
-            uri = plots.image_grid([list(arrays.values())], list(arrays), [title[:30]], [k == "difference" for k in arrays])
-            out.append({"title": title, "images": [{"label": " | ".join(arrays), "uri": uri}]})
-    return out
+        rand = entry.get("randomisation") if isinstance(entry.get("randomisation"), dict) else {}
+        rows.append({
+            "method": "random order (baseline)" if method == "random_order" else method,
+            "deletion_auc": _mean(entry.get("deletion_auc")),
+            "insertion_auc": _mean(entry.get("insertion_auc")),
+            "infidelity": _mean(entry.get("infidelity")),
+            "sensitivity_max": _mean(entry.get("sensitivity_max")),
+            "randomised_ssim": _mean(rand.get("final_ssim")),
+            "verdict": ("flagged: " if rand.get("flagged") else "passes: " if rand else "") + (rand.get("verdict", "").split(":")[0] if rand else ""),
+            "flagged": bool(rand.get("flagged")),
+        })
+    return rows
 
 
-def explain_context(explain: Any, run_dir: Path) -> dict[str, Any] | None:
-    """Trust, drift (overall and per class), gallery and other figures of an explanation run, or None."""
-    base = run_dir
-    if isinstance(explain, str):
-        path = run_dir / explain
-        if not path.is_file():
-            return {"error": f"explain results {explain} named in results.json are missing"}
-        try:
-            explain = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            return {"error": f"explain results {explain} are not valid JSON ({exc})"}
-        base = path.parent
-    if not isinstance(explain, dict) or not explain:
+def explain_context(spec: Any, run_dir: Path) -> dict[str, Any] | None:
+    """Methods, trust table, drift per variant and per class, and the gallery of a run's explanations; None without any."""
+    docs, problems = _documents(spec, run_dir)
+    if not docs and not problems:
         return None
-    drift = explain.get("drift")
-    per_class = None
-    if isinstance(drift, dict):
-        per_class = {v: d.get("per_class") for v, d in drift.items() if isinstance(d, dict) and isinstance(d.get("per_class"), (dict, list))}
-        per_class = {v: (dict(enumerate(pc)) if isinstance(pc, list) else pc) for v, pc in per_class.items()} or None
-    used = {"drift", "trust", "gallery", "heatmaps", "schema"}
-    others = {k: table(v) for k, v in explain.items() if k not in used and isinstance(v, (dict, list))}
+    methods: list[str] = []
+    trust: list[dict[str, Any]] = []
+    drift: list[dict[str, Any]] = []
+    per_class: list[dict[str, Any]] = []
+    classes: list[str] = []
+    gallery: list[dict[str, str]] = []
+    for doc, base in docs:
+        for m in doc.get("methods") or {}:
+            if m not in methods:
+                methods.append(m)
+        if isinstance(doc.get("trust"), dict) and not trust:  # trust describes the original model: once is enough
+            trust = _trust_rows(doc["trust"])
+        variant = doc.get("variant") if isinstance(doc.get("variant"), dict) else {}
+        name = variant.get("name", "variant")
+        for method, d in (doc.get("drift") or {}).items():
+            if not isinstance(d, dict):
+                continue
+            mean, low, faith = d.get("mean") or {}, d.get("min") or {}, (d.get("faithfulness") or {}).get("change") or {}
+            iou_key = next((k for k in mean if k.startswith("top") and k.endswith("_iou")), None)
+            drift.append({
+                "variant": name, "method": method, "agreement": _mean(variant.get("agreement_with_original")),
+                "spearman": _mean(mean.get("spearman")), "iou": _mean(mean.get(iou_key)) if iou_key else None,
+                "iou_label": iou_key or "top-k IoU", "ssim": _mean(mean.get("ssim")), "min_spearman": _mean(low.get("spearman")),
+                "deletion_change": _mean(faith.get("deletion_auc")), "insertion_change": _mean(faith.get("insertion_auc")),
+                "ran_on": d.get("variant_ran_on", ""),
+            })
+            if isinstance(d.get("per_class"), dict):
+                cells = {}
+                for c, v in d["per_class"].items():
+                    cells[str(c)] = _mean(v.get("spearman")) if isinstance(v, dict) else _mean(v)
+                    if str(c) not in classes:
+                        classes.append(str(c))
+                per_class.append({"name": f"{name} · {method}", "cells": cells})
+            figure = _png(base / d["figure"]) if isinstance(d.get("figure"), str) else None
+            if figure and len(gallery) < MAX_GALLERY:
+                gallery.append({"title": f"{name} · {method}", "uri": figure,
+                                "caption": "input | original's map | variant's map | difference, for the samples whose maps moved most"})
+        grid = _png(base / "grid.png")
+        if grid and not any(g["title"].startswith("original") for g in gallery) and len(gallery) < MAX_GALLERY:
+            gallery.insert(0, {"title": "original · every method", "uri": grid, "caption": "the original model's maps on the explained inputs"})
     return {
-        "error": None,
-        "methods": explain.get("methods") if isinstance(explain.get("methods"), list) else None,
-        "trust": table(explain.get("trust")),
-        "drift": table(drift),
-        "drift_per_class": table(per_class) if per_class else None,
-        "gallery": gallery(explain.get("gallery", explain.get("heatmaps")), base),
-        "others": {k: v for k, v in others.items() if v},
+        "problems": problems,
+        "methods": methods,
+        "trust": trust,
+        "drift": drift,
+        "iou_label": next((r["iou_label"] for r in drift), "top-k IoU"),
+        "per_class": {"classes": sorted(classes, key=lambda c: (not c.isdigit(), int(c) if c.isdigit() else c)), "rows": per_class} if per_class else None,
+        "gallery": gallery,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import re
@@ -108,23 +109,48 @@ def test_injected_names_show_as_text(results: dict, tmp_path: Path) -> None:
     assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html
 
 
+def _explain_json(folder: Path, variant: str) -> None:
+    """An explain.json in explain/'s layout (as `slimlens explain MODEL --variant V` writes it), with its drift figure."""
+    from matplotlib.figure import Figure
+
+    from reports.plots import to_data_uri
+
+    folder.mkdir(parents=True)
+    fig = Figure(figsize=(2, 1))
+    fig.add_subplot().imshow(torch.rand(8, 8).numpy())
+    (folder / "drift_occlusion.png").write_bytes(base64.b64decode(to_data_uri(fig).split(",", 1)[1]))
+    summary = lambda v: {"mean": v, "median": v, "std": 0.0}  # noqa: E731
+    (folder / "explain.json").write_text(json.dumps({
+        "slimlens_explain": 1,
+        "methods": {"occlusion": {"captum": "Occlusion"}},
+        "trust": {
+            "settings": {},
+            "random_order": {"deletion_auc": summary(0.7), "insertion_auc": summary(0.6)},
+            "occlusion": {"deletion_auc": summary(0.09), "insertion_auc": summary(0.94), "infidelity": summary(0.24),
+                          "sensitivity_max": summary(0.01), "randomisation": {"final_ssim": 0.12, "flagged": False, "verdict": "maps lose their structure: passes"}},
+        },
+        "variant": {"name": variant, "format": "onnx", "agreement_with_original": 0.75},
+        "drift": {"occlusion": {
+            "mean": {"spearman": 0.61, "top10_iou": 0.5, "ssim": 0.7}, "min": {"spearman": 0.2, "top10_iou": 0.1, "ssim": 0.3},
+            "per_class": {"0": {"spearman": 0.9, "n": 1}, "1": {"spearman": 0.3, "n": 1}},
+            "faithfulness": {"change": {"deletion_auc": 0.01, "insertion_auc": -0.02}},
+            "variant_ran_on": f"variant {variant} itself", "figure": "drift_occlusion.png",
+        }},
+    }))
+
+
 def test_explain_and_sensitivity_sections_render_when_present(results: dict, tmp_path: Path) -> None:
     run = copy.deepcopy(results)
-    assert "Explanations" not in reports.render([run], tmp_path / "plain.html").read_text()  # absent data, absent section
-    heat = torch.rand(28, 28).tolist()
-    (tmp_path / "explain.json").write_text(json.dumps({
-        "methods": ["saliency", "integrated_gradients"],
-        "trust": {"saliency": {"deletion_auc": 0.21, "randomisation_rank_corr": 0.05}},
-        "drift": {"onnx-fp32": {"rank_correlation": 0.99, "per_class": [0.01] * 10}},
-        "gallery": [{"variant": "onnx-fp32", "label": 3, "original": heat, "variant_map": heat, "difference": heat}],
-    }))
     run["_dir"] = str(tmp_path)
-    run["explain"] = "explain.json"
+    assert "Explanations" not in reports.render([run], tmp_path / "plain.html").read_text()  # absent data, absent section
+    _explain_json(tmp_path / "explain-onnx-fp32", "onnx-fp32")  # found inside the run folder without being named
     run["sensitivity"] = {"prune": {"conv1": [[0.0, 0.98], [0.5, 0.97]], "conv2": {"0.0": 0.98, "0.5": 0.9}}}
     html = reports.render([run], tmp_path / "full.html").read_text()
-    for text in ("Explanations", "Trust", "deletion_auc", "Drift per class", "Heatmap gallery", "Per-layer sensitivity: prune"):
-        assert text in html
-    run["explain"] = "missing.json"
+    for text in ("Explanations", "Drift: did compression", "0.610", "Drift per class", "Trust: can", "random order (baseline)",
+                 "maps lose their structure", "Heatmap gallery", "Per-layer sensitivity: prune"):
+        assert text in html, text
+    assert html.count("data:image/png;base64,") >= 7  # plots, confusions, sensitivity and the embedded drift figure
+    run["explain"] = "missing/explain.json"
     assert "are missing" in reports.render([run], tmp_path / "missing.html").read_text()
 
 
