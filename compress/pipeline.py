@@ -5,16 +5,18 @@ so speed-ups can be stated against both PyTorch eager and ONNX Runtime), then ea
 
 How step outputs chain:
 
-* an ``nn.Module`` (or a ``TorchVariant``, which also names its architecture) becomes the input of the
-  next step, and its variant's ``steps`` list every step that led to it;
-* any other ``Variant`` (an int8 ONNX file, compressed storage) ends its branch: the next step
-  continues from the last module;
+* a float32 ``nn.Module`` (or a plain ``TorchVariant``, which also names its architecture) becomes the
+  input of the next step, and its variant's ``steps`` list every step that led to it;
+* any other ``Variant`` (an int8 ONNX file, a dynamic-int8 or fp16 module, compressed storage) ends its
+  branch: the next step continues from the last float module;
 * a dict of outputs (distillation's ``student`` and ``alone``): the first continues the chain, the others
-  are recorded beside it as ``<label>-<key>``.
+  are recorded beside it as ``<name>-<key>``.
 
+A variant is named by the recipe step's ``name``, else the name the step gave it, else the step's name.
 A step function that takes an ``original`` argument receives the run's original model (a teacher).
-Each PyTorch variant is exported to ONNX and checked against its own outputs; a failed export is
-recorded on the variant with its reason. A step with ``max_drop`` searches its strength (see ``_search``).
+Each float32 PyTorch variant is exported to ONNX and checked against its own outputs; a failed or
+skipped export is recorded on the variant with its reason. A step with ``max_drop`` searches its
+strength (see ``_search``); an ``optional`` step that does not apply to the model is recorded as skipped.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def _wrap(output: Any, source: dict, fallback: nn.Module) -> _Output:
     if isinstance(output, TorchVariant):
         float_module = is_float_module(output.module)
         counted = output.module if float_module else (output.stand_in or fallback)
-        return _Output(output, counted, chains=float_module)
+        return _Output(output, counted, chains=float_module and type(output) is TorchVariant)
     if isinstance(output, nn.Module):
         return _wrap(TorchVariant(name="", source=dict(source), module=output.eval()), source, fallback)
     if isinstance(output, Variant):
@@ -80,11 +82,13 @@ def _wrap(output: Any, source: dict, fallback: nn.Module) -> _Output:
     raise SlimlensError(f"a step returned {type(output).__name__}, not a module or a variant")
 
 
-def _outputs(output: Any, label: str, source: dict, fallback: nn.Module) -> list[tuple[str, _Output]]:
+def _outputs(output: Any, recipe_step: RecipeStep, source: dict, fallback: nn.Module) -> list[tuple[str, _Output]]:
     if isinstance(output, dict):
+        label = recipe_step.label
         items = list(output.items())
         return [(label if i == 0 else f"{label}-{key}", _wrap(value, source, fallback)) for i, (key, value) in enumerate(items)]
-    return [(label, _wrap(output, source, fallback))]
+    wrapped = _wrap(output, source, fallback)
+    return [(recipe_step.name or wrapped.variant.name or recipe_step.step, wrapped)]
 
 
 def _call(recipe_step: RecipeStep, config: Any, module: nn.Module, data: CompressionData, original: nn.Module,
@@ -114,8 +118,9 @@ def _search(recipe_step: RecipeStep, module: nn.Module, data: CompressionData, o
             base_metrics: dict, progress: Progress) -> tuple[Any, Any, dict]:
     """Try the step's strengths weakest first; keep the smallest (gzip bytes) output within ``max_drop``.
 
-    The search stops at the first strength past the tolerance: stronger ones are assumed worse.
-    If no strength is within it, the weakest is kept and the trail says the tolerance was not met.
+    Equal sizes (e.g. calibration methods) go to the smaller drop. For numeric strengths the search
+    stops at the first one past the tolerance: stronger ones are assumed worse. If none is within it,
+    the weakest is kept and the trail says the tolerance was not met.
     """
     field = type(recipe_step.config).strength_field
     trail, best, weakest = [], None, None
@@ -123,7 +128,7 @@ def _search(recipe_step: RecipeStep, module: nn.Module, data: CompressionData, o
         config = dataclasses.replace(recipe_step.config, **{field: value})
         progress(f"{recipe_step.label}: trying {field}={value}")
         output = _call(recipe_step, config, module, data, original, progress)
-        candidate = _outputs(output, recipe_step.label, data.source, module)[0][1].variant
+        candidate = _outputs(output, recipe_step, data.source, module)[0][1].variant
         metrics = data.evaluate(candidate, reference=_forward(original))
         drop = metric_drop_points(data, base_metrics, metrics)
         size = _compressed_bytes(candidate)
@@ -131,10 +136,10 @@ def _search(recipe_step: RecipeStep, module: nn.Module, data: CompressionData, o
         trail.append({field: value, data.primary_metric: metrics[data.primary_metric], "drop": round(drop, 4),
                       "gzip_bytes": size, "within": within})
         progress(f"{recipe_step.label}: {field}={value} → drop {drop:.3f}, {size:,} gzip bytes{'' if within else ' (past max_drop)'}")
-        weakest = weakest or (output, config, size)
-        if within and (best is None or size < best[2]):
-            best = (output, config, size)
-        if not within:
+        weakest = weakest or (output, config, (size, drop))
+        if within and (best is None or (size, drop) < best[2]):
+            best = (output, config, (size, drop))
+        if not within and isinstance(value, int | float):
             break
     met = best is not None
     output, config, _ = best if met else weakest
@@ -199,8 +204,12 @@ class _Recorder:
         self.entries.append(entry)
         self.progress(f"  {variant.name}: {self.data.primary_metric} {metrics[self.data.primary_metric]:.4f}, "
                       f"{size:,} bytes, {params:,} params")
-        if self.export and isinstance(variant, TorchVariant) and is_float_module(variant.module):
-            self._export(variant, entry)
+        if self.export and isinstance(variant, TorchVariant):
+            if type(variant) is TorchVariant and is_float_module(variant.module):
+                self._export(variant, entry)
+            else:
+                entry["onnx_export"] = {"exported": False, "reason": f"{type(variant).__name__} is a precision or storage form; "
+                                        "ONNX exports are made of float32 PyTorch variants (int8/fp16 ONNX come from quantize steps)"}
         return entry
 
     def _export(self, variant: TorchVariant, entry: dict) -> None:
@@ -344,18 +353,27 @@ def run(
         progress(f"[{index + 1}/{len(recipe.steps)}] {recipe_step.label} ({recipe_step.step})")
         start = time.perf_counter()
         search = None
-        if recipe_step.max_drop is not None:
-            output, config, search = _search(recipe_step, current, data, model, recorder.base_metrics, progress)
-        else:
-            config = recipe_step.config
-            output = _call(recipe_step, config, current, data, model, progress)
+        try:
+            if recipe_step.max_drop is not None:
+                output, config, search = _search(recipe_step, current, data, model, recorder.base_metrics, progress)
+            else:
+                config = recipe_step.config
+                output = _call(recipe_step, config, current, data, model, progress)
+        except SlimlensError as exc:
+            if not recipe_step.optional:
+                raise SlimlensError(f"step {index + 1} ({recipe_step.step}): {exc}") from None
+            progress(f"{recipe_step.label}: skipped ({exc})")
+            timings.append({"step": recipe_step.label, "seconds": round(time.perf_counter() - start, 2), "skipped": str(exc)})
+            continue
         seconds = time.perf_counter() - start
         step_record = {"step": recipe_step.step, **dataclasses.asdict(config)}
         timings.append({"step": recipe_step.label, "seconds": round(seconds, 2), **({"search": search} if search else {})})
-        outputs = _outputs(output, recipe_step.label, data.source, current)
+        outputs = _outputs(output, recipe_step, data.source, current)
         for i, (name, produced) in enumerate(outputs):
             extra = {"search": search} if search and i == 0 else {}
-            recorder.add(produced, name, chain_steps + [step_record], seconds, extra)
+            # A step's own record of what it did (backend, exporter) is kept, on top of its settings.
+            own = produced.variant.steps[-1] if produced.variant.steps else {}
+            recorder.add(produced, name, chain_steps + [{**step_record, **own}], seconds, extra)
         first = outputs[0][1]
         if first.chains:
             current, chain_steps = first.variant.module, chain_steps + [step_record]

@@ -12,7 +12,8 @@ A recipe file::
 
     [[steps]]
     step = "distill"
-    name = "pruned-distilled"     # optional: the variant's name (default: the step's name)
+    name = "pruned-distilled"     # optional: the variant's name (default: the step's own name for it)
+    optional = true               # optional: if the step does not apply to the model, record why and go on
 
 Every mistake (unknown step, unknown setting, wrong type, value out of range) is one
 ``SlimlensError`` line naming the file, the step and the key.
@@ -32,7 +33,14 @@ from compress.steps import get_step, list_steps
 from zoo.errors import SlimlensError
 
 PRESETS_DIR = Path(__file__).parent / "presets"
-RESERVED = ("step", "name", "max_drop", "search")
+RESERVED = ("step", "name", "max_drop", "search", "optional")
+# Strengths the accuracy-aware search tries when neither the recipe nor the config class names any (weakest first).
+DEFAULT_SEARCH = {
+    "ratio": (0.3, 0.5, 0.6, 0.7, 0.8),
+    "sparsity": (0.5, 0.7, 0.8, 0.9, 0.95),
+    "bits": (8, 6, 5, 4, 3),
+    "width": (0.5, 0.375, 0.25, 0.125),
+}
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,7 @@ class RecipeStep:
     name: str | None = None  # the variant's name; the step's name when None
     max_drop: float | None = None  # tolerated loss of the primary metric (points for accuracy-like metrics)
     search: tuple | None = None  # strength values to try, weakest first; the config class's defaults when None
+    optional: bool = False  # a step that does not apply to the model (e.g. static int8 of an LSTM) is recorded and skipped
 
     @property
     def label(self) -> str:
@@ -52,10 +61,11 @@ class RecipeStep:
 
     def to_dict(self) -> dict[str, Any]:
         """The step as recipe data, every setting resolved (defaults included)."""
-        out: dict[str, Any] = {"step": self.step}
+        out: dict[str, Any] = {"step": self.step, **_plain(dataclasses.asdict(self.config))}
         if self.name:
             out["name"] = self.name
-        out.update(_plain(dataclasses.asdict(self.config)))
+        if self.optional:
+            out["optional"] = True
         if self.max_drop is not None:
             out["max_drop"] = self.max_drop
             out["search"] = list(self.search_values())
@@ -65,7 +75,9 @@ class RecipeStep:
         """The strengths an accuracy-aware search tries, weakest first."""
         if self.search is not None:
             return tuple(self.search)
-        return tuple(getattr(type(self.config), "search_values", ()))
+        config_class = type(self.config)
+        values = getattr(config_class, "search_values", None) or getattr(config_class, "strength_values", None)
+        return tuple(values or DEFAULT_SEARCH.get(getattr(config_class, "strength_field", ""), ()))
 
 
 @dataclass(frozen=True)
@@ -152,12 +164,15 @@ def parse_step(table: Any, index: int, origin: str) -> RecipeStep:
     config_class = registered.config_class
     fields = {f.name: f for f in dataclasses.fields(config_class)}
     hints = typing.get_type_hints(config_class)
-    settings = {}
+    label = table.get("name")
+    if label is not None and (not isinstance(label, str) or not label.replace("-", "").replace("_", "").isalnum()):
+        raise SlimlensError(f"{where}: name must be letters, digits, '-' or '_', got {label!r}")
+    settings = {"name": label} if label is not None and "name" in fields else {}  # a config's own `name` is the variant's
     for key, value in table.items():
         if key in RESERVED:
             continue
         if key not in fields:
-            known = ", ".join(list(fields) + ["name", "max_drop", "search"])
+            known = ", ".join(dict.fromkeys([*fields, *RESERVED[1:]]))
             raise SlimlensError(f"{where}: unknown setting {key!r}; {name} takes: {known}")
         settings[key] = _coerce(value, hints[key], f"{where}: setting {key!r}")
     try:
@@ -173,10 +188,10 @@ def parse_step(table: Any, index: int, origin: str) -> RecipeStep:
         raise SlimlensError(f"{where}: 'search' needs 'max_drop' (the tolerated metric loss)")
     if search is not None and not isinstance(search, list):
         raise SlimlensError(f"{where}: search must be a list of values, got {search!r}")
-    label = table.get("name")
-    if label is not None and (not isinstance(label, str) or not label.replace("-", "").replace("_", "").isalnum()):
-        raise SlimlensError(f"{where}: name must be letters, digits, '-' or '_', got {label!r}")
-    step = RecipeStep(name, config, label, max_drop, tuple(search) if search is not None else None)
+    optional = table.get("optional", False)
+    if not isinstance(optional, bool):
+        raise SlimlensError(f"{where}: setting 'optional' must be true or false, got {optional!r}")
+    step = RecipeStep(name, config, label, max_drop, tuple(search) if search is not None else None, optional)
     if max_drop is not None:
         _check_search(step, config_class, hints, where)
     return step

@@ -127,9 +127,9 @@ def count_macs(module: nn.Module, example: torch.Tensor) -> int:
 
 
 def is_float_module(module: nn.Module) -> bool:
-    """Whether every weight of ``module`` is a plain float tensor (so hooks and counts see all of it)."""
+    """Whether every weight of ``module`` is a plain float32 tensor (not quantized, not half precision)."""
     for value in module.state_dict().values():
-        if not isinstance(value, torch.Tensor) or value.is_quantized:
+        if not isinstance(value, torch.Tensor) or value.is_quantized or (value.is_floating_point() and value.dtype != torch.float32):
             return False
     return True
 

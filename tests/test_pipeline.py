@@ -18,7 +18,7 @@ TINY_DISTILL = [{"step": "distill", "width": 0.5, "epochs": 0.1}]
 
 
 def test_every_preset_parses():
-    assert {"distill", "prune-structured"} <= set(list_presets())
+    assert {"int8", "prune-structured", "distill", "deep-compression", "edge"} <= set(list_presets())
     for name in list_presets():
         recipe = load_recipe(name)
         assert recipe.steps and recipe.origin == f"preset:{name}"
@@ -89,3 +89,25 @@ def test_accuracy_aware_search_records_its_trail(tmp_path: Path):
     assert search["field"] == "width" and search["trail"][0]["width"] == 0.5
     # With a 3-batch budget the student cannot be within half a point: the search stops and says so.
     assert not search["met"] and len(search["trail"]) == 1 and search["chosen"] == 0.5
+
+
+def test_terminal_variants_end_their_branch_and_optional_steps_skip(tmp_path: Path):
+    recipe = [
+        {"step": "quantize_dynamic"},  # a dynamic-int8 module: recorded, but the chain goes on from the float model
+        {"step": "distill", "student": "nonet", "optional": True},  # does not apply: recorded as skipped
+        {"step": "distill", "student": "self", "epochs": 0.05, "name": "tuned"},
+    ]
+    variants = run("simplenet", recipe, out_dir=tmp_path, exporter="legacy")
+    by_name = {v["name"]: v for v in variants.results["variants"]}
+    int8 = by_name["int8-dynamic"]
+    assert int8["steps"][0]["backend"].startswith("torch.ao") and int8["size_bytes"] < by_name["original"]["size_bytes"] / 2
+    assert int8["params"] == by_name["original"]["params"] and not int8["onnx_export"]["exported"]
+    assert [s["step"] for s in by_name["tuned"]["steps"]] == ["distill"]  # built on the float original, not on int8
+    skipped = variants.results["timings"]["steps"][1]
+    assert "no zoo model named 'nonet'" in skipped["skipped"]
+    assert load_variant(tmp_path / "variants" / "int8-dynamic.variant.json")(torch.rand(2, 1, 28, 28)).shape == (2, 1)
+
+
+def test_a_failing_step_names_itself():
+    with pytest.raises(SlimlensError, match=r"step 1 \(distill\): no zoo model named 'nonet'"):
+        run("simplenet", [{"step": "distill", "student": "nonet"}], export=False)

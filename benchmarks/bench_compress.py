@@ -1,0 +1,152 @@
+"""The compression benchmark: run each preset on its target model and print the targets side by side.
+
+    .venv/bin/python benchmarks/bench_compress.py                  # all presets (about 15 minutes on 2 idle cores)
+    .venv/bin/python benchmarks/bench_compress.py --only edge      # one preset
+    .venv/bin/python benchmarks/bench_compress.py --keep runs/     # keep every run folder (results.json, variants)
+
+Speed figures come from ``reports.latency`` (warm-up, then single calls timed until a minimum count
+and time; medians), the same test images for every variant, batch 8, with the thread count fixed.
+The machine, its load and the library versions are printed above the table: figures taken on a
+shared, loaded machine say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import compress  # noqa: E402
+import reports  # noqa: E402
+from compress.results import cpu_model  # noqa: E402
+from reports.inputs import timing_inputs  # noqa: E402
+
+CASES = (("deep-compression", "lenet5"), ("edge", "resnet-mnist"), ("distill", "resnet-mnist"), ("int8", "seed-lstm"))
+WALL_LIMIT_S = 300
+Row = tuple[str, str, str, str, str, bool]  # preset, model, figure, target, measured, met
+
+
+def _by_name(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in results["variants"]}
+
+
+def _points(entry: dict[str, Any], original: dict[str, Any]) -> float:
+    return (original["metrics"]["accuracy"] - entry["metrics"]["accuracy"]) * 100
+
+
+def deep_compression_rows(run: compress.RunResult, threads: int) -> list[Row]:
+    v = _by_name(run.results)
+    original, final = v["original"], v["compressed-storage"]
+    ratio, drop = original["size_bytes"] / final["size_bytes"], _points(final, original)
+    return [("deep-compression", "lenet5", "artifact size ratio (fp32 safetensors / compressed storage)", ">= 40x", f"{ratio:.1f}x", ratio >= 40),
+            ("deep-compression", "lenet5", "accuracy drop", "<= 0.5 pt", f"{drop:+.2f} pt", drop <= 0.5)]
+
+
+def _throughput(variant: compress.Variant, x: torch.Tensor, threads: int) -> float:
+    cfg = reports.TimingConfig(batch=len(x), threads=threads, compile=False, min_seconds=2.0, min_repetitions=100)
+    return reports.latency(variant, x[:1].clone(), x, ["cpu"], cfg, memory=False)["cpu"]["throughput_per_s"]
+
+
+def edge_rows(run: compress.RunResult, threads: int) -> list[Row]:
+    v = _by_name(run.results)
+    final = next(e for e in reversed(run.results["variants"]) if e["steps"] and e["steps"][-1]["step"] == "quantize_static_onnx")
+    x = timing_inputs("resnet-mnist", 8)
+    speed = {name: _throughput(run.variant(name), x, threads) for name in ("original", "original-onnx", final["name"])}
+    vs_eager, vs_ort = speed[final["name"]] / speed["original"], speed[final["name"]] / speed["original-onnx"]
+    drop = _points(final, v["original"])
+    per_s = ", ".join(f"{n} {s:,.0f}/s" for n, s in speed.items())
+    return [("edge", "resnet-mnist", f"throughput b8 {threads} threads vs PyTorch eager fp32 ({per_s})", ">= 10x", f"{vs_eager:.1f}x", vs_eager >= 10),
+            ("edge", "resnet-mnist", "throughput b8 vs ONNX Runtime fp32", ">= 3x", f"{vs_ort:.1f}x", vs_ort >= 3),
+            ("edge", "resnet-mnist", f"accuracy drop ({final['name']})", "<= 1 pt", f"{drop:+.2f} pt", drop <= 1)]
+
+
+def distill_rows(run: compress.RunResult, threads: int) -> list[Row]:
+    v = _by_name(run.results)
+    teacher, student, alone = v["original"], v["distill"], v["distill-alone"]
+    ratio = teacher["params"] / student["params"]
+    gap, gain = _points(student, teacher), -_points(student, alone)
+    accs = f"teacher {teacher['metrics']['accuracy']:.3f}, student {student['metrics']['accuracy']:.3f}, alone {alone['metrics']['accuracy']:.3f}"
+    return [("distill", "resnet-mnist", "teacher params / student params", ">= 10x", f"{ratio:.1f}x", ratio >= 10),
+            ("distill", "resnet-mnist", f"student gap to teacher ({accs})", "<= 0.5 pt", f"{gap:+.2f} pt", gap <= 0.5),
+            ("distill", "resnet-mnist", "student gain over the same student alone", ">= 0.5 pt", f"{gain:+.2f} pt", gain >= 0.5)]
+
+
+def int8_rows(run: compress.RunResult, threads: int) -> list[Row]:
+    v = _by_name(run.results)
+    rows: list[Row] = []
+    for name in ("int8-dynamic", "int8-dynamic-onnx"):
+        if name in v:
+            ratio, drop = v["original"]["size_bytes"] / v[name]["size_bytes"], _points(v[name], v["original"])
+            rows.append(("int8", "seed-lstm", f"{name}: size ratio vs fp32 safetensors / accuracy drop", ">= 3.5x / <= 0.3 pt",
+                         f"{ratio:.2f}x / {drop:+.2f} pt", ratio >= 3.5 and drop <= 0.3))
+    return rows
+
+
+FIGURES: dict[str, Callable[[compress.RunResult, int], list[Row]]] = {
+    "deep-compression": deep_compression_rows, "edge": edge_rows, "distill": distill_rows, "int8": int8_rows,
+}
+
+
+def machine(threads: int) -> str:
+    """One line naming the machine, its load and the libraries."""
+    import onnxruntime
+
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"{cpu_model()}, {os.cpu_count()} cores, {threads} threads, load average {load}; "
+            f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
+
+
+def print_table(rows: list[Row]) -> None:
+    """The targets table, one figure per line."""
+    header = ("preset", "model", "figure", "target", "measured", "met")
+    cells = [header] + [(p, m, f, t, v, "yes" if ok else "NO") for p, m, f, t, v, ok in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chosen presets, print the table; exit 1 if a target is missed."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", choices=[c[0] for c in CASES], help="run only this preset (repeatable)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--keep", help="folder to keep the run folders in (default: a temporary folder, removed)")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="slimlens-bench-"))
+    start_line = machine(args.threads)
+    rows: list[Row] = []
+    for preset, model in CASES:
+        if args.only and preset not in args.only:
+            continue
+        say = (lambda m: None) if args.quiet else (lambda m, p=preset: print(f"[{p}] {m}", file=sys.stderr, flush=True))
+        started = time.perf_counter()
+        run = compress.run(model, preset, out_dir=root / f"{preset}-{model}", progress=say,
+                           command=f"python benchmarks/bench_compress.py --only {preset}")
+        wall = time.perf_counter() - started
+        rows += FIGURES[preset](run, args.threads)
+        rows.append((preset, model, "wall time of the preset (compress.run)", f"<= {WALL_LIMIT_S} s", f"{wall:.0f} s", wall <= WALL_LIMIT_S))
+    print(f"machine: {start_line}")
+    print(f"machine at the end: {machine(args.threads)}")
+    print_table(rows)
+    if args.keep:
+        (root / "bench.json").write_text(json.dumps({"machine": start_line, "rows": rows}, indent=2) + "\n")
+    else:
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+    return 0 if all(r[-1] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
