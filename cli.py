@@ -269,6 +269,58 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_bench)
 
 
+# ---- explain ---------------------------------------------------------------------------------------
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from explain.inputs import parse_indices
+    from explain.run import Request, run
+
+    variant = None
+    if args.variant:
+        from compress import load_variant
+
+        variant = load_variant(args.variant)
+    request = Request(
+        model=args.model,
+        out=Path(args.out),
+        methods=[m for m in args.methods.split(",") if m.strip()] if args.methods else None,
+        samples=args.samples,
+        indices=parse_indices(args.indices) if args.indices else None,
+        image=Path(args.image) if args.image else None,
+        variant=variant,
+        variant_path=args.variant,
+        trust=not args.no_trust,
+        shared_scale=args.shared_scale,
+        seed=args.seed,
+        weights_root=args.weights_root,
+        progress=lambda m: _say(args, m),
+    )
+    result = run(request)
+    _say(args, f"{len(result['files'])} files in {result['seconds']:.1f} s")
+    print(Path(args.out) / "explain.json")
+    return 0
+
+
+def _add_explain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("explain", help="heatmaps of what a model looks at, how far they can be trusted, and how a variant moves them")
+    p.add_argument("model", metavar="MODEL", help="a zoo model name (slimlens zoo list)")
+    p.add_argument("--methods", help="comma-separated, e.g. integrated_gradients,gradcam,occlusion (default); "
+                   "also saliency, input_x_gradient, deeplift, gradient_shap, guided_backprop, feature_ablation, lime, kernel_shap, "
+                   "smoothgrad, noise_tunnel:<gradient method>")
+    p.add_argument("--samples", type=int, default=8, help="test images to explain, one of each class in turn (default: 8)")
+    p.add_argument("--indices", help="test-split indices instead, e.g. 3,17,40-43")
+    p.add_argument("--image", help="explain this 28x28 digit image file instead (PNG; colour or larger square images are converted)")
+    p.add_argument("--variant", help="a compressed variant (<name>.variant.json or its folder): its maps are compared with the original's")
+    p.add_argument("--out", default="explain-out", help="output folder, written all at once (default: ./explain-out)")
+    p.add_argument("--no-trust", action="store_true", help="skip the trust metrics (faithfulness, sensitivity, randomisation)")
+    p.add_argument("--shared-scale", action="store_true", help="one colour scale per method in the grid instead of one per map")
+    p.add_argument("--seed", type=int, default=0, help="seed for noise, random baselines and latents (default: 0)")
+    p.add_argument("--weights-root", help="folder of retrained weights and cards (default: the ones shipped with slimlens)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_explain)
+
+
 # ---- entry point -----------------------------------------------------------------------------------
 
 
@@ -280,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compress(sub)
     _add_report(sub)
     _add_bench(sub)
+    _add_explain(sub)
     return parser
 
 

@@ -1,0 +1,254 @@
+"""Pictures of attributions: matplotlib Figures a person can read, and PNG files written atomically.
+
+Conventions across every figure: zero attribution is white; a map with signs uses red for
+evidence for the target and blue against it; a map without signs uses reds. The digit is drawn as
+a thin grey outline over the map so the map itself is never washed out. Figures are built with
+``matplotlib.figure.Figure`` (no pyplot), so no global state or GUI backend is involved.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from zoo.cards import write_atomic
+
+DPI = 100
+HEATMAP_SIZE = (3.6, 3.0)  # inches: 360 x 300 px at DPI
+SIGNED_CMAP = "RdBu_r"
+UNSIGNED_CMAP = "Reds"
+
+
+def to_map(attribution: torch.Tensor) -> np.ndarray:
+    """A (H, W) numpy map from an attribution of shape (H, W), (C, H, W) or (1, C, H, W); channels summed."""
+    a = attribution.detach().float().cpu()
+    while a.dim() > 2:
+        a = a.sum(0)
+    return a.numpy()
+
+
+def to_image(image: torch.Tensor) -> np.ndarray:
+    """A (H, W) numpy greyscale image from (H, W), (C, H, W) or (1, C, H, W) pixels; channels averaged."""
+    x = image.detach().float().cpu()
+    while x.dim() > 2:
+        x = x.mean(0)
+    return x.numpy()
+
+
+def scale_of(attribution: torch.Tensor | np.ndarray, percentile: float = 99.5) -> float:
+    """A robust colour-scale limit: the ``percentile`` of |attribution| (never 0)."""
+    values = np.abs(np.asarray(attribution, dtype=np.float64)).ravel()
+    limit = float(np.percentile(values, percentile)) if values.size else 0.0
+    return limit if limit > 0 else float(values.max(initial=0.0)) or 1.0
+
+
+def is_signed(attribution: torch.Tensor | np.ndarray) -> bool:
+    """Whether a map carries meaningful negative values (more than a rounding error below zero)."""
+    a = np.asarray(attribution, dtype=np.float64)
+    return bool(a.min(initial=0.0) < -1e-3 * max(np.abs(a).max(initial=0.0), 1e-12))
+
+
+def draw_map(ax, image: np.ndarray | None, attribution: np.ndarray, vmax: float | None = None, signed: bool | None = None, outline: bool = True):
+    """Draw one attribution map on ``ax`` with the digit's outline; returns the image artist for a colour bar."""
+    signed = is_signed(attribution) if signed is None else signed
+    vmax = scale_of(attribution) if vmax is None else vmax
+    artist = ax.imshow(attribution, cmap=SIGNED_CMAP if signed else UNSIGNED_CMAP, vmin=-vmax if signed else 0.0, vmax=vmax, interpolation="nearest")
+    if outline and image is not None and image.max() > image.min():
+        level = image.min() + 0.5 * (image.max() - image.min())
+        ax.contour(image, levels=[level], colors="0.35", linewidths=0.8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return artist
+
+
+def heatmap(
+    image: torch.Tensor,
+    attribution: torch.Tensor,
+    *,
+    title: str | None = None,
+    vmax: float | None = None,
+    signed: bool | None = None,
+    overlay: bool = True,
+) -> Figure:
+    """One attribution map beside its input, with a colour bar; pass ``vmax`` to share a scale across maps.
+
+    Example::
+
+        >>> import torch, zoo, explain
+        >>> model = zoo.load("seed-cnn"); x = zoo.dataset("mnist", "test")[0][0][None]
+        >>> fig = explain.heatmap(x[0], explain.attribute(model, x, method="saliency")[0], title="saliency")
+        >>> fig.savefig("/tmp/saliency.png")
+    """
+    # Fixed axes positions rather than a layout engine: rendering stays fast and every PNG the same size.
+    fig = Figure(figsize=HEATMAP_SIZE, dpi=DPI)
+    left = fig.add_axes((0.03, 0.2, 0.45, 0.64))
+    right = fig.add_axes((0.52, 0.2, 0.45, 0.64))
+    img = to_image(image)
+    left.imshow(img, cmap="gray", vmin=0.0, vmax=max(1.0, float(img.max())), interpolation="nearest")
+    left.set_title("input", fontsize=9)
+    left.set_xticks([])
+    left.set_yticks([])
+    amap = to_map(attribution)
+    artist = draw_map(right, img if overlay else None, amap, vmax=vmax, signed=signed)
+    right.set_title("attribution", fontsize=9)
+    bar = fig.colorbar(artist, cax=fig.add_axes((0.1, 0.08, 0.8, 0.045)), orientation="horizontal")
+    bar.ax.tick_params(labelsize=7)
+    bar.ax.xaxis.get_offset_text().set_fontsize(7)
+    if title:
+        fig.suptitle(title, fontsize=10, y=0.97)
+    return fig
+
+
+def grid(
+    images: torch.Tensor,
+    maps: dict[str, torch.Tensor],
+    *,
+    row_labels: Sequence[str] | None = None,
+    shared_scale: bool = False,
+) -> Figure:
+    """Samples as rows, the input then one column per method; each map is scaled on its own unless ``shared_scale``.
+
+    With ``shared_scale`` every map of a method uses one colour limit, so rows compare in absolute
+    terms; otherwise each map shows its own pattern at full contrast (the colour bar then reads
+    "relative").
+    """
+    names = list(maps)
+    n = len(images)
+    fig = Figure(figsize=(1.55 * (len(names) + 1) + 0.3, 1.45 * n + 0.9), dpi=DPI, layout="constrained")
+    axes = np.asarray(fig.subplots(n, len(names) + 1, squeeze=False))
+    for col, name in enumerate(names):
+        column = maps[name].detach().float()
+        signed = is_signed(column.numpy())
+        column_vmax = scale_of(column.numpy()) if shared_scale else None
+        artist = None
+        for row in range(n):
+            amap = to_map(column[row])
+            vmax = column_vmax
+            if vmax is None:  # per-map contrast: show it as a fraction of its own robust maximum
+                amap = amap / scale_of(amap)
+                vmax = 1.0
+            artist = draw_map(axes[row, col + 1], to_image(images[row]), amap, vmax=vmax, signed=signed)
+        axes[0, col + 1].set_title(name.replace("noise_tunnel:", "smooth ").replace("_", " "), fontsize=9)
+        bar = fig.colorbar(artist, ax=axes[:, col + 1].tolist(), orientation="horizontal", fraction=0.9 / (n + 4), aspect=12)
+        bar.ax.tick_params(labelsize=6)
+        bar.set_label("attribution" if shared_scale else "relative", fontsize=7)
+    for row in range(n):
+        ax = axes[row, 0]
+        ax.imshow(to_image(images[row]), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if row_labels is not None:
+            ax.set_ylabel(row_labels[row], fontsize=8)
+    axes[0, 0].set_title("input", fontsize=9)
+    return fig
+
+
+def row_heatmap(image: torch.Tensor, attribution: torch.Tensor, *, title: str | None = None) -> Figure:
+    """An LSTM's view: the pixel map over the digit, and beside it the total attribution of each row (time step)."""
+    img, amap = to_image(image), to_map(attribution)
+    per_step = amap.sum(axis=1)
+    fig = Figure(figsize=(4.8, 3.0), dpi=DPI)
+    left = fig.add_axes((0.02, 0.2, 0.29, 0.64))
+    mid = fig.add_axes((0.33, 0.2, 0.29, 0.64))
+    right = fig.add_axes((0.74, 0.2, 0.23, 0.64))
+    left.imshow(img, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    left.set_title("input", fontsize=9)
+    left.set_xticks([])
+    left.set_yticks([])
+    artist = draw_map(mid, img, amap)
+    mid.set_title("pixel x step", fontsize=9)
+    steps = np.arange(len(per_step))
+    colours = np.where(per_step >= 0, "#c0392b", "#2e6da4")
+    right.barh(steps, per_step, color=colours, height=0.85)
+    right.set_ylim(len(per_step) - 0.5, -0.5)  # row 0 at the top, as in the image
+    right.axvline(0.0, color="0.3", linewidth=0.6)
+    right.set_title("per time step", fontsize=9)
+    right.set_ylabel("row (time step)", fontsize=7)
+    right.tick_params(labelsize=6)
+    bar = fig.colorbar(artist, cax=fig.add_axes((0.05, 0.08, 0.54, 0.045)), orientation="horizontal")
+    bar.ax.tick_params(labelsize=6)
+    if title:
+        fig.suptitle(title, fontsize=10, y=0.97)
+    return fig
+
+
+def bars(values: torch.Tensor, *, title: str | None = None, xlabel: str = "latent dimension", top: int = 8) -> Figure:
+    """Attribution per input dimension (e.g. a GAN's latent units) as bars, the ``top`` largest labelled."""
+    v = values.detach().float().cpu().reshape(-1).numpy()
+    fig = Figure(figsize=(6.4, 2.6), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    ax.bar(np.arange(len(v)), v, color=np.where(v >= 0, "#c0392b", "#2e6da4"), width=0.85)
+    ax.axhline(0.0, color="0.3", linewidth=0.6)
+    for i in np.argsort(-np.abs(v))[:top]:
+        ax.annotate(str(i), (i, v[i]), fontsize=6, ha="center", va="bottom" if v[i] >= 0 else "top")
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel("attribution", fontsize=8)
+    ax.tick_params(labelsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig
+
+
+def panel(images: torch.Tensor, maps: torch.Tensor, *, labels: Sequence[str], title: str | None = None, columns: int = 8) -> Figure:
+    """Several maps over their inputs in a grid (each labelled), e.g. one per latent code unit or per sample."""
+    n = len(maps)
+    cols = min(columns, n)
+    rows = (n + cols - 1) // cols
+    fig = Figure(figsize=(1.3 * cols + 0.2, 1.4 * rows + 0.5), dpi=DPI, layout="constrained")
+    axes = np.asarray(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for i, ax in enumerate(axes):
+        if i >= n:
+            ax.axis("off")
+            continue
+        image = images[i] if len(images) == n else images[0]
+        amap = to_map(maps[i])
+        draw_map(ax, to_image(image), amap / scale_of(amap), vmax=1.0)
+        ax.set_title(labels[i], fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def drift_figure(images: torch.Tensor, original: torch.Tensor, variant: torch.Tensor, *, labels: Sequence[str], names: tuple[str, str] = ("original", "variant")) -> Figure:
+    """Rows of input | original map | variant map | difference, on one scale per row so the difference is honest."""
+    n = len(images)
+    fig = Figure(figsize=(6.2, 1.5 * n + 0.6), dpi=DPI, layout="constrained")
+    axes = np.asarray(fig.subplots(n, 4, squeeze=False))
+    for row in range(n):
+        img = to_image(images[row])
+        a, b = to_map(original[row]), to_map(variant[row])
+        # Each map is scaled to its own robust maximum first: drift is about where, not how much.
+        a, b = a / scale_of(a), b / scale_of(b)
+        axes[row, 0].imshow(img, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        axes[row, 0].set_ylabel(labels[row], fontsize=7)
+        axes[row, 0].set_xticks([])
+        axes[row, 0].set_yticks([])
+        signed = is_signed(a) or is_signed(b)
+        draw_map(axes[row, 1], img, a, vmax=1.0, signed=signed)
+        draw_map(axes[row, 2], img, b, vmax=1.0, signed=signed)
+        diff_artist = draw_map(axes[row, 3], img, b - a, vmax=1.0, signed=True)
+    for col, title in enumerate(("input", names[0], names[1], f"{names[1]} - {names[0]}")):
+        axes[0, col].set_title(title, fontsize=8)
+    bar = fig.colorbar(diff_artist, ax=axes[:, 1:].ravel().tolist(), orientation="horizontal", fraction=0.6 / (n + 3), aspect=30)
+    bar.ax.tick_params(labelsize=6)
+    bar.set_label("relative attribution", fontsize=7)
+    return fig
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """The figure rendered as PNG bytes at its own size (no tight cropping, so sizes are predictable)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
+
+
+def save_png(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG to ``path`` atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    write_atomic(path, png_bytes(fig))
+    return path

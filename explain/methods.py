@@ -1,0 +1,388 @@
+"""Attribution methods by name: Captum classes underneath, reached through ``explainer`` and ``attribute``.
+
+Every method is a Captum class; nothing here re-implements one. What this module adds:
+
+* a name for each method, and ``noise_tunnel:<method>`` (``smoothgrad`` for short) around any
+  gradient method,
+* picking what the method runs on: a gradient-free method runs on the callable as given (an ONNX
+  Runtime session, an int8 module), a gradient method on the model itself, or on a variant's float
+  ``stand_in`` (and says so with a :class:`StandInWarning`),
+* Grad-CAM on the last convolution whose output is still a map, upsampled to the input's size,
+* eval mode for the call with the model's own modes restored afterwards, and cuDNN's RNN kernels
+  switched off on a GPU (their backward refuses to run in eval mode),
+* splitting a large batch into chunks so memory stays bounded (``batch_size``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+from captum.attr import (
+    Attribution,
+    DeepLift,
+    FeatureAblation,
+    GradientShap,
+    GuidedBackprop,
+    InputXGradient,
+    IntegratedGradients,
+    KernelShap,
+    LayerAttribution,
+    LayerGradCam,
+    Lime,
+    NoiseTunnel,
+    Occlusion,
+    Saliency,
+)
+from torch import nn
+
+from explain.errors import GradientsUnavailableError, MethodNotApplicableError, UnknownMethodError
+from explain.surrogate import WeightedRidge
+
+Model = nn.Module | Callable[[torch.Tensor], torch.Tensor]
+
+
+class StandInWarning(UserWarning):
+    """A gradient method ran on a variant's float stand-in rather than on the deployed variant."""
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What a method is and what it needs from the model."""
+
+    name: str
+    captum: type
+    gradients: bool  # needs autograd through the model
+    hooks: bool = False  # needs an nn.Module to hook (DeepLift, GuidedBackprop, layer methods)
+    layer: bool = False  # attributes to a layer's output (Grad-CAM), upsampled to the input afterwards
+    distribution_baselines: bool = False  # baselines are a distribution, not one per sample (GradientShap)
+    summary: str = ""
+
+
+METHODS: dict[str, MethodInfo] = {
+    m.name: m
+    for m in (
+        MethodInfo("saliency", Saliency, True, summary="|d output / d pixel| (Simonyan et al., 2014)"),
+        MethodInfo("input_x_gradient", InputXGradient, True, summary="pixel value x gradient"),
+        MethodInfo("integrated_gradients", IntegratedGradients, True, summary="path integral of gradients from a baseline (Sundararajan et al., 2017)"),
+        MethodInfo("deeplift", DeepLift, True, hooks=True, summary="rescale rule relative to a baseline (Shrikumar et al., 2017)"),
+        MethodInfo("gradient_shap", GradientShap, True, distribution_baselines=True, summary="expected gradients over noisy baselines"),
+        MethodInfo("guided_backprop", GuidedBackprop, True, hooks=True, summary="gradients with negative ReLU gradients zeroed (Springenberg et al., 2015)"),
+        MethodInfo("gradcam", LayerGradCam, True, hooks=True, layer=True, summary="Grad-CAM on the last convolution, upsampled (Selvaraju et al., 2017)"),
+        MethodInfo("occlusion", Occlusion, False, summary="output drop when a sliding window is blanked (Zeiler & Fergus, 2014)"),
+        MethodInfo("feature_ablation", FeatureAblation, False, summary="output drop when each feature group is replaced by a baseline"),
+        MethodInfo("lime", Lime, False, summary="local linear surrogate on random feature-group masks (Ribeiro et al., 2016)"),
+        MethodInfo("kernel_shap", KernelShap, False, summary="Shapley values by a weighted linear surrogate (Lundberg & Lee, 2017)"),
+    )
+}
+GRADIENT_FREE = tuple(name for name, m in METHODS.items() if not m.gradients)
+NOISE_TUNNEL = "noise_tunnel"
+ALIASES = {"smoothgrad": "noise_tunnel:saliency", "ig": "integrated_gradients", "grad_cam": "gradcam", "shap": "kernel_shap"}
+# Captum's notices about its own mechanics, not about the user's model or data.
+_CAPTUM_CHATTER = (
+    r"Input Tensor \d+ did not already require gradients",
+    r"Setting forward, backward hooks",
+    r"Setting backward hooks on ReLU",
+    r"You are providing multiple inputs for Lime",
+)
+DEFAULT_BATCH_SIZE = 32  # samples per Captum call; IG multiplies it by n_steps internally
+
+
+def available_methods() -> list[str]:
+    """Every method name ``attribute`` accepts (``noise_tunnel:<gradient method>`` works for each gradient method)."""
+    return [*METHODS, "smoothgrad", *(f"{NOISE_TUNNEL}:{n}" for n, m in METHODS.items() if m.gradients and not m.layer)]
+
+
+def parse_method(method: str) -> tuple[MethodInfo, MethodInfo | None]:
+    """Split ``method`` into (base method, noise tunnel or None); raise UnknownMethodError for a bad name."""
+    name = ALIASES.get(method.strip().lower(), method.strip().lower())
+    tunnel = None
+    if ":" in name:
+        outer, _, name = name.partition(":")
+        name = ALIASES.get(name, name)
+        if outer not in (NOISE_TUNNEL, "smoothgrad"):
+            raise UnknownMethodError(f"unknown method {method!r}; a wrapped method is written noise_tunnel:<method>")
+        tunnel = MethodInfo(NOISE_TUNNEL, NoiseTunnel, True, summary="SmoothGrad: average over noisy copies (Smilkov et al., 2017)")
+    if name not in METHODS:
+        raise UnknownMethodError(f"unknown method {method!r}; choose from {', '.join(available_methods()[:len(METHODS) + 1])} or noise_tunnel:<gradient method>")
+    base = METHODS[name]
+    if tunnel is not None and (not base.gradients or base.layer):
+        raise MethodNotApplicableError(f"noise_tunnel wraps a pixel gradient method, not {base.name}")
+    return base, tunnel
+
+
+def canonical_name(method: str) -> str:
+    """The name a method is recorded under: aliases resolved, e.g. ``smoothgrad`` → ``noise_tunnel:saliency``."""
+    base, tunnel = parse_method(method)
+    return f"{NOISE_TUNNEL}:{base.name}" if tunnel else base.name
+
+
+# ---- what the method runs on -----------------------------------------------------------------------
+
+
+def _is_quantized(module: nn.Module) -> bool:
+    # int8 modules from torch.ao hold packed weights that autograd cannot differentiate.
+    return any(type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized", "torch.ao.nn.intrinsic.quantized")) for m in module.modules())
+
+
+def _label(model: Any) -> str:
+    name, fmt = getattr(model, "name", None), getattr(model, "format", None)
+    if name and fmt:
+        return f"variant {name} ({fmt})"
+    return f"variant {name}" if name else type(model).__name__
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a method runs on: Captum's forward function, the module (if any), and a note for the user."""
+
+    forward: Callable[..., torch.Tensor]
+    module: nn.Module | None
+    note: str | None = None
+
+
+def resolve(model: Model, method: str) -> Target:
+    """Pick what ``method`` runs on for ``model`` (a module, a variant, or a forward callable); raise if it cannot run."""
+    base, tunnel = parse_method(method)
+    if not (base.gradients or tunnel):
+        # Perturbation methods only call the model, so they run on the deployed form itself.
+        if not callable(model):
+            raise MethodNotApplicableError(f"{_label(model)} cannot be called on a batch")
+        return Target(model, model if isinstance(model, nn.Module) else None)
+    if isinstance(model, nn.Module) and not _is_quantized(model):
+        candidate, note = model, None
+    elif isinstance(getattr(model, "stand_in", None), nn.Module):
+        candidate = model.stand_in
+        note = f"{base.name} needs gradients, so it ran on the float stand-in of {_label(model)}, not on the deployed variant"
+    elif isinstance(getattr(model, "module", None), nn.Module) and not _is_quantized(model.module):
+        candidate, note = model.module, None  # a float PyTorch variant: its module is what it runs
+    elif not isinstance(model, nn.Module) and callable(model) and not base.hooks:
+        candidate, note = model, None  # a differentiable Python function; checked on the first sample in attribute()
+    else:
+        raise GradientsUnavailableError(
+            f"{base.name} needs gradients, and {_label(model)} has none and no float stand-in; "
+            f"use a gradient-free method ({', '.join(GRADIENT_FREE)}) or pass the float model"
+        )
+    if base.hooks and not isinstance(candidate, nn.Module):
+        raise MethodNotApplicableError(f"{base.name} hooks into the model's layers and needs a torch.nn.Module, not {_label(model)}")
+    return Target(candidate, candidate if isinstance(candidate, nn.Module) else None, note)
+
+
+def conv_layers(module: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    """Every 2-D convolution of ``module`` in registration order, with its qualified name."""
+    return [(name, m) for name, m in module.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def last_conv_layer(module: nn.Module, sample: torch.Tensor | None = None) -> nn.Conv2d:
+    """The last convolution whose output on ``sample`` is still a map (more than 1x1), Grad-CAM's usual layer."""
+    convs = conv_layers(module)
+    if not convs:
+        raise MethodNotApplicableError(f"gradcam needs a convolutional layer, and {type(module).__name__} has none; try integrated_gradients or occlusion")
+    if sample is None:
+        return convs[-1][1]
+    sizes: dict[nn.Module, int] = {}
+    handles = [m.register_forward_hook(lambda mod, _i, out: sizes.__setitem__(mod, out.shape[-1] * out.shape[-2])) for _, m in convs]
+    try:
+        with torch.no_grad(), eval_mode(module):
+            module(sample[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    maps = [m for _, m in convs if sizes.get(m, 0) > 1]
+    return maps[-1] if maps else convs[-1][1]
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module | None) -> Iterator[None]:
+    """Run with every submodule in eval mode, then put each one back in the mode it was in."""
+    if module is None:
+        yield
+        return
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+@contextlib.contextmanager
+def _rnn_guard(module: nn.Module | None) -> Iterator[None]:
+    # cuDNN's RNN backward only runs in training mode; off cuDNN the eval-mode backward is fine.
+    on_cuda = module is not None and any(p.is_cuda for p in module.parameters())
+    has_rnn = module is not None and any(isinstance(m, nn.RNNBase) for m in module.modules())
+    if on_cuda and has_rnn:
+        with torch.backends.cudnn.flags(enabled=False):
+            yield
+    else:
+        yield
+
+
+# ---- the Captum object -----------------------------------------------------------------------------
+
+
+def explainer(model: Model, method: str = "integrated_gradients", *, layer: nn.Module | None = None) -> Attribution:
+    """The Captum attribution object for ``method`` on ``model``, ready for its own ``.attribute``.
+
+    Args:
+        model: an ``nn.Module``, a variant (callable, maybe with a float ``.stand_in``) or a forward function.
+        method: a name from :func:`available_methods`.
+        layer: for ``gradcam``, the layer to explain (default: the last convolution).
+
+    Example::
+
+        >>> import zoo, explain
+        >>> ig = explain.explainer(zoo.load("seed-cnn"), "integrated_gradients")
+        >>> type(ig).__name__
+        'IntegratedGradients'
+    """
+    base, tunnel = parse_method(method)
+    target = resolve(model, method)
+    return _build(base, tunnel, target, layer)
+
+
+def _build(base: MethodInfo, tunnel: MethodInfo | None, target: Target, layer: nn.Module | None) -> Attribution:
+    forward = target.forward
+    if base.layer:
+        module = target.module
+        return LayerGradCam(forward, layer if layer is not None else last_conv_layer(module))
+    if base.hooks:
+        inner = base.captum(target.module)
+    elif base.name == "lime":
+        # scikit-learn (Captum's default surrogate) is not a slimlens dependency; see explain/surrogate.py.
+        inner = Lime(forward, interpretable_model=WeightedRidge())
+    elif base.name == "kernel_shap":
+        inner = KernelShap(forward)
+        inner.interpretable_model = WeightedRidge(alpha=0.0)  # KernelShap's own choice is unregularised regression
+    else:
+        inner = base.captum(forward)
+    return NoiseTunnel(inner) if tunnel else inner
+
+
+# ---- attribute -------------------------------------------------------------------------------------
+
+
+def predicted_target(forward: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, batch_size: int = 256) -> torch.Tensor | int | None:
+    """The target a caller means by "explain the prediction": the arg-max class, 0 for one output, None for a scalar."""
+    with torch.no_grad():
+        outs = [forward(chunk) for chunk in inputs.split(batch_size)]
+    out = torch.cat(outs)
+    if out.dim() >= 2 and out.shape[1] > 1:
+        return out.reshape(len(out), -1).argmax(1) if out.dim() == 2 else None
+    return 0 if out.dim() >= 2 else None
+
+
+def _check_differentiable(forward: Callable, inputs: torch.Tensor, name: str) -> None:
+    probe = inputs[:1].detach().clone().requires_grad_(True)
+    try:
+        out = forward(probe)
+    except Exception as exc:  # a forward that fails on a tensor needing grad (e.g. it calls .numpy())
+        raise GradientsUnavailableError(f"{name} needs gradients, but the forward function cannot be differentiated ({str(exc).splitlines()[0]}); use a gradient-free method ({', '.join(GRADIENT_FREE)})") from None
+    if not (isinstance(out, torch.Tensor) and out.requires_grad):
+        raise GradientsUnavailableError(f"{name} needs gradients, but the forward function's output carries none; use a gradient-free method ({', '.join(GRADIENT_FREE)})")
+
+
+def _chunk_arg(value: Any, n: int, start: int, stop: int, per_sample: bool) -> Any:
+    """The slice of a per-sample argument for samples [start, stop); shared arguments pass through whole."""
+    if not per_sample:
+        return value
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n and n > 1:
+        return value[start:stop]
+    if isinstance(value, list) and len(value) == n and n > 1:
+        return value[start:stop]
+    return value
+
+
+def _concat(parts: list[Any]) -> Any:
+    if isinstance(parts[0], tuple):
+        return tuple(_concat([p[i] for p in parts]) for i in range(len(parts[0])))
+    if isinstance(parts[0], torch.Tensor):
+        return parts[0] if len(parts) == 1 else torch.cat([p.reshape(p.shape if p.dim() else (1,)) for p in parts])
+    return parts
+
+
+def attribute(
+    model: Model,
+    inputs: torch.Tensor,
+    target: int | torch.Tensor | list[int] | None = None,
+    method: str = "integrated_gradients",
+    *,
+    layer: nn.Module | None = None,
+    batch_size: int | None = DEFAULT_BATCH_SIZE,
+    interpolate_mode: str = "bilinear",
+    **options: Any,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Attributions of ``model``'s output for ``target`` to each element of ``inputs`` by ``method``.
+
+    ``options`` go unchanged to the Captum method's ``.attribute``, so with none the result equals
+    the Captum class called directly with Captum's defaults. Where Captum has no default for an
+    argument it requires (Occlusion's window, GradientShap's baselines), the 28x28 defaults of
+    :func:`explain.defaults.default_options` fill it in.
+
+    Args:
+        model: an ``nn.Module``; a variant (callable batch → outputs, maybe with a float
+            ``.stand_in`` for gradient methods); or any forward function.
+        inputs: a batch, e.g. (N, 1, 28, 28) pixels in [0, 1].
+        target: output index per sample. ``None`` means the predicted class for a model with
+            several outputs, output 0 for one output (a sigmoid or a logit).
+        method: a name from :func:`available_methods`, e.g. ``"saliency"``, ``"occlusion"``,
+            ``"gradcam"``, ``"noise_tunnel:integrated_gradients"``.
+        layer: Grad-CAM's layer (default: the last convolution whose output is still a map).
+            IntegratedGradients' own ``method`` argument is passed as ``captum_method``.
+        batch_size: samples per Captum call, so memory stays bounded; ``None`` for one call.
+        interpolate_mode: how Grad-CAM's map is upsampled to the input (Captum's ``interpolate``).
+
+    Returns:
+        A tensor shaped like ``inputs`` (and the convergence delta as well when asked for with
+        ``return_convergence_delta=True``).
+
+    Example::
+
+        >>> import torch, zoo, explain
+        >>> model = zoo.load("seed-cnn")
+        >>> x = torch.stack([zoo.dataset("mnist", "test")[i][0] for i in range(4)])
+        >>> explain.attribute(model, x, method="saliency").shape
+        torch.Size([4, 1, 28, 28])
+    """
+    from explain.defaults import required_options  # the few arguments Captum itself leaves without a default
+
+    base, tunnel = parse_method(method)
+    resolved = resolve(model, method)
+    if resolved.note:
+        warnings.warn(resolved.note, StandInWarning, stacklevel=2)
+    if (base.gradients or tunnel) and resolved.module is None:
+        _check_differentiable(resolved.forward, inputs, base.name)
+    options = {**required_options(base.name, tuple(inputs.shape[1:])), **options}
+    if "captum_method" in options:  # IntegratedGradients' own `method` (riemann_trapezoid, ...) under another name
+        options["method"] = options.pop("captum_method")
+    with eval_mode(resolved.module), _rnn_guard(resolved.module), warnings.catch_warnings():
+        for message in _CAPTUM_CHATTER:
+            warnings.filterwarnings("ignore", message=message, category=UserWarning)
+        if target is None:
+            target = predicted_target(resolved.forward, inputs)
+        if base.layer and layer is None:
+            layer = last_conv_layer(resolved.module, inputs)
+        captum = _build(base, tunnel, resolved, layer)
+        if tunnel is not None:
+            options.setdefault("nt_type", "smoothgrad")
+        n = len(inputs)
+        step = n if not batch_size or batch_size >= n else batch_size
+        parts = []
+        per_sample_baselines = not base.distribution_baselines
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            chunk_options = {
+                key: _chunk_arg(value, n, start, stop, per_sample=(key != "baselines" or per_sample_baselines) and key in ("baselines", "feature_mask", "additional_forward_args"))
+                for key, value in options.items()
+            }
+            result = captum.attribute(inputs[start:stop], target=_chunk_arg(target, n, start, stop, True), **chunk_options)
+            parts.append(result)
+    result = _concat(parts)
+    if base.layer:
+        upsample = lambda a: LayerAttribution.interpolate(a, tuple(inputs.shape[-2:]), interpolate_mode=interpolate_mode)  # noqa: E731
+        result = (upsample(result[0]), result[1]) if isinstance(result, tuple) else upsample(result)
+    return result

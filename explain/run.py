@@ -1,0 +1,420 @@
+"""The ``slimlens explain`` run: check everything, compute maps, trust and drift, then write the folder at once.
+
+Order matters for "nothing half-written": :func:`prepare` validates every argument (method names,
+whether each method applies to the model and to the variant, image file, indices, output folder)
+before any computation; :func:`run` then builds the whole output in a hidden temporary folder
+beside ``out`` and renames it into place only when everything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+import zoo
+from explain import drift as drift_mod
+from explain import heatmaps, trust
+from explain.defaults import default_options, describe
+from explain.errors import ExplainError, MethodNotApplicableError
+from explain.families import code_attribution, latent_attribution
+from explain.inputs import check_indices, load_image, spread_indices
+from explain.methods import METHODS, StandInWarning, attribute, canonical_name, conv_layers, parse_method, resolve
+
+DEFAULT_METHODS = ("integrated_gradients", "gradcam", "occlusion")
+GRADIENT_FREE_DEFAULTS = ("occlusion", "feature_ablation")
+TRUST_SAMPLES = 6  # sensitivity and randomisation cost a full explanation per perturbation or layer
+
+
+@dataclass
+class Request:
+    """What a user asked ``slimlens explain`` for."""
+
+    model: str
+    out: Path
+    methods: list[str] | None = None
+    samples: int = 8
+    indices: list[int] | None = None
+    image: Path | None = None
+    variant: Any = None
+    variant_path: str | None = None
+    trust: bool = True
+    shared_scale: bool = False
+    seed: int = 0
+    weights_root: str | None = None
+    progress: Callable[[str], None] = field(default=lambda message: None)
+
+
+@dataclass
+class Plan:
+    """A validated request: the model, the inputs and the methods with their settings."""
+
+    request: Request
+    model: nn.Module
+    card: Any
+    family: str
+    inputs: torch.Tensor
+    labels: list[int | None]
+    sources: list[str]
+    notes: list[str]
+    methods: list[str]
+    options: dict[str, dict[str, Any]]
+    partner: nn.Module | None = None  # the other half of a GAN
+
+
+def _kind(card: Any) -> str:
+    if card.task == "generation":
+        return "generator"
+    if card.task == "discrimination":
+        return "discriminator"
+    if card.family == "autoencoder":
+        return "autoencoder"
+    return "lstm" if card.family == "lstm" else "classifier"
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ExplainError(f"--out {out} is a file; name a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "explain.json").is_file():
+        raise ExplainError(f"--out {out} exists and is not an explain output folder; choose a new or empty folder")
+
+
+def _check_method(model: Any, method: str, kind: str, who: str) -> None:
+    base, _ = parse_method(method)
+    if kind == "generator" and base.layer:
+        raise MethodNotApplicableError(f"{method} explains a convolution's map of an image; a generator's input is a latent vector")
+    target = resolve(model, method)  # raises for a gradient method on a model without gradients or stand-in
+    if base.layer:
+        if not conv_layers(target.module):
+            raise MethodNotApplicableError(f"gradcam needs a convolutional layer, and {who} has none; try integrated_gradients or occlusion")
+
+
+def prepare(request: Request) -> Plan:
+    """Validate ``request`` completely (raising ExplainError with one line) and load what it needs."""
+    _check_out(Path(request.out))
+    card = zoo.card(request.model, request.weights_root)
+    kind = _kind(card)
+    if request.image is not None and request.indices:
+        raise ExplainError("use --image or --indices, not both")
+    if request.samples < 1:
+        raise ExplainError(f"--samples must be at least 1, got {request.samples}")
+    if request.variant is not None and kind != "classifier" and kind != "lstm":
+        raise ExplainError(f"--variant compares classifiers' maps; {request.model} is a {card.task} model")
+    if request.methods:
+        methods = [canonical_name(m) for m in request.methods]
+    elif request.variant is not None and _no_gradients(request.variant):
+        methods = list(GRADIENT_FREE_DEFAULTS)
+    else:
+        methods = [m for m in DEFAULT_METHODS if not (m == "gradcam" and (kind in ("generator", "autoencoder") or card.family not in ("cnn", "gan")))]
+    methods = list(dict.fromkeys(methods))
+    model = zoo.load(request.model, request.weights_root)
+    for method in methods:
+        _check_method(model, method, kind, request.model)
+        if request.variant is not None:
+            _check_method(request.variant, method, kind, f"variant {getattr(request.variant, 'name', '')}".strip())
+    partner = None
+    notes: list[str] = []
+    if kind == "generator":
+        if request.image is not None or request.indices:
+            raise ExplainError(f"{request.model} is a generator: it explains latent vectors, so --image and --indices do not apply")
+        inputs = zoo.latents(request.samples, request.seed)
+        labels: list[int | None] = [None] * request.samples
+        sources = [f"latent seed {request.seed} #{i}" for i in range(request.samples)]
+        partner = zoo.load(card.extra.get("trained_with") or "dcgan-d", request.weights_root) if _exists("dcgan-d") else None
+    elif request.image is not None:
+        image, notes = load_image(request.image)
+        inputs, labels, sources = image[None], [None], [f"image {Path(request.image).name}"]
+    else:
+        data = zoo.dataset(card.dataset.get("name", "mnist"), "test")
+        indices = check_indices(request.indices, len(data)) if request.indices else spread_indices(data.labels, request.samples)
+        inputs = data.images[indices]
+        labels = [int(data.labels[i]) for i in indices]
+        sources = [f"test #{i}" for i in indices]
+        if kind == "discriminator":  # real digits beside as many generated ones
+            generator = zoo.load("dcgan-g", request.weights_root)
+            with torch.no_grad():
+                fakes = generator(zoo.latents(len(indices), request.seed))
+            inputs = torch.cat([inputs, fakes])
+            labels = [1] * len(indices) + [0] * len(indices)
+            sources += [f"generated (latent seed {request.seed} #{i})" for i in range(len(indices))]
+    shape = tuple(inputs.shape[1:])
+    options = {m: default_options(m, shape) for m in methods}
+    return Plan(request, model, card, kind, inputs, labels, sources, notes, methods, options, partner)
+
+
+def _exists(name: str) -> bool:
+    try:
+        zoo.card(name)
+        return True
+    except zoo.SlimlensError:
+        return False
+
+
+def _no_gradients(variant: Any) -> bool:
+    try:
+        resolve(variant, "saliency")
+        return False
+    except ExplainError:
+        return True
+
+
+def _attribute_noting(model: Any, inputs: torch.Tensor, target: Any, method: str, options: dict[str, Any]) -> tuple[torch.Tensor, str | None]:
+    """``attribute`` plus the stand-in notice, caught and returned instead of printed as a Python warning."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", StandInWarning)
+        maps = attribute(model, inputs, target=target, method=method, **options).detach()
+    notes = [str(w.message) for w in caught if issubclass(w.category, StandInWarning)]
+    return maps, (notes[0] if notes else None)
+
+
+def _slug(source: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in source).strip("-").replace("--", "-")
+
+
+def run(request: Request) -> dict[str, Any]:
+    """Do the whole explain run for ``request`` and return what was written to ``explain.json``."""
+    started = time.perf_counter()
+    plan = prepare(request)
+    say = request.progress
+    torch.manual_seed(request.seed)
+    result: dict[str, Any] = {
+        "slimlens_explain": 1,
+        "model": {"name": plan.card.name, "family": plan.card.family, "task": plan.card.task, "card_metric": {plan.card.primary_metric: plan.card.metric}},
+        "inputs": {"sources": plan.sources, "labels": plan.labels, "conversions": plan.notes, "shape": list(plan.inputs.shape[1:])},
+        "methods": {},
+    }
+    files: dict[str, bytes] = {}
+    if plan.family in ("classifier", "lstm", "discriminator"):
+        _explain_classifier(plan, result, files, say)
+    elif plan.family == "generator":
+        _explain_generator(plan, result, files, say)
+    else:
+        _explain_autoencoder(plan, result, files, say)
+    result["files"] = sorted(files) + ["explain.json"]
+    result["environment"] = {
+        "torch": torch.__version__,
+        "captum": __import__("captum").__version__,
+        "threads": torch.get_num_threads(),
+        "seed": request.seed,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    files["explain.json"] = (json.dumps(result, indent=2, default=_json_default) + "\n").encode()
+    _write_folder(Path(request.out), files)
+    return result
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _write_folder(out: Path, files: dict[str, bytes]) -> None:
+    """Write ``files`` into a hidden temporary folder beside ``out``, then swap it into place."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        for name, data in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_bytes(data)
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{tmp.name[-12:]}")
+            out.rename(old)
+        tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ---- families ----------------------------------------------------------------------------------------
+
+
+def _predict(forward: Any, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Outputs, predicted index and its score (softmax probability, or the sigmoid of a single output)."""
+    with torch.no_grad():
+        out = forward(inputs).reshape(len(inputs), -1).float()
+    if out.shape[1] > 1:
+        p = out.softmax(1)
+        return out, p.argmax(1), p.max(1).values
+    prob = out[:, 0] if bool(((out >= 0) & (out <= 1)).all()) else out[:, 0].sigmoid()
+    return out, (prob >= 0.5).long(), torch.where(prob >= 0.5, prob, 1 - prob)
+
+
+def _explain_classifier(plan: Plan, result: dict[str, Any], files: dict[str, bytes], say: Callable[[str], None]) -> None:
+    model, x, names = plan.model, plan.inputs, plan.card.class_names or ["0", "1"]
+    single_output = plan.card.task in ("binary-classification", "discrimination")
+    out, pred, conf = _predict(model, x)
+    target: Any = 0 if single_output else pred  # explain what the model predicted (one output: the output itself)
+    output_kind = "sigmoid" if plan.card.task == "discrimination" else "auto"
+    result["inputs"].update({"predictions": [names[int(p)] for p in pred], "confidence": [round(float(c), 4) for c in conf]})
+    row_labels = []
+    for i, source in enumerate(plan.sources):
+        truth = names[plan.labels[i]] if plan.labels[i] is not None else "?"
+        row_labels.append(f"{source}\ntrue {truth} · pred {names[int(pred[i])]} ({float(conf[i]):.2f})")
+    maps: dict[str, torch.Tensor] = {}
+    for method in plan.methods:
+        say(f"{method}: {len(x)} samples")
+        t = time.perf_counter()
+        maps[method], note = _attribute_noting(model, x, target, method, plan.options[method])
+        base, tunnel = parse_method(method)
+        result["methods"][method] = {
+            "captum": f"NoiseTunnel({base.captum.__name__})" if tunnel else base.captum.__name__,
+            "summary": base.summary,
+            "settings": describe(plan.options[method]),
+            "target": "the output (one logit or probability)" if single_output else "the predicted class",
+            "ran_on": note or f"{plan.card.name} (float PyTorch)",
+            "seconds": round(time.perf_counter() - t, 3),
+        }
+        if base.layer:
+            layer = _layer_name(model, x)
+            result["methods"][method]["layer"] = layer
+        for i, source in enumerate(plan.sources):
+            title = f"{method.replace('_', ' ')} · {row_labels[i].splitlines()[1]}"
+            fig = heatmaps.row_heatmap(x[i], maps[method][i], title=title) if plan.family == "lstm" else heatmaps.heatmap(x[i], maps[method][i], title=title)
+            files[f"maps/{_slug(source)}_{method.replace(':', '-')}.png"] = heatmaps.png_bytes(fig)
+    files["grid.png"] = heatmaps.png_bytes(heatmaps.grid(x, maps, row_labels=row_labels, shared_scale=plan.request.shared_scale))
+    if plan.family == "lstm":
+        result["lstm"] = {m: {"per_step_mean": [round(float(v), 6) for v in maps[m].reshape(len(x), 28, 28).sum(2).mean(0)]} for m in maps}
+    if plan.request.trust:
+        result["trust"] = _trust(plan, maps, target, output_kind, say)
+    if plan.request.variant is not None:
+        result["variant"], result["drift"] = _drift(plan, maps, target, output_kind, files, say)
+
+
+def _layer_name(model: nn.Module, x: torch.Tensor) -> str:
+    from explain.methods import last_conv_layer
+
+    layer = last_conv_layer(model, x)
+    return next(name for name, m in model.named_modules() if m is layer)
+
+
+def _trust(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: str, say: Callable[[str], None]) -> dict[str, Any]:
+    model, x = plan.model, plan.inputs
+    few = slice(0, min(TRUST_SAMPLES, len(x)))
+    few_target = target[few] if isinstance(target, torch.Tensor) else target
+    report: dict[str, Any] = {
+        "settings": {
+            "deletion_insertion": {"steps": 28, "baseline": 0.0, "score": "softmax probability of the target" if output_kind == "auto" and not plan.card.task.startswith(("binary", "discr")) else f"{output_kind} output"},
+            "infidelity": {"noise_std": 0.1, "n_perturb_samples": 10, "normalize": True},
+            "sensitivity_max": {"perturb_radius": 0.02, "n_perturb_samples": 3, "samples": few.stop},
+            "randomisation": {"cascade": "top layer first", "samples": few.stop, "flag": "final SSIM of |maps| > 0.3"},
+        }
+    }
+    random_order = trust.deletion_insertion(model, x, torch.rand(x.shape, generator=torch.Generator().manual_seed(plan.request.seed)), target, output=output_kind)
+    report["random_order"] = {"deletion_auc": trust.summarise(random_order["deletion_auc"]), "insertion_auc": trust.summarise(random_order["insertion_auc"])}
+    for method, m in maps.items():
+        say(f"trust: {method}")
+        curves = trust.deletion_insertion(model, x, m, target, output=output_kind)
+        entry: dict[str, Any] = {
+            "deletion_auc": trust.summarise(curves["deletion_auc"]),
+            "insertion_auc": trust.summarise(curves["insertion_auc"]),
+            "deletion_curve_mean": [round(float(v), 4) for v in curves["deletion"].mean(0)],
+            "insertion_curve_mean": [round(float(v), 4) for v in curves["insertion"].mean(0)],
+            "infidelity": trust.summarise(trust.infidelity_score(model, x, m, target)),
+            "sensitivity_max": trust.summarise(trust.sensitivity(model, x[few], few_target, method, n_perturb_samples=3, **plan.options[method])),
+        }
+        entry["randomisation"] = trust.randomisation_test(model, x[few], few_target, method, seed=plan.request.seed, **plan.options[method])
+        if method == "integrated_gradients":
+            entry["convergence_delta"] = trust.convergence_delta(model, x, target, **plan.options[method])
+        report[method] = entry
+    return report
+
+
+def _drift(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: str, files: dict[str, bytes], say: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any]]:
+    variant, x = plan.request.variant, plan.inputs
+    name = getattr(variant, "name", "variant")
+    names = plan.card.class_names or ["0", "1"]
+    _, v_pred, _ = _predict(variant, x)
+    _, pred, _ = _predict(plan.model, x)
+    info = {
+        "name": name,
+        "format": getattr(variant, "format", None),
+        "path": plan.request.variant_path,
+        "agreement_with_original": float((v_pred == pred).float().mean()),
+        "predictions": [names[int(p)] for p in v_pred],
+    }
+    labels = [lab if lab is not None else -1 for lab in plan.labels]
+    report: dict[str, Any] = {}
+    for method, original in maps.items():
+        say(f"drift: {method} on {name}")
+        changed, note = _attribute_noting(variant, x, target, method, plan.options[method])
+        compared = drift_mod.compare(original, changed, labels, worst=min(5, len(x)))
+        for item in compared["most_drifting"]:
+            item["sample"] = plan.sources[item["position"]]
+        worst = [item["position"] for item in compared["most_drifting"]]
+        figure = f"drift_{method.replace(':', '-')}.png"
+        files[figure] = heatmaps.png_bytes(
+            heatmaps.drift_figure(x[worst], original[worst], changed[worst], labels=[f"{plan.sources[i]}\nSpearman {compared['per_sample']['spearman'][i]:.2f}" for i in worst], names=("original", name))
+        )
+        a = trust.deletion_insertion(plan.model, x, original, target, output=output_kind)
+        b = trust.deletion_insertion(variant, x, changed, target, output=output_kind)
+        compared["faithfulness"] = {
+            "original": {"deletion_auc": float(a["deletion_auc"].mean()), "insertion_auc": float(a["insertion_auc"].mean())},
+            "variant": {"deletion_auc": float(b["deletion_auc"].mean()), "insertion_auc": float(b["insertion_auc"].mean())},
+            "change": {"deletion_auc": float(b["deletion_auc"].mean() - a["deletion_auc"].mean()), "insertion_auc": float(b["insertion_auc"].mean() - a["insertion_auc"].mean())},
+        }
+        compared["variant_ran_on"] = note or f"variant {name} itself"
+        compared["figure"] = figure
+        report[method] = compared
+    return info, report
+
+
+def _explain_generator(plan: Plan, result: dict[str, Any], files: dict[str, bytes], say: Callable[[str], None]) -> None:
+    generator, z = plan.model, plan.inputs
+    judge = plan.partner
+    with torch.no_grad():
+        images = generator(z)
+        scores = torch.sigmoid(judge(images)).reshape(-1) if judge is not None else None
+    what = "D(G(z)) (the discriminator's logit)" if judge is not None else "the generated image's mean brightness"
+    result["inputs"]["discriminator_real_probability"] = [round(float(s), 4) for s in scores] if scores is not None else None
+    maps = {}
+    for method in plan.methods:
+        say(f"{method}: {len(z)} latents")
+        t = time.perf_counter()
+        maps[method] = latent_attribution(generator, z, judge, method=method, **plan.options[method])
+        base, _ = parse_method(method)
+        result["methods"][method] = {"captum": base.captum.__name__, "settings": describe(plan.options[method]), "explains": what, "seconds": round(time.perf_counter() - t, 3),
+                                     "top_latent_units": [[int(i) for i in row.abs().argsort(descending=True)[:5]] for row in maps[method]]}
+        for i, source in enumerate(plan.sources):
+            p = f" · D says real {float(scores[i]):.2f}" if scores is not None else ""
+            files[f"maps/{_slug(source)}_{method.replace(':', '-')}.png"] = heatmaps.png_bytes(heatmaps.bars(maps[method][i], title=f"{method.replace('_', ' ')}: {what} by latent unit{p}"))
+    files["grid.png"] = heatmaps.png_bytes(heatmaps.panel(images, images, labels=[f"#{i} D={float(s):.2f}" if scores is not None else f"#{i}" for i, s in enumerate(scores if scores is not None else z)], title="generated digits"))
+
+
+def _explain_autoencoder(plan: Plan, result: dict[str, Any], files: dict[str, bytes], say: Callable[[str], None]) -> None:
+    model, x = plan.model, plan.inputs
+    with torch.no_grad():
+        codes = model.encoder(x)
+    grid_maps = {}
+    for method in plan.methods:
+        say(f"{method}: {codes.shape[1]} code units x {len(x)} samples")
+        t = time.perf_counter()
+        per_unit = code_attribution(model, x, method=method, **plan.options[method])  # (N, units, 1, 28, 28)
+        strongest = codes.argmax(1)
+        grid_maps[f"{method} (unit)"] = per_unit[torch.arange(len(x)), strongest]
+        base, _ = parse_method(method)
+        result["methods"][method] = {"captum": base.captum.__name__, "settings": describe(plan.options[method]), "explains": "each latent code unit of model.encoder", "seconds": round(time.perf_counter() - t, 3)}
+        for i, source in enumerate(plan.sources):
+            labels = [f"unit {u} = {float(codes[i, u]):.2f}" for u in range(codes.shape[1])]
+            files[f"maps/{_slug(source)}_{method.replace(':', '-')}.png"] = heatmaps.png_bytes(heatmaps.panel(x[i:i + 1], per_unit[i], labels=labels, title=f"{method.replace('_', ' ')}: code units ← pixels ({source})", columns=5))
+    result["inputs"]["strongest_code_unit"] = [int(u) for u in codes.argmax(1)]
+    row_labels = [f"{s}\nstrongest unit {int(codes[i].argmax())}" for i, s in enumerate(plan.sources)]
+    files["grid.png"] = heatmaps.png_bytes(heatmaps.grid(x, grid_maps, row_labels=row_labels, shared_scale=plan.request.shared_scale))
+
+
+__all__ = ["DEFAULT_METHODS", "METHODS", "Plan", "Request", "prepare", "run"]

@@ -1,0 +1,137 @@
+"""explain.attribute / explainer: Captum underneath, what a method runs on, batching, heatmap files."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from captum.attr import IntegratedGradients, LayerGradCam, Lime, NoiseTunnel, Occlusion, Saliency
+from PIL import Image
+
+import explain
+import zoo
+from explain import heatmaps
+from explain.defaults import default_options
+
+
+@pytest.fixture(scope="module")
+def cnn() -> torch.nn.Module:
+    return zoo.load("seed-cnn")
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[torch.Tensor, torch.Tensor]:
+    data = zoo.dataset("mnist", "test")
+    idx = list(range(0, 1000, 125))  # 8 images, every class band
+    return data.images[idx], data.labels[idx]
+
+
+def test_attribute_equals_captum_called_directly(cnn, digits):
+    x, y = digits
+    ours = explain.attribute(cnn, x, target=y, method="integrated_gradients")
+    direct = IntegratedGradients(cnn).attribute(x, target=y)
+    assert torch.equal(ours, direct)
+    # target=None means the predicted class
+    predicted = cnn(x).argmax(1)
+    assert torch.equal(explain.attribute(cnn, x, method="saliency"), Saliency(cnn).attribute(x, target=predicted))
+
+
+def test_options_go_straight_to_captum(cnn, digits):
+    x, y = digits
+    settings = {"sliding_window_shapes": (1, 7, 7), "strides": (1, 7, 7), "baselines": 0.1, "perturbations_per_eval": 16}
+    ours = explain.attribute(cnn, x[:2], y[:2], "occlusion", **settings)
+    direct = Occlusion(cnn).attribute(x[:2], target=y[:2], **settings)
+    assert torch.equal(ours, direct)
+    attributions, delta = explain.attribute(cnn, x[:2], y[:2], return_convergence_delta=True, n_steps=20)
+    assert attributions.shape == x[:2].shape and delta.shape == (2,)
+
+
+def test_explainer_returns_the_captum_object(cnn):
+    assert isinstance(explain.explainer(cnn, "integrated_gradients"), IntegratedGradients)
+    cam = explain.explainer(cnn, "gradcam")
+    assert isinstance(cam, LayerGradCam) and cam.layer is cnn.features[7]  # the last convolution
+    assert isinstance(explain.explainer(cnn, "lime"), Lime)
+    smooth = explain.explainer(cnn, "smoothgrad")
+    assert isinstance(smooth, NoiseTunnel) and isinstance(smooth.attribution_method, Saliency)
+
+
+@pytest.mark.parametrize("method", [m for m in explain.available_methods() if not m.startswith("noise_tunnel:") or m.endswith(("saliency", "guided_backprop"))])
+def test_every_method_gives_a_map_shaped_like_the_input(cnn, digits, method):
+    x, y = digits[0][:2], digits[1][:2]
+    options = default_options(method)
+    if method in ("lime", "kernel_shap"):
+        options["n_samples"] = 60
+    maps = explain.attribute(cnn, x, y, method, **options)
+    assert maps.shape == x.shape and torch.isfinite(maps).all() and maps.abs().sum() > 0
+
+
+def test_internal_batching_matches_one_call(cnn, digits):
+    x, y = digits
+    whole = explain.attribute(cnn, x, y, "integrated_gradients", batch_size=None, n_steps=16, baselines=torch.zeros_like(x))
+    chunked = explain.attribute(cnn, x, y, "integrated_gradients", batch_size=3, n_steps=16, baselines=torch.zeros_like(x))
+    assert torch.allclose(whole, chunked, atol=1e-5)
+
+
+def test_model_modes_are_left_as_they_were(digits):
+    model = zoo.load("seed-cnn").train()
+    explain.attribute(model, digits[0][:2], method="saliency")
+    assert all(m.training for m in model.modules())
+
+
+def test_unknown_and_inapplicable_methods_raise_slimlens_errors(cnn, digits):
+    with pytest.raises(explain.UnknownMethodError, match="unknown method 'gradcamm'"):
+        explain.attribute(cnn, digits[0][:1], method="gradcamm")
+    with pytest.raises(explain.MethodNotApplicableError, match="no convolution|has none"):
+        explain.attribute(zoo.load("softmax-regression"), digits[0][:1], method="gradcam")
+    assert issubclass(explain.ExplainError, zoo.SlimlensError)
+
+
+def test_forward_function_without_gradients(cnn, digits):
+    x, y = digits[0][:2], digits[1][:2]
+
+    def deployed(batch: torch.Tensor) -> torch.Tensor:  # like an ONNX Runtime session: numpy in, numpy out
+        with torch.no_grad():
+            return torch.from_numpy(cnn(torch.from_numpy(batch.detach().numpy())).numpy())
+
+    settings = {"sliding_window_shapes": (1, 7, 7), "strides": (1, 7, 7), "perturbations_per_eval": 16}
+    assert torch.allclose(explain.attribute(deployed, x, y, "occlusion", **settings), explain.attribute(cnn, x, y, "occlusion", **settings), atol=1e-5)
+    with pytest.raises(explain.GradientsUnavailableError, match="gradient-free method"):
+        explain.attribute(deployed, x, y, "integrated_gradients")
+
+
+class _Deployed:
+    """A duck-typed variant: callable without gradients, with a float stand-in."""
+
+    name, format = "int8-test", "torch"
+
+    def __init__(self, stand_in: torch.nn.Module):
+        self.stand_in = stand_in
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.stand_in(batch)
+
+
+def test_gradient_methods_use_the_stand_in_and_say_so(cnn, digits):
+    x, y = digits[0][:2], digits[1][:2]
+    with pytest.warns(explain.StandInWarning, match="stand-in of variant int8-test"):
+        maps = explain.attribute(_Deployed(cnn), x, y, "saliency")
+    assert torch.equal(maps, explain.attribute(cnn, x, y, "saliency"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", explain.StandInWarning)  # gradient-free: runs on the variant itself, no notice
+        explain.attribute(_Deployed(cnn), x, y, "feature_ablation", **default_options("feature_ablation"))
+
+
+def test_heatmap_and_grid_pngs(cnn, digits, tmp_path):
+    x, y = digits[0][:3], digits[1][:3]
+    maps = {m: explain.attribute(cnn, x, y, m, **default_options(m)) for m in ("integrated_gradients", "gradcam")}
+    single = heatmaps.save_png(explain.heatmap(x[0], maps["gradcam"][0], title="gradcam"), tmp_path / "one.png")
+    with Image.open(single) as img:
+        assert img.format == "PNG" and img.size == (360, 300)
+        assert np.asarray(img.convert("L")).std() > 10  # not a blank canvas
+    shared = heatmaps.save_png(heatmaps.grid(x, maps, row_labels=["a", "b", "c"], shared_scale=True), tmp_path / "grid.png")
+    with Image.open(shared) as img:
+        assert img.format == "PNG" and img.size[0] > 400 and img.size[1] > 3 * 100
+    assert not list(tmp_path.glob(".*.tmp"))  # written via a temporary name and renamed
