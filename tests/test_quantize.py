@@ -121,3 +121,25 @@ def test_bad_dynamic_and_half_settings_are_refused():
         DynamicInt8Config(layers=("conv",))
     with pytest.raises(QuantizationError, match="float8"):
         HalfPrecisionConfig(dtype="float8")
+
+
+def test_qat_yields_an_int8_onnx_file_within_a_point(cnn):
+    import onnx
+
+    from compress.quantize import QatConfig, quantization_aware_training
+
+    model, data, base = cnn
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    variant = quantization_aware_training(model, QatConfig(epochs=0.1, samples=32), data)
+    weights = [i for i in onnx.load(str(variant.artifact)).graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert len(weights) >= 5  # every conv and linear weight is stored as int8
+    assert variant.steps[0]["step"] == "qat" and variant.steps[0]["deployed_as"]["step"] == "quantize_static_onnx"
+    assert data.metric_drop(base, data.evaluate(variant)) <= 0.01
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_qat_of_an_lstm_is_refused():
+    from compress.quantize import QatConfig, quantization_aware_training
+
+    with pytest.raises(QuantizationError, match=r"QAT does not apply.*family lstm"):
+        quantization_aware_training(zoo.build("seed-lstm"), QatConfig(), data_for("seed-lstm"))
