@@ -37,7 +37,7 @@ def tradeoff(names: Sequence[str], costs: Sequence[float | None], metrics: Seque
         ax.scatter(cost, metric, s=60, color=PALETTE[i % len(PALETTE)], zorder=3,
                    edgecolors="black" if front[i] else "none", linewidths=1.5)
         # names beside the points: a reader should not have to match colours to a legend
-        ax.annotate(name, (cost, metric), xytext=(5, 4), textcoords="offset points", fontsize=7)
+        ax.annotate(name, (cost, metric), xytext=(5, 4 + 8 * (i % 3)), textcoords="offset points", fontsize=7)  # staggered: equal metrics overlap
     line = sorted((p[1], p[2]) for p, on in zip(pts, front) if on)
     if len(line) > 1:
         ax.step([c for c, _ in line], [m for _, m in line], where="post", color="#444", lw=1, ls="--", zorder=2, label="Pareto front")
@@ -71,24 +71,32 @@ def size_bars(names: Sequence[str], sizes: Sequence[int | None], gzip_sizes: Seq
     return to_data_uri(fig)
 
 
-def confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], title: str) -> str:
-    """A confusion matrix (rows true, columns predicted) with counts written in the cells."""
+def confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], title: str, reference: Sequence[Sequence[int]] | None = None) -> str:
+    """A confusion matrix (rows true, columns predicted) with counts in the cells; with ``reference``, the change from it."""
     m = np.asarray(matrix)
     n = len(m)
-    fig = Figure(figsize=(2.2 + 0.22 * n, 2.0 + 0.22 * n))
+    diff = reference is not None
+    if diff:
+        m = m - np.asarray(reference)
+    fig = Figure(figsize=(1.6 + 0.2 * n, 1.5 + 0.2 * n))
     ax = fig.add_subplot()
-    ax.imshow(m, cmap="Blues")
+    if diff:
+        lim = max(int(np.abs(m).max()), 1)
+        ax.imshow(m, cmap="RdBu", vmin=-lim, vmax=lim)  # blue: more in that cell than the original, red: fewer
+    else:
+        ax.imshow(m, cmap="Blues")
     labels = list(class_names) if len(class_names) == n else [str(i) for i in range(n)]
-    ax.set_xticks(range(n), labels=labels, fontsize=7)
-    ax.set_yticks(range(n), labels=labels, fontsize=7)
-    ax.set_xlabel("predicted", fontsize=8)
-    ax.set_ylabel("true", fontsize=8)
-    ax.set_title(title, fontsize=9)
-    top = m.max() if m.size else 1
+    ax.set_xticks(range(n), labels=labels, fontsize=6)
+    ax.set_yticks(range(n), labels=labels, fontsize=6)
+    ax.set_xlabel("predicted", fontsize=7)
+    ax.set_ylabel("true", fontsize=7)
+    ax.set_title(title if not diff else f"{title}: change" + ("" if m.any() else " (none)"), fontsize=8)
+    top = np.abs(m).max() if m.size else 1
     for i in range(n):
         for j in range(n):
             if m[i, j]:
-                ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=6, color="white" if m[i, j] > top / 2 else "black")
+                text = f"{m[i, j]:+d}" if diff else str(m[i, j])
+                ax.text(j, i, text, ha="center", va="center", fontsize=5.5, color="white" if abs(m[i, j]) > top / 2 else "black")
     return to_data_uri(fig)
 
 
@@ -115,31 +123,40 @@ def _points(curve: Any) -> tuple[list[float], list[float]] | None:
     return None
 
 
-def sensitivity(curves: dict[str, Any], title: str, metric_label: str) -> str | None:
-    """Per-layer sensitivity: one line per layer of metric against pruning ratio (or bars for single values)."""
-    lines = {layer: _points(c) for layer, c in curves.items()}
-    scalars = {layer: float(c) for layer, c in curves.items() if isinstance(c, (int, float))}
+def _curve(curve: Any, xs: Sequence[float] | None) -> tuple[list[float], list[float]] | None:
+    """One layer's (x, metric) points: compress's {"values": [...]} against shared ``xs``, or any shape _points reads."""
+    values = curve.get("values") if isinstance(curve, dict) else None
+    if isinstance(values, list) and xs is not None and len(values) == len(xs):
+        return [float(x) for x in xs], [float(v) for v in values]
+    return _points(curve)
+
+
+def sensitivity(layers: dict[str, Any], title: str, metric_label: str, *, xs: Sequence[float] | None = None, xlabel: str = "strength",
+                baseline: float | None = None, higher_is_better: bool = True, invert_x: bool = False, highlight: int = 6) -> str | None:
+    """Per-layer sensitivity: metric when only that layer is compressed, one line per layer; the most sensitive named."""
+    curves = {name: c for name, c in ((n, _curve(c, xs)) for n, c in layers.items()) if c and c[0]}
+    if not curves:
+        return None
+    sign = 1.0 if higher_is_better else -1.0
+    # the layers that lose most at their strongest setting get colours and a legend entry; the rest stay grey
+    worst = sorted(curves, key=lambda n: sign * min(curves[n][1], key=lambda v: sign * v))[:highlight]
     fig = Figure(figsize=(5.2, 3.6))
     ax = fig.add_subplot()
-    drawn = False
-    for i, (layer, pts) in enumerate(lines.items()):
-        if pts and pts[0]:
-            ax.plot(pts[0], pts[1], marker="o", ms=3, lw=1.2, color=PALETTE[i % len(PALETTE)], label=layer)
-            drawn = True
-    if drawn:
-        ax.set_xlabel("strength (e.g. pruning ratio)")
-        ax.legend(fontsize=6, frameon=False, ncol=2)
-    elif scalars:
-        ax.barh(list(scalars), list(scalars.values()), color="#1f77b4")
-        ax.invert_yaxis()
-        ax.set_xlabel(metric_label)
-        drawn = True
-    if not drawn:
-        return None
-    if any(lines.values()):
-        ax.set_ylabel(metric_label)
+    for name, (x, y) in curves.items():
+        if name not in worst:
+            ax.plot(x, y, color="#bbbbbb", lw=0.8, zorder=1)
+    for i, name in enumerate(worst):
+        x, y = curves[name]
+        ax.plot(x, y, marker="o", ms=3, lw=1.4, color=PALETTE[i % len(PALETTE)], label=name, zorder=2)
+    if baseline is not None:
+        ax.axhline(baseline, color="black", lw=0.8, ls="--", label="unchanged model")
+    if invert_x:
+        ax.invert_xaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"{metric_label} ({'higher' if higher_is_better else 'lower'} is better)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, frameon=False, ncol=2 if len(worst) > 3 else 1)
     return to_data_uri(fig)
 
 

@@ -17,7 +17,7 @@ from reports.results import check_comparable, primary_metric, read_results
 from zoo.cards import write_atomic
 
 TEMPLATES = Path(__file__).parent / "templates"
-MAX_CONFUSIONS = 6
+MAX_CONFUSIONS = 8
 
 
 def _num(value: Any) -> float | None:
@@ -103,17 +103,27 @@ def _per_class(entries: list[dict[str, Any]], class_names: list[str]) -> dict[st
 
 
 def _sensitivity_plots(sensitivity: Any, metric: str | None) -> list[dict[str, str]]:
-    out = []
+    """One plot per kind of per-layer sensitivity (compress writes "pruning" and "quantization")."""
     if not isinstance(sensitivity, dict):
-        return out
-    kinds = sensitivity if all(isinstance(v, dict) for v in sensitivity.values()) else {"sensitivity": sensitivity}
-    for kind, curves in kinds.items():
-        layers = curves.get("layers", curves) if isinstance(curves, dict) else {}
-        if not isinstance(layers, dict):
+        return []
+    label = sensitivity.get("metric") if isinstance(sensitivity.get("metric"), str) else metric or "metric"
+    higher = bool(sensitivity.get("higher_is_better", True))
+    baseline = _num(sensitivity.get("baseline"))
+    out = []
+    for kind, block in sensitivity.items():
+        if not isinstance(block, dict) or not isinstance(block.get("layers"), dict):
             continue
-        uri = plots.sensitivity(layers, f"{kind}: metric per layer", (curves.get("metric") if isinstance(curves.get("metric"), str) else None) or metric or "metric")
+        if "ratios" in block:
+            xs, xlabel, invert = block["ratios"], "fraction of that layer's weights pruned", False
+        elif "bits" in block:
+            xs, xlabel, invert = block["bits"], "weight bits of that layer (fake-quantized)", True
+        else:
+            xs, xlabel, invert = block.get("x"), "strength", False
+        uri = plots.sensitivity(block["layers"], f"{kind}: one layer at a time", label, xs=xs, xlabel=xlabel, baseline=baseline,
+                                higher_is_better=higher, invert_x=invert)
         if uri:
-            out.append({"title": f"Per-layer sensitivity: {kind}", "uri": uri})
+            out.append({"title": f"Per-layer sensitivity: {kind}", "uri": uri, "note": block.get("method", ""),
+                        "evaluated_on": sensitivity.get("evaluated_on", "")})
     return out
 
 
@@ -156,16 +166,19 @@ def run_context(run: dict[str, Any]) -> dict[str, Any]:
         figures.append({"title": "Size per variant", "uri": uri, "caption": "Bytes of the deployable artifact on disk and after gzip -9."})
     class_names = list(run.get("class_names") or (spec.class_names if spec is not None else []))
     confusions = []
+    reference = (original.get("metrics") or {}).get("confusion")
     for e in entries:
         matrix = (e.get("metrics") or {}).get("confusion")
         if isinstance(matrix, list) and matrix and len(confusions) < MAX_CONFUSIONS:
-            confusions.append({"title": e["name"], "uri": plots.confusion(matrix, class_names, e["name"])})
+            # the original in counts, each variant as its change from the original: what compression moved
+            against = reference if e is not original and isinstance(reference, list) and len(reference) == len(matrix) else None
+            confusions.append({"title": e["name"], "uri": plots.confusion(matrix, class_names, e["name"], against)})
     env = run.get("environment") or {}
     gpu_present = any(isinstance(e.get("latency", {}).get("cuda"), dict) and "batch1_p50_ms" in e["latency"]["cuda"] for e in entries)
     gpu_name = next((e["latency"]["cuda"].get("device") for e in entries if gpu_present and "device" in (e.get("latency", {}).get("cuda") or {})), None)
     no_gpu = any("no CUDA GPU" in str((e.get("latency") or {}).get("cuda", {}).get("unavailable", "")) for e in entries) or str(env.get("gpu", "")).startswith("none")
     recipe = run.get("recipe")
-    recipe_name = recipe.get("name") if isinstance(recipe, dict) else recipe
+    recipe_name = (recipe.get("name") or str(recipe.get("origin", "")).removeprefix("preset:")) if isinstance(recipe, dict) else recipe
     timing = run.get("timing") or _lat(original, "cpu").get("timing") or {}
     return {
         "dir": run.get("_dir", ""),

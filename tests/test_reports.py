@@ -144,12 +144,17 @@ def test_explain_and_sensitivity_sections_render_when_present(results: dict, tmp
     run["_dir"] = str(tmp_path)
     assert "Explanations" not in reports.render([run], tmp_path / "plain.html").read_text()  # absent data, absent section
     _explain_json(tmp_path / "explain-onnx-fp32", "onnx-fp32")  # found inside the run folder without being named
-    run["sensitivity"] = {"prune": {"conv1": [[0.0, 0.98], [0.5, 0.97]], "conv2": {"0.0": 0.98, "0.5": 0.9}}}
+    run["sensitivity"] = {  # compress/sensitivity.py's layout
+        "metric": "accuracy", "higher_is_better": True, "baseline": 0.98, "evaluated_on": "256 of 1000 test images",
+        "pruning": {"method": "magnitude", "ratios": [0.5, 0.9], "layers": {"conv1.weight": {"params": 288, "values": [0.97, 0.6]},
+                                                                          "head.weight": {"params": 640, "values": [0.98, 0.95]}}},
+        "quantization": {"bits": [4, 2], "layers": {"conv1.weight": {"params": 288, "values": [0.98, 0.9]}}},
+    }
     html = reports.render([run], tmp_path / "full.html").read_text()
     for text in ("Explanations", "Drift: did compression", "0.610", "Drift per class", "Trust: can", "random order (baseline)",
-                 "maps lose their structure", "Heatmap gallery", "Per-layer sensitivity: prune"):
+                 "maps lose their structure", "Heatmap gallery", "Per-layer sensitivity: pruning", "Per-layer sensitivity: quantization"):
         assert text in html, text
-    assert html.count("data:image/png;base64,") >= 7  # plots, confusions, sensitivity and the embedded drift figure
+    assert html.count("data:image/png;base64,") >= 8  # plots, confusions, sensitivity and the embedded drift figure
     run["explain"] = "missing/explain.json"
     assert "are missing" in reports.render([run], tmp_path / "missing.html").read_text()
 
