@@ -159,8 +159,8 @@ def resolve(model: Model, method: str) -> Target:
         note = f"{base.name} needs gradients, so it ran on the float stand-in of {_label(model)}, not on the deployed variant"
     elif isinstance(getattr(model, "module", None), nn.Module) and not _is_quantized(model.module):
         candidate, note = model.module, None  # a float PyTorch variant: its module is what it runs
-    elif not isinstance(model, nn.Module) and callable(model) and not base.hooks:
-        candidate, note = model, None  # a differentiable Python function; checked on the first sample in attribute()
+    elif not isinstance(model, nn.Module) and callable(model) and not base.hooks and not hasattr(model, "stand_in"):
+        candidate, note = model, None  # a plain Python function, maybe differentiable; checked on the first sample in attribute()
     else:
         raise GradientsUnavailableError(
             f"{base.name} needs gradients, and {_label(model)} has none and no float stand-in; "

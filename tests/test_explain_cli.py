@@ -1,0 +1,109 @@
+"""slimlens explain end to end: the output folder, deployed int8 ONNX variants, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import cli
+import explain
+import zoo
+from compress import OnnxVariant, load_variant
+
+
+@pytest.fixture(scope="module")
+def int8_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """seed-cnn exported to ONNX and dynamically quantized to int8, saved as a variant (no stand-in)."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    folder = tmp_path_factory.mktemp("variant")
+    model = zoo.load("seed-cnn")
+    torch.onnx.export(model, torch.zeros(1, 1, 28, 28), folder / "fp32.onnx", dynamo=False, input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    quantize_dynamic(str(folder / "fp32.onnx"), str(folder / "int8.onnx"))
+    variant = OnnxVariant(name="int8-onnx", artifact=folder / "int8.onnx", source={"zoo": "seed-cnn"}, steps=[{"step": "quantize-dynamic-onnx"}])
+    return variant.save(folder)
+
+
+def _bad(argv: list[str], capsys: pytest.CaptureFixture, out: Path, message: str) -> None:
+    code = cli.main(["explain", *argv, "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("slimlens: error:") and message in err, err
+    assert not out.exists() and not list(out.parent.glob(f".{out.name}*"))  # nothing half-written
+
+
+def test_gradient_free_explanation_of_an_int8_onnx_variant_runs(int8_onnx):
+    variant = load_variant(int8_onnx)
+    x = zoo.dataset("mnist", "test").images[:4]
+    settings = {**explain.default_options("occlusion"), "perturbations_per_eval": 169}
+    deployed = explain.attribute(variant, x, method="occlusion", **settings)
+    original = explain.attribute(zoo.load("seed-cnn"), x, method="occlusion", **settings)
+    assert deployed.shape == x.shape and explain.compare(original, deployed)["mean"]["ssim"] > 0.8
+    with pytest.raises(explain.GradientsUnavailableError, match="no float stand-in"):
+        explain.attribute(variant, x, method="integrated_gradients")
+
+
+def test_explain_writes_maps_grid_and_json(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli.main(["explain", "seed-cnn", "--methods", "saliency,gradcam", "--samples", "2", "--out", str(out), "--quiet"])
+    assert code == 0 and capsys.readouterr().out.strip() == str(out / "explain.json")
+    result = json.loads((out / "explain.json").read_text())
+    assert set(result["methods"]) == {"saliency", "gradcam"} and result["methods"]["gradcam"]["layer"] == "features.7"
+    assert result["inputs"]["labels"] == [0, 1] and len(result["inputs"]["predictions"]) == 2
+    assert {"deletion_auc", "insertion_auc", "infidelity", "sensitivity_max", "randomisation"} <= set(result["trust"]["saliency"])
+    maps = sorted((out / "maps").glob("*.png"))
+    assert len(maps) == 4 and sorted(result["files"]) == sorted([f"maps/{p.name}" for p in maps] + ["grid.png", "explain.json"])
+    for path in maps:
+        with Image.open(path) as img:
+            assert img.format == "PNG" and img.size == (360, 300)
+    with Image.open(out / "grid.png") as img:
+        assert img.format == "PNG" and img.size[1] > img.size[0] / 3
+    # a second run replaces the folder whole
+    assert cli.main(["explain", "seed-cnn", "--methods", "saliency", "--indices", "7", "--no-trust", "--out", str(out), "--quiet"]) == 0
+    assert len(list((out / "maps").glob("*.png"))) == 1 and not list(tmp_path.glob(".run*"))
+
+
+def test_variant_drift_and_converted_image(tmp_path, int8_onnx, capsys):
+    out = tmp_path / "drift"
+    code = cli.main(["explain", "seed-cnn", "--methods", "feature_ablation", "--samples", "3", "--variant", str(int8_onnx), "--no-trust", "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((out / "explain.json").read_text())
+    assert result["variant"]["name"] == "int8-onnx" and result["variant"]["agreement_with_original"] > 0.6
+    d = result["drift"]["feature_ablation"]
+    assert {"spearman", "top10_iou", "ssim"} <= set(d["mean"]) and len(d["per_sample"]["ssim"]) == 3 and "faithfulness" in d
+    assert (out / d["figure"]).is_file() and d["variant_ran_on"] == "variant int8-onnx itself"
+    # a 56x56 RGB scan of a dark digit on white paper: converted, shrunk and inverted, then explained
+    digit = zoo.dataset("mnist", "test").images[0, 0].numpy()
+    scan = np.repeat(np.kron(255 - digit * 255, np.ones((2, 2)))[..., None], 3, axis=2).astype(np.uint8)
+    Image.fromarray(scan, "RGB").save(tmp_path / "scan.png")
+    out2 = tmp_path / "image"
+    assert cli.main(["explain", "seed-cnn", "--image", str(tmp_path / "scan.png"), "--methods", "saliency", "--no-trust", "--out", str(out2), "--quiet"]) == 0
+    result = json.loads((out2 / "explain.json").read_text())
+    assert result["inputs"]["predictions"] == ["0"]
+    assert any("greyscale" in n for n in result["inputs"]["conversions"]) and any("inverted" in n for n in result["inputs"]["conversions"])
+
+
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, int8_onnx):
+    out = tmp_path / "never"
+    _bad(["seed-cnn", "--methods", "integrated_gradients,gradcamm"], capsys, out, "unknown method 'gradcamm'")
+    _bad(["softmax-regression", "--methods", "gradcam"], capsys, out, "gradcam needs a convolutional layer")
+    _bad(["seed-cnn", "--methods", "saliency", "--variant", str(int8_onnx)], capsys, out, "no float stand-in")
+    _bad(["seed-cnn", "--indices", "3,1000"], capsys, out, "index 1000 is out of range")
+    _bad(["seed-cnn", "--indices", "three"], capsys, out, "--indices takes whole numbers")
+    _bad(["no-such-model"], capsys, out, "no zoo model named 'no-such-model'")
+    Image.fromarray(np.zeros((20, 30), dtype=np.uint8), "L").save(tmp_path / "small.png")
+    _bad(["seed-cnn", "--image", str(tmp_path / "small.png")], capsys, out, "is 30x20 pixels")
+    (tmp_path / "fake.png").write_text("not a png")
+    _bad(["seed-cnn", "--image", str(tmp_path / "fake.png")], capsys, out, "is not a readable image")
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    code = cli.main(["explain", "seed-cnn", "--out", str(taken), "--quiet"])
+    assert code == 2 and "not an explain output folder" in capsys.readouterr().err
+    assert [p.name for p in taken.iterdir()] == ["notes.txt"]

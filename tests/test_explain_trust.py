@@ -1,0 +1,88 @@
+"""Trust and drift: faithfulness curves, Captum's metrics, the randomisation sanity check, map drift."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import explain
+import zoo
+from explain import drift, trust
+
+
+@pytest.fixture(scope="module")
+def cnn() -> torch.nn.Module:
+    return zoo.load("seed-cnn")
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[torch.Tensor, torch.Tensor]:
+    data = zoo.dataset("mnist", "test")
+    idx = list(range(3, 1000, 100))  # one image of each digit
+    return data.images[idx], data.labels[idx]
+
+
+def _randomised(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    other = copy.deepcopy(model)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for m in other.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+    return other
+
+
+def test_deletion_and_insertion_curves(cnn, digits):
+    x, y = digits
+    maps = explain.attribute(cnn, x, y, "integrated_gradients", baselines=0.0, n_steps=20)
+    curves = trust.deletion_insertion(cnn, x, maps, y, steps=14)
+    assert curves["deletion"].shape == (10, 15) and curves["fractions"][0] == 0 and curves["fractions"][-1] == 1
+    with torch.no_grad():
+        assert torch.allclose(curves["deletion"][:, 0], cnn(x).softmax(1)[torch.arange(10), y], atol=1e-5)
+    noise = trust.deletion_insertion(cnn, x, torch.rand(x.shape, generator=torch.Generator().manual_seed(0)), y, steps=14)
+    # a real explanation removes the evidence faster and restores it faster than a random order
+    assert curves["deletion_auc"].mean() < noise["deletion_auc"].mean() - 0.2
+    assert curves["insertion_auc"].mean() > noise["insertion_auc"].mean() + 0.2
+
+
+def test_captum_metrics_and_completeness(cnn, digits):
+    x, y = digits[0][:3], digits[1][:3]
+    maps = explain.attribute(cnn, x, y, "saliency")
+    assert torch.isfinite(trust.infidelity_score(cnn, x, maps, y, n_perturb_samples=4)).all()
+    assert (trust.sensitivity(cnn, x, y, "saliency", n_perturb_samples=2) >= 0).all()
+    delta = trust.convergence_delta(cnn, x, y, baselines=0.0, n_steps=50)
+    assert delta["mean_relative_delta"] < 0.05  # IG's attributions add up to F(x) - F(baseline)
+
+
+def test_randomisation_passes_saliency_and_flags_guided_backprop(cnn, digits):
+    x, y = digits[0][:6], digits[1][:6]
+    before = {k: v.clone() for k, v in cnn.state_dict().items()}
+    saliency = trust.randomisation_test(cnn, x, y, "saliency")
+    guided = trust.randomisation_test(cnn, x, y, "guided_backprop")
+    assert saliency["layers"][0] == "head"  # cascading from the top layer
+    assert not saliency["flagged"] and guided["flagged"], (saliency["ssim"], guided["ssim"])
+    assert "edge detector" in guided["verdict"]
+    assert all(torch.equal(before[k], v) for k, v in cnn.state_dict().items())  # a copy was randomised
+
+
+def test_drift_with_itself_is_perfect_and_with_a_randomised_copy_low(cnn, digits):
+    x, y = digits
+    maps = explain.attribute(cnn, x, y, "saliency")
+    same = drift.compare(maps, maps.clone(), y)
+    assert same["mean"] == {"spearman": 1.0, "top10_iou": 1.0, "ssim": pytest.approx(1.0, abs=1e-5)}
+    assert set(same["per_class"]) == {str(d) for d in range(10)}
+    other = drift.compare(maps, explain.attribute(_randomised(cnn), x, y, "saliency"), y, worst=3)
+    assert other["mean"]["spearman"] < 0.6 and other["mean"]["top10_iou"] < 0.3 and other["mean"]["ssim"] < 0.3
+    worst = other["most_drifting"]
+    assert len(worst) == 3 and worst[0]["spearman"] <= worst[1]["spearman"] <= worst[2]["spearman"]
+
+
+def test_rank_correlation_and_iou_basics():
+    a = torch.randn(4, 1, 28, 28)
+    assert torch.allclose(drift.rank_correlation(a, 3 * a + 1, absolute=False), torch.ones(4))
+    assert torch.allclose(drift.rank_correlation(a, -a, absolute=False), -torch.ones(4))
+    assert torch.equal(drift.topk_iou(a, a), torch.ones(4))
+    zeros = torch.zeros(2, 1, 28, 28)
+    assert torch.equal(drift.rank_correlation(zeros, zeros), torch.ones(2))
