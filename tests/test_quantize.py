@@ -143,3 +143,15 @@ def test_qat_of_an_lstm_is_refused():
 
     with pytest.raises(QuantizationError, match=r"QAT does not apply.*family lstm"):
         quantization_aware_training(zoo.build("seed-lstm"), QatConfig(), data_for("seed-lstm"))
+
+
+def test_pt2e_int8_cnn_is_accurate_smaller_and_reloads(cnn, tmp_path):
+    from compress.quantize import Pt2eInt8Config, quantize_pt2e
+
+    model, data, base = cnn
+    variant = quantize_pt2e(model, Pt2eInt8Config(samples=32, compile=False), data)  # compiling is timed in the benchmark
+    assert data.metric_drop(base, data.evaluate(variant)) <= 0.01
+    assert _size(variant, tmp_path) < 0.6 * zoo.card("seed-cnn").weights["bytes"]  # int8 weights, not float copies
+    loaded = load_variant(tmp_path / f"{variant.name}.variant.json")
+    x = data.example_input(8)
+    assert torch.equal(loaded(x), variant(x))
