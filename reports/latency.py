@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -129,6 +130,8 @@ def cpu_latency(variant: Any, x1: torch.Tensor, xb: torch.Tensor, cfg: TimingCon
         "timer": TIMER,
         "versions": library_versions(),
         "inputs": "the same real test inputs for every variant (batch 1 = the first of them)",
+        # other work on the machine makes timings noisy; the load says how busy it was
+        "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
     with torch_threads(cfg.threads):
         if variant.format == "onnx":

@@ -57,6 +57,9 @@ def _row(entry: dict[str, Any], original: dict[str, Any], onnx_ref: dict[str, An
         "macs": _num(entry.get("macs")),
         "cpu_p50": _num(cpu.get("batch1_p50_ms")),
         "cpu_p90": _num(cpu.get("batch1_p90_ms")),
+        # p90 far above the median: the machine was busy or the timer caught stalls; say so next to the figure
+        "cpu_noisy": bool(_num(cpu.get("batch1_p90_ms")) and _num(cpu.get("batch1_p50_ms")) and cpu["batch1_p90_ms"] > 3 * cpu["batch1_p50_ms"]),
+        "cpu_load": _num(cpu.get("load_average_1min")),
         "cpu_tput": _num(cpu.get("throughput_per_s")),
         "cpu_runtime": cpu.get("runtime"),
         "cpu_missing": cpu.get("unavailable"),

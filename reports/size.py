@@ -68,8 +68,8 @@ def onnx_params(path: str | Path) -> dict[str, int]:
         if "scale" in init.name or "zero_point" in init.name:
             continue  # quantization bookkeeping, not weights
         arr = numpy_helper.to_array(init)
-        if arr.size <= 1 or arr.dtype.kind not in "fiu":
-            continue  # shape constants and scalars
+        if arr.size <= 1 or arr.dtype.kind not in "fiu" or arr.dtype.itemsize > 4 and arr.dtype.kind in "iu":
+            continue  # scalars and int64 shape constants: weights are float or 8-bit integers
         total += arr.size
         nonzero += int(np.count_nonzero(arr))
     return {"params": total, "nonzero_params": nonzero}

@@ -222,3 +222,21 @@ def test_cli_bench_refuses_a_non_empty_out(bench_dir: Path, capsys: pytest.Captu
     assert cli.main(["bench", MODEL, "--out", str(bench_dir)]) == 2
     assert "--force" in capsys.readouterr().err
     assert (bench_dir / "results.json").read_bytes() == before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_figures_and_variants_that_cannot_run_there(tmp_path: Path) -> None:
+    """On a GPU machine: fp32/fp16/bf16 figures with synchronised timing; ONNX Runtime CPU and int8 modules say why not."""
+    module = zoo.load(MODEL)
+    int8 = torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
+    path = export_onnx(module, timing_inputs(MODEL, 1), tmp_path / "m.onnx")
+    variants = [TorchVariant(name="original", module=module), TorchVariant(name="int8", module=int8), OnnxVariant(name="onnx", artifact=path)]
+    out = reports.measure(variants, MODEL, "cpu,cuda", FAST, memory=False, metrics=False)
+    cuda = out["variants"][0]["latency"]["cuda"]
+    assert cuda["device"] == torch.cuda.get_device_name(0)
+    for mode in ("fp32", "fp16", "bf16"):
+        figs = cuda["modes"][mode]
+        assert figs["batch1_p90_ms"] >= figs["batch1_p50_ms"] > 0 and figs["peak_memory_mb"] > 0
+    assert "cannot run on the GPU" in out["variants"][1]["latency"]["cuda"]["unavailable"]
+    onnx_cuda = out["variants"][2]["latency"]["cuda"]
+    assert "batch1_p50_ms" in onnx_cuda or "cannot run on the GPU" in onnx_cuda["unavailable"]
