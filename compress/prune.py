@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from typing import Callable, ClassVar
 
 import torch
+import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 from torch_pruning.pruner.function import LSTMPruner
 
 from compress.context import CompressionData
-from compress.finetune import clone, finetune
+from compress.finetune import clone, finetune, task_loss
 from compress.steps import register_step
 from zoo.errors import SlimlensError
 
@@ -155,6 +156,7 @@ class PruneUnstructuredConfig:
     lr: float = 1e-3
     scope: str = "global"  # "global": one magnitude threshold across layers; "layer": every layer to `sparsity`
     layer_sparsity: tuple[tuple[str, float], ...] = ()  # per-layer targets by module name (Han et al.), overriding scope
+    distill: float = 0.0  # classifiers: weight of the original model's softened outputs in the loss (0: labels only)
 
     strength_field: ClassVar[str] = "sparsity"
 
@@ -166,6 +168,8 @@ class PruneUnstructuredConfig:
             raise SlimlensError(f"scope={self.scope!r} is unknown; use 'global' or 'layer'")
         if not 0.0 < self.ramp <= 1.0:
             raise SlimlensError(f"ramp={self.ramp} must be in (0, 1]")
+        if not 0.0 <= self.distill <= 1.0:
+            raise SlimlensError(f"distill={self.distill} must be in [0, 1]")
 
 
 class _Masks:
@@ -216,6 +220,17 @@ class _Masks:
             torch_prune.remove(module, pname)
 
 
+def self_distill_loss(data: CompressionData, weight: float, temperature: float = 4.0) -> Callable[..., torch.Tensor]:
+    """Task loss mixed with Hinton's T²-scaled KL to the unpruned model's outputs: 4,000 labels alone overfit while pruning."""
+
+    def loss(outputs: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor, teacher_out: torch.Tensor) -> torch.Tensor:
+        soft = F.kl_div(F.log_softmax(outputs / temperature, 1), F.log_softmax(teacher_out / temperature, 1),
+                        reduction="batchmean", log_target=True) * temperature**2
+        return (1 - weight) * task_loss(data, outputs, inputs, labels) + weight * soft
+
+    return loss
+
+
 def _kth_smallest(values: torch.Tensor, fraction: float) -> float:
     """The magnitude at or below which a ``fraction`` of ``values`` lies (−1 when nothing is to be pruned)."""
     k = int(round(fraction * values.numel()))
@@ -230,7 +245,9 @@ def prune_unstructured(model: nn.Module, config: PruneUnstructuredConfig, data: 
     for p in pruned.parameters():
         p.requires_grad_(True)
     masks = _Masks(pruned, config)
-    teacher = _teacher(model, data, original)
+    teacher, loss_fn = _teacher(model, data, original), None
+    if config.distill > 0 and data.task == "classification":
+        teacher, loss_fn = (original if original is not None else model).eval(), self_distill_loss(data, config.distill)
     total_steps = max(1, math.ceil(config.epochs * len(data.train) / 64))  # as finetune counts them at its batch size 64
     ramp_steps = max(1, int(config.ramp * total_steps))
     state = {"step": 0}
@@ -241,7 +258,7 @@ def prune_unstructured(model: nn.Module, config: PruneUnstructuredConfig, data: 
             masks.update(cubic_sparsity(state["step"], ramp_steps, config.sparsity))
 
     if config.epochs > 0:
-        finetune(pruned, data, config.epochs, lr=config.lr, teacher=teacher, after_step=after_step, progress=progress)
+        finetune(pruned, data, config.epochs, lr=config.lr, teacher=teacher, loss_fn=loss_fn, after_step=after_step, progress=progress)
     masks.update(config.sparsity)  # exact final sparsity, also when there was no fine-tuning
     masks.remove()
     total, nonzero = count_params(pruned)

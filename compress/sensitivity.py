@@ -9,8 +9,10 @@ results.json under ``sensitivity``::
      "quantization": {"bits": [4, 2], "layers": {...}}, "seconds": 12.3}
 
 Classifiers are measured on a seeded subset of the test split (``subset`` images) so a ResNet's
-hundred-odd evaluations stay within about 30 s on 2 cores; other tasks use ``data.evaluate``'s
-full test metric (a generator's Fréchet distance, an autoencoder's MSE).
+hundred-odd evaluations stay within about 30 s on 2 cores. A generator's Fréchet distance (in
+``seed-cnn`` features, against the whole test split, features computed once) uses ``subset`` fixed
+latents: smaller samples bias FD upwards, so compare values within one report, not with the 1,000-latent
+figure. Other tasks use ``data.evaluate``'s full test metric (an autoencoder's MSE).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import nn
 from compress.context import CompressionData
 from compress.finetune import clone
 from compress.prune import prunable_weights
+import zoo
 from zoo import metrics
 
 Progress = Callable[[str], None]
@@ -59,10 +62,12 @@ def fake_quantized(weight: torch.Tensor, bits: int) -> torch.Tensor:
 
 def _scorer(data: CompressionData, config: SensitivityConfig) -> tuple[Callable[[nn.Module], float], str]:
     """A function scoring a module on the primary metric, and what it was evaluated on."""
+    n = len(data.test) if config.subset <= 0 else min(config.subset, len(data.test))
+    if data.task == "generation" and data.primary_metric == "fd":
+        return _fd_scorer(data, n, config.seed), f"Fréchet distance of {n} generated digits (latent seed {config.seed}) to {len(data.test)} test images"
     classifier = data.task in ("classification", "binary-classification") and data.primary_metric == "accuracy"
     if not classifier:
         return (lambda module: float(data.evaluate(_forward(module))[data.primary_metric])), f"the full {data.task} test metric"
-    n = len(data.test) if config.subset <= 0 else min(config.subset, len(data.test))
     pick = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(config.seed))[:n]
     images, labels = data.test.images[pick], data.test.labels[pick]
 
@@ -71,6 +76,19 @@ def _scorer(data: CompressionData, config: SensitivityConfig) -> tuple[Callable[
         return float((predicted == labels).float().mean())
 
     return accuracy, f"{n} of {len(data.test)} test images (seed {config.seed})"
+
+
+def _fd_scorer(data: CompressionData, n: int, seed: int) -> Callable[[nn.Module], float]:
+    """Fréchet distance in the zoo classifier's features, the real side computed once."""
+    classifier = zoo.load("seed-cnn")
+    real = metrics.batched_outputs(classifier.features, data.test.images).numpy()
+    latent = data.inputs(n, seed=seed)
+
+    def fd(module: nn.Module) -> float:
+        fake = metrics.batched_outputs(_forward(module), latent)
+        return metrics.frechet_distance(real, metrics.batched_outputs(classifier.features, fake).numpy())
+
+    return fd
 
 
 def _forward(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
