@@ -378,7 +378,13 @@ def run(
         if first.chains:
             current, chain_steps = first.variant.module, chain_steps + [step_record]
 
-    results = {
+    extra: dict[str, Any] = {}
+    if recipe.sensitivity is not None:
+        from compress.sensitivity import sensitivity
+
+        progress("per-layer sensitivity of the original")
+        extra["sensitivity"] = sensitivity(model, data, recipe.sensitivity, progress)
+    results: dict[str, Any] = {
         "schema": SCHEMA,
         "model": data.model_name,
         "task": data.task,
@@ -390,6 +396,7 @@ def run(
         "environment": environment(data.seed),
         "timings": {"steps": timings, "total_seconds": round(time.perf_counter() - started, 2)},
         "variants": recorder.entries,
+        **extra,
     }
     write_results(results, out / "results.json")
     return RunResult(recorder.variants, results, out)

@@ -10,6 +10,9 @@ A recipe file::
     max_drop = 0.5                # optional: search the step's strength, keep the most compressed
     search = [0.3, 0.5, 0.7]      #   variant within this metric loss (points for accuracy)
 
+    [sensitivity]                 # optional: per-layer sensitivity of the original (or `sensitivity = true`)
+    ratios = [0.5, 0.75, 0.9]
+
     [[steps]]
     step = "distill"
     name = "pruned-distilled"     # optional: the variant's name (default: the step's own name for it)
@@ -87,16 +90,21 @@ class Recipe:
     steps: tuple[RecipeStep, ...]
     description: str = ""
     origin: str = "python"
-    extra: dict[str, Any] = field(default_factory=dict)
+    sensitivity: Any = None  # a compress.sensitivity.SensitivityConfig: measure the original's per-layer sensitivity
 
     def to_dict(self) -> dict[str, Any]:
         """The exact recipe, settings resolved, as written into results.json."""
-        return {"origin": self.origin, "description": self.description, "steps": [s.to_dict() for s in self.steps]}
+        out = {"origin": self.origin, "description": self.description, "steps": [s.to_dict() for s in self.steps]}
+        if self.sensitivity is not None:
+            out["sensitivity"] = _plain(dataclasses.asdict(self.sensitivity))
+        return out
 
     @classmethod
-    def from_steps(cls, steps: list[dict[str, Any]], description: str = "", origin: str = "python") -> "Recipe":
+    def from_steps(cls, steps: list[dict[str, Any]], description: str = "", origin: str = "python",
+                   sensitivity: bool | dict[str, Any] = False) -> "Recipe":
         """Build a recipe from ``[{"step": "distill", "epochs": 5}, ...]``, validated like a TOML file."""
-        return cls(tuple(parse_step(s, i, origin) for i, s in enumerate(steps)), description, origin)
+        return cls(tuple(parse_step(s, i, origin) for i, s in enumerate(steps)), description, origin,
+                   parse_sensitivity(sensitivity, origin))
 
 
 def _plain(value: Any) -> Any:
@@ -136,16 +144,47 @@ def parse_recipe(text: str, origin: str = "<string>") -> Recipe:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SlimlensError(f"{origin}: not valid TOML ({exc})") from None
-    unknown = sorted(set(doc) - {"description", "steps"})
+    unknown = sorted(set(doc) - {"description", "steps", "sensitivity"})
     if unknown:
-        raise SlimlensError(f"{origin}: unknown top-level key {unknown[0]!r}; a recipe has 'description' and [[steps]]")
+        raise SlimlensError(f"{origin}: unknown top-level key {unknown[0]!r}; a recipe has 'description', [sensitivity] and [[steps]]")
     steps = doc.get("steps")
     if not isinstance(steps, list) or not steps:
         raise SlimlensError(f"{origin}: a recipe needs at least one [[steps]] table with step = \"name\"")
     description = doc.get("description", "")
     if not isinstance(description, str):
         raise SlimlensError(f"{origin}: description must be a string")
-    return Recipe.from_steps(steps, description, origin)
+    return Recipe.from_steps(steps, description, origin, doc.get("sensitivity", False))
+
+
+def parse_sensitivity(value: bool | dict[str, Any], origin: str) -> Any:
+    """The SensitivityConfig a recipe asks for (``true`` or a table of settings), or None."""
+    if value is False:
+        return None
+    from compress.sensitivity import SensitivityConfig
+
+    if value is True:
+        return SensitivityConfig()
+    if not isinstance(value, dict):
+        raise SlimlensError(f"{origin}: sensitivity must be true, false or a table of settings")
+    return _config(SensitivityConfig, value, f"{origin}: sensitivity", "sensitivity")
+
+
+def _config(config_class: type, table: dict[str, Any], where: str, what: str) -> Any:
+    """``config_class`` built from ``table``'s settings, each checked against the field's type."""
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    hints = typing.get_type_hints(config_class)
+    settings = {}
+    for key, value in table.items():
+        if key in RESERVED:
+            continue
+        if key not in fields:
+            known = ", ".join(dict.fromkeys([*fields, *RESERVED[1:]])) if what != "sensitivity" else ", ".join(fields)
+            raise SlimlensError(f"{where}: unknown setting {key!r}; {what} takes: {known}")
+        settings[key] = _coerce(value, hints[key], f"{where}: setting {key!r}")
+    try:
+        return config_class(**settings)
+    except (ValueError, TypeError) as exc:
+        raise SlimlensError(f"{where}: {exc}") from None
 
 
 def parse_step(table: Any, index: int, origin: str) -> RecipeStep:
@@ -162,23 +201,12 @@ def parse_step(table: Any, index: int, origin: str) -> RecipeStep:
         raise SlimlensError(f"{where}: {exc}") from None
     where = f"{origin}: step {index + 1} ({name})"
     config_class = registered.config_class
-    fields = {f.name: f for f in dataclasses.fields(config_class)}
-    hints = typing.get_type_hints(config_class)
     label = table.get("name")
     if label is not None and (not isinstance(label, str) or not label.replace("-", "").replace("_", "").isalnum()):
         raise SlimlensError(f"{where}: name must be letters, digits, '-' or '_', got {label!r}")
-    settings = {"name": label} if label is not None and "name" in fields else {}  # a config's own `name` is the variant's
-    for key, value in table.items():
-        if key in RESERVED:
-            continue
-        if key not in fields:
-            known = ", ".join(dict.fromkeys([*fields, *RESERVED[1:]]))
-            raise SlimlensError(f"{where}: unknown setting {key!r}; {name} takes: {known}")
-        settings[key] = _coerce(value, hints[key], f"{where}: setting {key!r}")
-    try:
-        config = config_class(**settings)
-    except (ValueError, TypeError) as exc:
-        raise SlimlensError(f"{where}: {exc}") from None
+    config = _config(config_class, table, where, name)
+    if label is not None and "name" in {f.name for f in dataclasses.fields(config_class)}:
+        config = dataclasses.replace(config, name=label)  # a config's own `name` (its variant's) is the recipe's name
     max_drop, search = table.get("max_drop"), table.get("search")
     if max_drop is not None:
         max_drop = _coerce(max_drop, float, f"{where}: setting 'max_drop'")
@@ -193,7 +221,7 @@ def parse_step(table: Any, index: int, origin: str) -> RecipeStep:
         raise SlimlensError(f"{where}: setting 'optional' must be true or false, got {optional!r}")
     step = RecipeStep(name, config, label, max_drop, tuple(search) if search is not None else None, optional)
     if max_drop is not None:
-        _check_search(step, config_class, hints, where)
+        _check_search(step, config_class, typing.get_type_hints(config_class), where)
     return step
 
 

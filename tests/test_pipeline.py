@@ -43,6 +43,7 @@ def test_recipe_resolves_defaults_and_round_trips():
         ('[[steps]]\nstep = "distill"\nmax_drop = 1\nsearch = [2.0]\n', "search value 2.0"),
         ("[[steps]]\nstep = distill\n", "not valid TOML"),
         ("description = 'no steps'\n", "needs at least one [[steps]]"),
+        ('[sensitivity]\nratio = 0.5\n[[steps]]\nstep = "distill"\n', "sensitivity: unknown setting 'ratio'"),
     ],
 )
 def test_recipe_errors_name_file_step_and_key(text, expected):
@@ -97,7 +98,9 @@ def test_terminal_variants_end_their_branch_and_optional_steps_skip(tmp_path: Pa
         {"step": "distill", "student": "nonet", "optional": True},  # does not apply: recorded as skipped
         {"step": "distill", "student": "self", "epochs": 0.05, "name": "tuned"},
     ]
+    recipe = Recipe.from_steps(recipe, sensitivity={"ratios": [0.5], "bits": [4]})
     variants = run("simplenet", recipe, out_dir=tmp_path, exporter="legacy")
+    assert set(variants.results["sensitivity"]["pruning"]["layers"]) == {"hidden.weight", "out.weight"}
     by_name = {v["name"]: v for v in variants.results["variants"]}
     int8 = by_name["int8-dynamic"]
     assert int8["steps"][0]["backend"].startswith("torch.ao") and int8["size_bytes"] < by_name["original"]["size_bytes"] / 2
