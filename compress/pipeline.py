@@ -229,11 +229,7 @@ class _Recorder:
         check = check_parity(variant, onnx_variant, self.inputs)
         entry["onnx_export"] = {"exported": True, "variant": name, "passed": check["passed"]}
         steps = variant.steps + [{"step": "export_onnx", "exported_with": onnx_exporter(path)}]
-        self.export, exporting = False, self.export  # the export itself is not exported again
-        try:
-            self.add(_Output(onnx_variant, variant.module, chains=False), name, steps, seconds, {"export_check": check})
-        finally:
-            self.export = exporting
+        self.add(_Output(onnx_variant, variant.module, chains=False), name, steps, seconds, {"export_check": check})
 
 
 def load_model(model: str, weights: str | Path | None = None, trust_pickle: bool = False) -> nn.Module:
