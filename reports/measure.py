@@ -61,10 +61,16 @@ def size_figures(variant: Any, example: torch.Tensor) -> dict[str, Any]:
         figures.update(disk_bytes(artifact))
     elif variant.format == "torch":
         with tempfile.TemporaryDirectory() as tmp:
-            saved = type(variant)(name=variant.name, module=variant.module)
-            saved.save(tmp)
-            figures.update(disk_bytes(saved.artifact))
-            figures["size_note"] = "weights written as safetensors to a temporary folder to weigh them"
+            try:
+                saved = type(variant)(name=variant.name, module=variant.module)
+                saved.save(tmp)
+                figures.update(disk_bytes(saved.artifact))
+                figures["size_note"] = "unsaved variant: weights written as safetensors to a temporary folder to weigh them"
+            except Exception:  # noqa: BLE001 - packed quantized weights are not plain tensors; pickle them instead
+                path = Path(tmp) / "state.pt"
+                torch.save(variant.module.state_dict(), path)
+                figures.update(disk_bytes(path))
+                figures["size_note"] = "unsaved variant: state dict written with torch.save to a temporary folder to weigh it"
     if variant.format == "onnx":
         figures.update(onnx_params(artifact))
         figures["macs"] = onnx_macs(artifact, example)

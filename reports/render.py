@@ -155,6 +155,9 @@ def run_context(run: dict[str, Any]) -> dict[str, Any]:
     for row, lat_ok, size_ok in zip(rows, on_lat, on_size):
         row["pareto_latency"], row["pareto_size"] = lat_ok, size_ok
     names = [r["name"] for r in rows]
+    others = [r for r in rows if r is not rows[0]]
+    fastest = max((r for r in others if r["speedup"]), key=lambda r: r["speedup"], default=None)
+    smallest = max((r for r in others if r["ratio"]), key=lambda r: r["ratio"], default=None)
     label = metric or "metric"
     figures = []
     for title, costs, xlabel, log in (
@@ -192,6 +195,8 @@ def run_context(run: dict[str, Any]) -> dict[str, Any]:
         "metric": metric,
         "higher": higher,
         "rows": rows,
+        "fastest": fastest,
+        "smallest": smallest,
         "figures": figures,
         "sensitivity": _sensitivity_plots(run.get("sensitivity"), metric),
         "confusions": confusions,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -78,8 +78,8 @@ def onnx_params(path: str | Path) -> dict[str, int]:
 _QUANTIZED_LAYERS = ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized", "torch.nn.quantized")
 
 
-def _quantized_hook_macs(module: nn.Module, example: torch.Tensor) -> int:
-    """MACs of quantized layers, which FlopCounterMode cannot see (their kernels are not aten ops)."""
+def _hook_macs(module: nn.Module, example: torch.Tensor, counted: Callable[[nn.Module], bool]) -> int:
+    """MACs of the layers ``counted`` selects, from their shapes, by forward hooks."""
     total = 0
     hooks = []
 
@@ -92,15 +92,17 @@ def _quantized_hook_macs(module: nn.Module, example: torch.Tensor) -> int:
         elif name.startswith("Conv"):
             w = sub.weight()
             total += out.numel() * w[0].numel()
-        elif name == "LSTM":
+        elif name in ("LSTM", "GRU", "RNN"):
             x = inputs[0]
             steps_batch = x.shape[0] * x.shape[1] if x.dim() == 3 else x.shape[0]
+            gates = {"LSTM": 4, "GRU": 3}.get(name, 1)
+            dirs = 2 if sub.bidirectional else 1
             for layer in range(sub.num_layers):
-                inp = sub.input_size if layer == 0 else sub.hidden_size * (2 if sub.bidirectional else 1)
-                total += steps_batch * 4 * sub.hidden_size * (inp + sub.hidden_size) * (2 if sub.bidirectional else 1)
+                inp = sub.input_size if layer == 0 else sub.hidden_size * dirs
+                total += steps_batch * gates * sub.hidden_size * (inp + sub.hidden_size) * dirs
 
     for sub in module.modules():
-        if type(sub).__module__.startswith(_QUANTIZED_LAYERS):
+        if counted(sub):
             hooks.append(sub.register_forward_hook(hook))
     try:
         with torch.inference_mode():
@@ -112,10 +114,16 @@ def _quantized_hook_macs(module: nn.Module, example: torch.Tensor) -> int:
 
 
 def module_macs(module: nn.Module, example: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass on ``example`` (batch 1): FLOPs/2 from FlopCounterMode + quantized layers."""
+    """Multiply-accumulates of one forward pass on ``example`` (batch 1): FLOPs/2 from FlopCounterMode, plus hooks
+    for what it cannot see (quantized layers, whose kernels are not aten ops, and fused CPU RNN kernels)."""
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         module(example)
-    return int(counter.get_total_flops() // 2) + _quantized_hook_macs(module, example)
+    per_module = counter.get_flop_counts()
+    root = type(module).__name__
+    uncounted = {id(sub) for name, sub in module.named_modules()
+                 if isinstance(sub, nn.RNNBase) and name and not sum(per_module.get(f"{root}.{name}", {}).values())}
+    return int(counter.get_total_flops() // 2) + _hook_macs(
+        module, example, lambda sub: type(sub).__module__.startswith(_QUANTIZED_LAYERS) or id(sub) in uncounted)
 
 
 def onnx_macs(path: str | Path, example: torch.Tensor) -> int:
@@ -128,7 +136,7 @@ def onnx_macs(path: str | Path, example: torch.Tensor) -> int:
     for dim, size in zip(graph_input.type.tensor_type.shape.dim, example.shape):
         dim.ClearField("dim_param")
         dim.dim_value = int(size)
-    model = onnx.shape_inference.infer_shapes(model)
+    model = onnx.shape_inference.infer_shapes(model, data_prop=True)  # data_prop: Reshape targets computed from Shape ops
     shapes: dict[str, list[int]] = {}
     for vi in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
         shapes[vi.name] = [d.dim_value for d in vi.type.tensor_type.shape.dim]

@@ -240,3 +240,15 @@ def test_gpu_figures_and_variants_that_cannot_run_there(tmp_path: Path) -> None:
     assert "cannot run on the GPU" in out["variants"][1]["latency"]["cuda"]["unavailable"]
     onnx_cuda = out["variants"][2]["latency"]["cuda"]
     assert "batch1_p50_ms" in onnx_cuda or "cannot run on the GPU" in onnx_cuda["unavailable"]
+
+
+@pytest.mark.parametrize("name", ["seed-lstm", "dcgan-g", "resnet-mnist"])
+def test_macs_agree_between_pytorch_int8_and_onnx(name: str, tmp_path: Path) -> None:
+    """The same architecture counted three ways (FlopCounterMode + hooks, a quantized copy, the ONNX graph) agrees."""
+    module = zoo.build(name).eval()  # the architecture is what is counted: untrained weights are fine
+    example = timing_inputs(name, 1)
+    float_macs = module_macs(module, example)
+    assert float_macs > 100_000
+    int8 = torch.ao.quantization.quantize_dynamic(copy.deepcopy(module), {torch.nn.Linear, torch.nn.LSTM}, dtype=torch.qint8)
+    assert module_macs(int8, example) == float_macs
+    assert onnx_macs(export_onnx(module, example, tmp_path / "m.onnx"), example) == float_macs
