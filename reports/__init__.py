@@ -6,14 +6,19 @@
 >>> results = reports.measure([original], "seed-autoencoder", devices="cpu", cfg=reports.TimingConfig(compile=False))
 >>> results["variants"][0]["latency"]["cpu"]["batch1_p50_ms"] > 0
 True
+>>> reports.render([results | {"_dir": "."}], "report.html")  # or reports.render(["run-folder"], ...)
+PosixPath('report.html')
 """
 
 from reports.errors import DeviceError, ReportError
 from reports.latency import TimingConfig
-from reports.bench import bench
-from reports.measure import latency, measure, parse_devices
-from reports.render import render
 from reports.results import SCHEMA, read_results, write_results
+
+# Functions named like their modules (bench, latency, render) are bound last, so that the package
+# attribute is the function, not the submodule.
+from reports.bench import bench  # noqa: E402
+from reports.measure import latency, measure, parse_devices  # noqa: E402
+from reports.render import render  # noqa: E402
 
 __all__ = [
     "DeviceError",

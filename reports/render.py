@@ -10,11 +10,11 @@ from typing import Any, Sequence
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from reports import plots
+from reports.atomic import write_atomic
 from reports.errors import ReportError
 from reports.explain_view import explain_context
 from reports.pareto import pareto_front
 from reports.results import check_comparable, primary_metric, read_results
-from zoo.cards import write_atomic
 
 TEMPLATES = Path(__file__).parent / "templates"
 MAX_CONFUSIONS = 8

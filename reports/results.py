@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from reports.atomic import write_atomic
 from reports.errors import ReportError
-from zoo.cards import write_atomic
 
 SCHEMA = "slimlens.results/1"
 RESULTS_FILE = "results.json"
