@@ -153,9 +153,10 @@ def row_heatmap(image: torch.Tensor, attribution: torch.Tensor, *, title: str | 
     img, amap = to_image(image), to_map(attribution)
     per_step = amap.sum(axis=1)
     fig = Figure(figsize=(4.8, 3.0), dpi=DPI)
-    left = fig.add_axes((0.02, 0.2, 0.29, 0.64))
-    mid = fig.add_axes((0.33, 0.2, 0.29, 0.64))
-    right = fig.add_axes((0.74, 0.2, 0.23, 0.64))
+    # square image axes (1.44 in) and a bar axis of the same height, so bar t sits beside row t
+    left = fig.add_axes((0.02, 0.27, 0.30, 0.48))
+    mid = fig.add_axes((0.34, 0.27, 0.30, 0.48))
+    right = fig.add_axes((0.76, 0.27, 0.22, 0.48))
     left.imshow(img, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     left.set_title("input", fontsize=9)
     left.set_xticks([])
@@ -194,21 +195,33 @@ def bars(values: torch.Tensor, *, title: str | None = None, xlabel: str = "laten
     return fig
 
 
-def panel(images: torch.Tensor, maps: torch.Tensor, *, labels: Sequence[str], title: str | None = None, columns: int = 8) -> Figure:
-    """Several maps over their inputs in a grid (each labelled), e.g. one per latent code unit or per sample."""
+def panel(images: torch.Tensor, maps: torch.Tensor, *, labels: Sequence[str], title: str | None = None, columns: int = 8, shared_scale: bool = True) -> Figure:
+    """Several maps over their inputs in a grid (each labelled), e.g. one per latent code unit; one colour scale unless told otherwise.
+
+    A shared scale keeps a weak map faint (a dead code unit stays blank) instead of blowing its
+    noise up to full contrast.
+    """
     n = len(maps)
     cols = min(columns, n)
     rows = (n + cols - 1) // cols
     fig = Figure(figsize=(1.3 * cols + 0.2, 1.4 * rows + 0.5), dpi=DPI, layout="constrained")
     axes = np.asarray(fig.subplots(rows, cols, squeeze=False)).ravel()
+    all_maps = [to_map(m) for m in maps]
+    signed = any(is_signed(m) for m in all_maps)
+    limit = scale_of(np.stack(all_maps)) if shared_scale else None
+    artist = None
     for i, ax in enumerate(axes):
         if i >= n:
             ax.axis("off")
             continue
         image = images[i] if len(images) == n else images[0]
-        amap = to_map(maps[i])
-        draw_map(ax, to_image(image), amap / scale_of(amap), vmax=1.0)
+        amap = all_maps[i]
+        artist = draw_map(ax, to_image(image), amap / (limit or scale_of(amap)), vmax=1.0, signed=signed)
         ax.set_title(labels[i], fontsize=7)
+    if artist is not None:
+        bar = fig.colorbar(artist, ax=axes.tolist(), orientation="horizontal", fraction=0.5 / (rows + 3), aspect=40)
+        bar.ax.tick_params(labelsize=6)
+        bar.set_label("relative attribution (one scale for all maps)" if shared_scale else "relative attribution (per map)", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
@@ -232,6 +245,7 @@ def drift_figure(images: torch.Tensor, original: torch.Tensor, variant: torch.Te
         draw_map(axes[row, 1], img, a, vmax=1.0, signed=signed)
         draw_map(axes[row, 2], img, b, vmax=1.0, signed=signed)
         diff_artist = draw_map(axes[row, 3], img, b - a, vmax=1.0, signed=True)
+        axes[row, 3].text(0.5, 0.03, f"max |diff| {np.abs(b - a).max():.2f}", transform=axes[row, 3].transAxes, ha="center", va="bottom", fontsize=6, color="0.25")
     for col, title in enumerate(("input", names[0], names[1], f"{names[1]} - {names[0]}")):
         axes[0, col].set_title(title, fontsize=8)
     bar = fig.colorbar(diff_artist, ax=axes[:, 1:].ravel().tolist(), orientation="horizontal", fraction=0.6 / (n + 3), aspect=30)

@@ -291,7 +291,7 @@ def _explain_classifier(plan: Plan, result: dict[str, Any], files: dict[str, byt
     if plan.family == "lstm":
         result["lstm"] = {m: {"per_step_mean": [round(float(v), 6) for v in maps[m].reshape(len(x), 28, 28).sum(2).mean(0)]} for m in maps}
     if plan.request.trust:
-        result["trust"] = _trust(plan, maps, target, output_kind, say)
+        result["trust"], result["trust_settings"] = _trust(plan, maps, target, output_kind, say)
     if plan.request.variant is not None:
         result["variant"], result["drift"] = _drift(plan, maps, target, output_kind, files, say)
 
@@ -303,39 +303,57 @@ def _layer_name(model: nn.Module, x: torch.Tensor) -> str:
     return next(name for name, m in model.named_modules() if m is layer)
 
 
-def _trust(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: str, say: Callable[[str], None]) -> dict[str, Any]:
+def _trust(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: str, say: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Trust metrics per method (headline scalars first, then details) and the settings they were taken with."""
     model, x = plan.model, plan.inputs
     few = slice(0, min(TRUST_SAMPLES, len(x)))
     few_target = target[few] if isinstance(target, torch.Tensor) else target
-    report: dict[str, Any] = {
-        "settings": {
-            "deletion_insertion": {"steps": 28, "baseline": 0.0, "score": "softmax probability of the target" if output_kind == "auto" and not plan.card.task.startswith(("binary", "discr")) else f"{output_kind} output"},
-            "infidelity": {"noise_std": 0.1, "n_perturb_samples": 10, "normalize": True},
-            "sensitivity_max": {"perturb_radius": 0.02, "n_perturb_samples": 3, "samples": few.stop},
-            "randomisation": {"cascade": "top layer first", "samples": few.stop, "flag": "final SSIM of |maps| > 0.3"},
-        }
+    single = plan.card.task.startswith(("binary", "discr"))
+    settings = {
+        "deletion_insertion": {"steps": 28, "baseline": 0.0, "score": f"{output_kind} output" if single else "softmax probability of the target",
+                               "read": "deletion AUC: lower is better; insertion AUC: higher is better; compare with the random_order row"},
+        "infidelity": {"noise_std": 0.1, "n_perturb_samples": 10, "normalize": True, "read": "lower is better"},
+        "sensitivity_max": {"perturb_radius": 0.02, "n_perturb_samples": 3, "samples": few.stop, "read": "lower is steadier"},
+        "randomisation": {"cascade": "top layer first", "samples": few.stop, "flag": "final SSIM of |maps| > 0.3 (Adebayo et al., 2018)"},
     }
-    random_order = trust.deletion_insertion(model, x, torch.rand(x.shape, generator=torch.Generator().manual_seed(plan.request.seed)), target, output=output_kind)
-    report["random_order"] = {"deletion_auc": trust.summarise(random_order["deletion_auc"]), "insertion_auc": trust.summarise(random_order["insertion_auc"])}
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(plan.request.seed))
+    random_order = trust.deletion_insertion(model, x, noise, target, output=output_kind)
+    report: dict[str, Any] = {"random_order": {"deletion_auc": float(random_order["deletion_auc"].mean()), "insertion_auc": float(random_order["insertion_auc"].mean())}}
     for method, m in maps.items():
         say(f"trust: {method}")
         curves = trust.deletion_insertion(model, x, m, target, output=output_kind)
-        entry: dict[str, Any] = {
+        infidelity = trust.infidelity_score(model, x, m, target)
+        sensitivity = trust.sensitivity(model, x[few], few_target, method, n_perturb_samples=3, **plan.options[method])
+        sanity = trust.randomisation_test(model, x[few], few_target, method, seed=plan.request.seed, **plan.options[method])
+        entry: dict[str, Any] = {  # scalars first: one row of a table per method
+            "deletion_auc": float(curves["deletion_auc"].mean()),
+            "insertion_auc": float(curves["insertion_auc"].mean()),
+            "infidelity": float(infidelity.mean()),
+            "sensitivity_max": float(sensitivity.mean()),
+            "randomisation_final_ssim": sanity["final_ssim"],
+            "randomisation_flagged": sanity["flagged"],
+        }
+        if method == "integrated_gradients":
+            delta = trust.convergence_delta(model, x, target, **plan.options[method])
+            entry["ig_relative_convergence_delta"] = delta["mean_relative_delta"]
+            entry["convergence_delta"] = delta
+        entry["details"] = {
             "deletion_auc": trust.summarise(curves["deletion_auc"]),
             "insertion_auc": trust.summarise(curves["insertion_auc"]),
             "deletion_curve_mean": [round(float(v), 4) for v in curves["deletion"].mean(0)],
             "insertion_curve_mean": [round(float(v), 4) for v in curves["insertion"].mean(0)],
-            "infidelity": trust.summarise(trust.infidelity_score(model, x, m, target)),
-            "sensitivity_max": trust.summarise(trust.sensitivity(model, x[few], few_target, method, n_perturb_samples=3, **plan.options[method])),
+            "deletion_auc_per_sample": [round(float(v), 4) for v in curves["deletion_auc"]],
+            "insertion_auc_per_sample": [round(float(v), 4) for v in curves["insertion_auc"]],
+            "infidelity": trust.summarise(infidelity),
+            "sensitivity_max": trust.summarise(sensitivity),
         }
-        entry["randomisation"] = trust.randomisation_test(model, x[few], few_target, method, seed=plan.request.seed, **plan.options[method])
-        if method == "integrated_gradients":
-            entry["convergence_delta"] = trust.convergence_delta(model, x, target, **plan.options[method])
+        entry["randomisation"] = sanity
         report[method] = entry
-    return report
+    return report, settings
 
 
 def _drift(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: str, files: dict[str, bytes], say: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The variant's own predictions, and per method how far its maps moved from the original's (headline scalars first)."""
     variant, x = plan.request.variant, plan.inputs
     name = getattr(variant, "name", "variant")
     names = plan.card.class_names or ["0", "1"]
@@ -363,14 +381,24 @@ def _drift(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: 
         )
         a = trust.deletion_insertion(plan.model, x, original, target, output=output_kind)
         b = trust.deletion_insertion(variant, x, changed, target, output=output_kind)
-        compared["faithfulness"] = {
+        faithfulness = {
             "original": {"deletion_auc": float(a["deletion_auc"].mean()), "insertion_auc": float(a["insertion_auc"].mean())},
             "variant": {"deletion_auc": float(b["deletion_auc"].mean()), "insertion_auc": float(b["insertion_auc"].mean())},
-            "change": {"deletion_auc": float(b["deletion_auc"].mean() - a["deletion_auc"].mean()), "insertion_auc": float(b["insertion_auc"].mean() - a["insertion_auc"].mean())},
         }
-        compared["variant_ran_on"] = note or f"variant {name} itself"
-        compared["figure"] = figure
-        report[method] = compared
+        faithfulness["change"] = {k: faithfulness["variant"][k] - faithfulness["original"][k] for k in ("deletion_auc", "insertion_auc")}
+        report[method] = {
+            **compared["mean"],
+            "deletion_auc_change": faithfulness["change"]["deletion_auc"],
+            "insertion_auc_change": faithfulness["change"]["insertion_auc"],
+            "variant_ran_on": note or f"variant {name} itself",
+            "figure": figure,
+            "per_class": compared.get("per_class"),
+            "most_drifting": compared["most_drifting"],
+            "faithfulness": faithfulness,
+            "mean": compared["mean"],
+            "min": compared["min"],
+            "details": {k: compared[k] for k in ("settings", "per_sample")},
+        }
     return info, report
 
 

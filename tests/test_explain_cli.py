@@ -56,7 +56,8 @@ def test_explain_writes_maps_grid_and_json(tmp_path, capsys):
     result = json.loads((out / "explain.json").read_text())
     assert set(result["methods"]) == {"saliency", "gradcam"} and result["methods"]["gradcam"]["layer"] == "features.7"
     assert result["inputs"]["labels"] == [0, 1] and len(result["inputs"]["predictions"]) == 2
-    assert {"deletion_auc", "insertion_auc", "infidelity", "sensitivity_max", "randomisation"} <= set(result["trust"]["saliency"])
+    assert {"deletion_auc", "insertion_auc", "infidelity", "sensitivity_max", "randomisation_flagged"} <= set(result["trust"]["saliency"])
+    assert result["trust"]["saliency"]["deletion_auc"] < result["trust"]["random_order"]["deletion_auc"]
     maps = sorted((out / "maps").glob("*.png"))
     assert len(maps) == 4 and sorted(result["files"]) == sorted([f"maps/{p.name}" for p in maps] + ["grid.png", "explain.json"])
     for path in maps:
@@ -76,7 +77,8 @@ def test_variant_drift_and_converted_image(tmp_path, int8_onnx, capsys):
     result = json.loads((out / "explain.json").read_text())
     assert result["variant"]["name"] == "int8-onnx" and result["variant"]["agreement_with_original"] > 0.6
     d = result["drift"]["feature_ablation"]
-    assert {"spearman", "top10_iou", "ssim"} <= set(d["mean"]) and len(d["per_sample"]["ssim"]) == 3 and "faithfulness" in d
+    assert {"spearman", "top10_iou", "ssim", "deletion_auc_change"} <= set(d) and len(d["details"]["per_sample"]["ssim"]) == 3
+    assert d["ssim"] > 0.8 and len(d["most_drifting"]) == 3
     assert (out / d["figure"]).is_file() and d["variant_ran_on"] == "variant int8-onnx itself"
     # a 56x56 RGB scan of a dark digit on white paper: converted, shrunk and inverted, then explained
     digit = zoo.dataset("mnist", "test").images[0, 0].numpy()
