@@ -38,6 +38,15 @@ class TensorCalibrationReader(CalibrationDataReader):
         return next(self._batches, None)
 
 
+def cpu_has_vnni() -> bool:
+    """Whether this CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX); False if unknown."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: assume the conservative answer
+        return False
+    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
 def preprocess(source: str | Path, target: str | Path) -> Path:
     """ONNX Runtime's quantization pre-processing: shape inference and graph optimisation.
 

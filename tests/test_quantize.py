@@ -54,7 +54,8 @@ def test_torch_dynamic_int8_lstm_is_smaller_accurate_and_reloads_exactly(lstm, t
     loaded = load_variant(tmp_path / "int8" / f"{variant.name}.variant.json")
     x = data.example_input(16)
     assert torch.equal(loaded(x), variant(x))
-    assert (loaded.stand_in(x) - variant(x)).abs().max() < 0.05  # the float stand-in computes nearly the same function
+    with torch.no_grad():  # the float stand-in (dequantized weights) computes nearly the same function
+        assert (loaded.stand_in(x) - variant(x)).abs().max() < 0.05 * variant(x).abs().max()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
