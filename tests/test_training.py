@@ -20,7 +20,8 @@ def test_quick_training_writes_a_loadable_model_and_card(tmp_path, name):
     model = zoo.load(name, root=tmp_path)
     assert zoo.card(name, tmp_path).metrics == card.metrics
     metric = card.metrics[card.primary_metric]
-    assert metric == pytest.approx(zoo.evaluate(name, forward=model)[card.primary_metric], abs=1e-6)
+    # Cards store metrics rounded to 5 decimals.
+    assert metric == pytest.approx(zoo.evaluate(name, forward=model)[card.primary_metric], abs=1e-5)
 
 
 def test_quick_gan_training_writes_both_halves(tmp_path):
@@ -28,7 +29,8 @@ def test_quick_gan_training_writes_both_halves(tmp_path):
     assert [c.name for c in cards] == ["dcgan-g", "dcgan-d"]
     assert {"fd", "confident_fraction"} <= set(cards[0].metrics)
     assert 0.0 <= cards[1].metrics["accuracy"] <= 1.0
-    images = zoo.load("dcgan-g", root=tmp_path)(zoo.latents(4))
+    with torch.no_grad():
+        images = zoo.load("dcgan-g", root=tmp_path)(zoo.latents(4))
     assert images.shape == (4, 1, 28, 28) and 0.0 <= float(images.min()) and float(images.max()) <= 1.0
 
 

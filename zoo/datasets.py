@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from zoo.errors import DataError
 
 BUNDLE = Path(__file__).parent / "data" / "mnist5k.npz"
-BUNDLE_SHA256 = "881203376bc51eafde5dae0febd288b35df0cbdb42c1bc4090c1fa042966043c"
+BUNDLE_SHA256 = "be9bd065e4ad3e16dd0f7943971443cec87fb874f1db75c028ac4835188ada3e"
 DATASETS = ("mnist", "mnist-ge5")
 SPLITS = ("train", "test")
 

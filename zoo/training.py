@@ -210,8 +210,10 @@ def _train(name: str, out: str | Path | None, quick: bool, data_root: str | Path
 
                 judge = load("seed-cnn")
                 n = zm.GAN_EVAL_SAMPLES
+                # The floor a perfect generator would reach: real training digits against the real test split.
+                pick = torch.randperm(len(real_train), generator=torch.Generator().manual_seed(0))[:n]
                 extra["fd_real_train_vs_test"] = round(
-                    zm.frechet_distance(zm.batched_outputs(judge.features, real_train.images[:n]).numpy(),
+                    zm.frechet_distance(zm.batched_outputs(judge.features, real_train.images[pick]).numpy(),
                                         zm.batched_outputs(judge.features, dataset("mnist", "test", root=data_root).images).numpy()), 4)
                 extra["judge"] = "seed-cnn (features: its 64-unit penultimate layer)"
                 extra["samples_command"] = "slimlens zoo samples dcgan-g --out dcgan-samples.png"

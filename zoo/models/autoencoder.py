@@ -24,7 +24,7 @@ class AutoEncoder(nn.Module):
     "seed-autoencoder",
     family="autoencoder",
     task="reconstruction",
-    recipe=TrainRecipe(epochs=40, lr=2e-3, batch_size=64, seed=6),
+    recipe=TrainRecipe(epochs=150, lr=3e-3, batch_size=64, seed=6),
     description="The seeds' dense autoencoder, 784-20-784 with ReLU code and sigmoid output.",
     primary_metric="mse",
     higher_is_better=False,

@@ -38,7 +38,7 @@ class SimpleNet(nn.Module):
     "softmax-regression",
     family="mlp",
     task="classification",
-    recipe=TrainRecipe(epochs=30, lr=1e-3, batch_size=64, weight_decay=1e-4, seed=7),
+    recipe=TrainRecipe(epochs=60, lr=1e-3, batch_size=64, weight_decay=1e-4, seed=7),
     description="Multinomial logistic regression on raw pixels (784 → 10), the seeds' softmax model.",
     primary_metric="accuracy",
 )
@@ -53,7 +53,7 @@ def softmax_regression() -> SoftmaxRegression:
     task="binary-classification",
     dataset="mnist-ge5",
     class_names=("digit<5", "digit>=5"),
-    recipe=TrainRecipe(epochs=30, lr=1e-3, batch_size=64, weight_decay=1e-4, seed=8),
+    recipe=TrainRecipe(epochs=100, lr=2e-3, batch_size=64, weight_decay=1e-4, augment=True, seed=8),
     description="The seeds' Dense 10 ReLU → Dense 1 sigmoid, telling digits >= 5 from digits < 5.",
     primary_metric="accuracy",
 )
