@@ -196,7 +196,7 @@ class _Recorder:
             "artifact": str(Path(variant.artifact).resolve().relative_to(self.out_dir.resolve())),
             "size_bytes": size, "gzip_bytes": gz, "params": params, "nonzero_params": nonzero,
             "macs": count_macs(output.counted, self.example), "metrics": metrics,
-            "metric_drop": round(metric_drop_points(self.data, self.base_metrics, metrics), 4),
+            "metric_drop": round(metric_drop_points(self.data, self.base_metrics, metrics), 4) + 0.0,  # no "-0.0"
             "parity": output_parity(self.reference, batched_outputs(variant, self.inputs), self.classifier),
             "seconds": round(seconds, 2), **(extra or {}),
         }
