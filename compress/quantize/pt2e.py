@@ -1,0 +1,156 @@
+"""PyTorch-native static int8: torchao PT2E with X86InductorQuantizer, then torch.compile; saved as a .pt2 program."""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compress.context import CompressionData
+from compress.finetune import clone
+from compress.quantize.common import STATIC_FAMILIES, Progress, QuantizationError, no_progress, step_record
+from compress.steps import register_step
+from compress.variant import TorchVariant
+
+
+@dataclass(frozen=True)
+class Pt2eInt8Config:
+    """Static int8 the PyTorch-native way: torchao PT2E with X86InductorQuantizer, then torch.compile.
+
+    ``compile=False`` keeps the converted program eager (reference int8 arithmetic, slow) for
+    checking accuracy without paying for compilation.
+    """
+
+    samples: int = 64
+    compile: bool = True
+    name: str = "int8-pt2e"
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise QuantizationError(f"PT2E int8 needs calibration inputs: samples={self.samples} must be at least 1")
+
+
+class _FrozenCompiled(nn.Module):
+    """``torch.compile`` of an int8 program, compiled (once per batch size) with Inductor's freezing on.
+
+    Freezing lets Inductor pre-pack the int8 weights into oneDNN kernels. It is set around each call
+    because passing it as a compile option fails in torch 2.14 (onednn.qconv_prepack has no fake
+    kernel there); ``dynamic=False`` because with a symbolic batch the quantized-conv lowering fails
+    a stride check.
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.compiled = torch.compile(module, dynamic=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch._inductor.config as inductor_config
+
+        with inductor_config.patch(freezing=True):
+            return self.compiled(x)
+
+
+def _compile_int8(program_module: nn.Module) -> nn.Module:
+    return _FrozenCompiled(program_module)
+
+
+def _drop_unused_tensors(graph_module: torch.fx.GraphModule) -> None:
+    """Delete parameters the converted graph no longer reads (the float weights its int8 copies replaced)."""
+    used = {node.target for node in graph_module.graph.nodes if node.op == "get_attr"}
+    names = [n for n, _ in graph_module.named_parameters()] + [n for n, _ in graph_module.named_buffers()]
+    for name in names:
+        if name not in used:
+            owner, _, attr = name.rpartition(".")
+            delattr(graph_module.get_submodule(owner) if owner else graph_module, attr)
+
+
+@dataclass
+class Pt2eVariant(TorchVariant):
+    """A PT2E int8 program, saved as a torch.export ``.pt2`` archive (int8 weights) and compiled on load."""
+
+    program: Any = None  # torch.export.ExportedProgram of the int8 model
+    compiled: bool = True
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():  # compiled graphs do not accept inference-mode tensors they did not trace with
+            return self.module(batch).float()
+
+    def metadata(self) -> dict[str, Any]:
+        """Metadata naming the PT2E loader."""
+        return {**super().metadata(), "loader": "compress.quantize:load_pt2e_variant", "compiled": self.compiled}
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``<name>.pt2`` (torch.export.save) and metadata."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.artifact = directory / f"{self.name}.pt2"
+        partial = self.artifact.with_suffix(".pt2.partial")  # renamed into place so a crash leaves no half-written file
+        torch.export.save(self.program, str(partial))
+        partial.replace(self.artifact)
+        return self._write_metadata(directory, {"sha256": hashlib.sha256(self.artifact.read_bytes()).hexdigest()})
+
+
+def load_pt2e_variant(meta: dict[str, Any], common: dict[str, Any]) -> Pt2eVariant:
+    """Load a saved PT2E int8 program and compile it as it was."""
+    if meta.get("sha256") and hashlib.sha256(Path(common["artifact"]).read_bytes()).hexdigest() != meta["sha256"]:
+        raise QuantizationError(f"{common['artifact']} does not match its metadata sha256 (corrupt or replaced)")
+    program = torch.export.load(str(common["artifact"]))
+    module = program.module()
+    return Pt2eVariant(**common, module=_compile_int8(module) if meta.get("compiled") else module,
+                       program=program, compiled=bool(meta.get("compiled")))
+
+
+@register_step("quantize_pt2e", Pt2eInt8Config)
+def quantize_pt2e(model: nn.Module, config: Pt2eInt8Config, data: CompressionData,
+                  progress: Progress = no_progress) -> Pt2eVariant:
+    """torch.export → prepare_pt2e(X86InductorQuantizer) → calibrate → convert_pt2e → torch.compile (needs torchao)."""
+    if data.family not in STATIC_FAMILIES:
+        raise QuantizationError(
+            f"PT2E static int8 does not apply to {data.model_name} (family {data.family}): X86InductorQuantizer "
+            "does not quantize LSTM; use quantize_dynamic or quantize_dynamic_onnx instead"
+        )
+    try:
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    except ImportError as exc:
+        raise QuantizationError(f"PT2E int8 needs torchao ({exc}); pip install torchao, or use quantize_static_onnx") from None
+    example = data.example_input(2)
+    shapes = ({0: torch.export.Dim("batch")},)
+    progress("PT2E: exporting and inserting observers")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.export/torchao deprecation chatter
+        captured = torch.export.export(clone(model).eval(), (example,), dynamic_shapes=shapes).module()
+        quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
+        prepared = prepare_pt2e(captured, quantizer)
+        with torch.no_grad():
+            prepared(data.inputs(config.samples))
+        converted = convert_pt2e(prepared)
+        _drop_unused_tensors(converted)
+        program = torch.export.export(converted, (example,), dynamic_shapes=shapes)
+    module = program.module()
+    if config.compile:
+        progress("PT2E: torch.compile (each batch size compiles once)")
+        module = _compile_int8(module)
+        try:
+            with torch.no_grad():
+                module(example)
+        except Exception as exc:  # Inductor raises many types; the reason is what the user needs
+            raise QuantizationError(f"torch.compile of the PT2E int8 model failed ({type(exc).__name__}: "
+                                    f"{str(exc).splitlines()[0][:200]}); use compile=false or quantize_static_onnx") from None
+    step = step_record("quantize_pt2e", config, backend=f"torchao PT2E X86InductorQuantizer (torchao {_version('torchao')})")
+    return Pt2eVariant(name=config.name, steps=[step], source=dict(data.source), module=module,
+                       stand_in=clone(model).eval(), program=program, compiled=config.compile)
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"

@@ -1,0 +1,144 @@
+"""Quantization-aware training: fine-tune under int8 fake quantization, deploy as static int8 ONNX QDQ."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from compress.context import CompressionData
+from compress.finetune import clone, finetune
+from compress.quantize.common import STATIC_FAMILIES, Progress, QuantizationError, no_progress, resolve_reduce_range, step_record
+from compress.quantize.ort_int8 import StaticInt8Config, quantize_static_onnx
+from compress.steps import register_step
+from compress.variant import OnnxVariant
+
+
+QAT_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class QatConfig:
+    """Quantization-aware fine-tuning, then deployment as static int8 ONNX QDQ.
+
+    During fine-tuning every Conv/ConvTranspose/Linear sees its weights on the per-channel
+    symmetric int8 grid ONNX Runtime will use (scale = max|w| / 127) and its input on a uint8
+    grid (running min/max), with straight-through gradients. BatchNorm is first folded into the
+    convolution before it, as ONNX Runtime's pre-processing will fold it. The fine-tuned weights
+    are then quantized by ONNX Runtime to exactly that weight grid; activation ranges are calibrated.
+    """
+
+    epochs: float = 1.0
+    lr: float = 1e-4
+    calibration: str = "minmax"
+    samples: int = 64
+    reduce_range: bool | None = None  # None: as static int8 chooses it for this CPU
+    opset: int = 18
+    name: str = "int8-qat-onnx"
+
+    def __post_init__(self) -> None:
+        if not self.epochs > 0:
+            raise QuantizationError(f"epochs={self.epochs} must be positive")
+        StaticInt8Config(calibration=self.calibration, samples=self.samples)  # same checks as static int8
+
+
+class _WeightFakeQuant(nn.Module):
+    """Parametrization: the weight rounded to its symmetric per-channel int8 grid (straight-through gradient)."""
+
+    def __init__(self, axis: int, qmax: int):
+        super().__init__()
+        self.axis, self.qmax = axis, qmax
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        dims = [d for d in range(weight.dim()) if d != self.axis]
+        scale = (weight.detach().abs().amax(dim=dims) / self.qmax).clamp(min=1e-12).float()
+        zero = torch.zeros(scale.shape, dtype=torch.int32)
+        return torch.fake_quantize_per_channel_affine(weight, scale, zero, self.axis, -self.qmax, self.qmax)
+
+
+class _ActivationFakeQuant(nn.Module):
+    """A tensor rounded to a uint8 grid over its running min/max (zero kept exact, as ONNX Runtime requires)."""
+
+    def __init__(self, momentum: float = 0.01):
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("low", torch.tensor(0.0))
+        self.register_buffer("high", torch.tensor(0.0))
+        self.register_buffer("seen", torch.tensor(False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            low, high = x.detach().min(), x.detach().max()
+            m = torch.where(self.seen, torch.tensor(self.momentum), torch.tensor(1.0))
+            self.low.lerp_(low, m)
+            self.high.lerp_(high, m)
+            self.seen.fill_(True)
+        low, high = float(self.low.clamp(max=0)), float(self.high.clamp(min=0))
+        scale = max((high - low) / 255, 1e-8)
+        return torch.fake_quantize_per_tensor_affine(x, scale, int(round(-low / scale)), 0, 255)
+
+
+def _fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Conv+BatchNorm pairs folded into one Conv (a torch.fx copy); the model itself when it has no BatchNorm."""
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return model
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        return fuse(model.eval())
+    except Exception as exc:  # torch.fx cannot trace data-dependent Python control flow
+        raise QuantizationError(f"cannot fold BatchNorm for QAT: torch.fx could not trace the model ({str(exc).splitlines()[0]})") from None
+
+
+def _attach_fake_quant(model: nn.Module, qmax: int) -> list[Any]:
+    """Fake-quantize every QAT layer's weight and input in place; returns the hook handles to remove later."""
+    from torch.nn.utils import parametrize
+
+    handles = []
+    for layer in [m for m in model.modules() if isinstance(m, QAT_LAYERS)]:
+        axis = 1 if isinstance(layer, nn.ConvTranspose2d) else 0  # the output-channel axis ONNX Runtime quantizes along
+        parametrize.register_parametrization(layer, "weight", _WeightFakeQuant(axis, qmax))
+        layer.input_fake_quant = _ActivationFakeQuant()
+        handles.append(layer.register_forward_pre_hook(lambda mod, args: (mod.input_fake_quant(args[0]), *args[1:])))
+    return handles
+
+
+def _detach_fake_quant(model: nn.Module, handles: list[Any]) -> nn.Module:
+    """Remove the fake-quant hooks, keeping each weight at its int8-grid value (so ONNX Runtime re-quantizes it exactly)."""
+    from torch.nn.utils import parametrize
+
+    for handle in handles:
+        handle.remove()
+    for layer in [m for m in model.modules() if isinstance(m, QAT_LAYERS)]:
+        parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+        del layer.input_fake_quant
+    return model.eval()
+
+
+@register_step("qat", QatConfig)
+def quantization_aware_training(model: nn.Module, config: QatConfig, data: CompressionData,
+                                progress: Progress = no_progress) -> OnnxVariant:
+    """Fine-tune ``model`` under int8 fake quantization, then export it as a calibrated static int8 QDQ ONNX file."""
+    if data.family not in STATIC_FAMILIES:
+        raise QuantizationError(
+            f"QAT does not apply to {data.model_name} (family {data.family}): its int8 deployment is ONNX Runtime "
+            "static int8, which cannot calibrate the LSTM op; use quantize_dynamic or quantize_dynamic_onnx instead"
+        )
+    work = _fold_batchnorm(clone(model).eval())
+    if work is model:
+        work = clone(model)
+    reduce_range = resolve_reduce_range(config.reduce_range)
+    qmax = 64 if reduce_range else 127  # ONNX Runtime's symmetric weight range, 7-bit when reduced
+    handles = _attach_fake_quant(work, qmax)
+    progress(f"QAT: fine-tuning {config.epochs} epoch(s) under int8 fake quantization")
+    teacher = model if data.task == "generation" else None  # a generator learns to match its original
+    finetune(work, data, config.epochs, lr=config.lr, teacher=teacher, progress=progress)
+    deployed = _detach_fake_quant(work, handles)
+    static = StaticInt8Config(calibration=config.calibration, samples=config.samples, reduce_range=reduce_range,
+                              opset=config.opset, name=config.name)
+    variant = quantize_static_onnx(deployed, static, data, progress)
+    variant.steps = [step_record("qat", config, deployed_as=variant.steps[0])]
+    variant.stand_in = deployed
+    return variant
