@@ -10,6 +10,7 @@ import torch
 import explain
 import zoo
 from explain import drift, trust
+from explain.inputs import spread_indices
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def cnn() -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
     data = zoo.dataset("mnist", "test")
-    idx = list(range(3, 1000, 100))  # one image of each digit
+    idx = spread_indices(data.labels, 10)  # one image of each digit
     return data.images[idx], data.labels[idx]
 
 
