@@ -122,6 +122,11 @@ def bench(
         results["recipe"] = {"name": "bench", "steps": [], "note": f"measured without compressing ({'variants of ' + str(source) if is_run else 'zoo model'})"}
         if failed:
             results["failed_variants"] = failed
+        if is_run:  # facts about the original that bench does not re-measure travel with the run
+            source_results = read_results(source)
+            for key in ("sensitivity", "primary_metric", "higher_is_better"):
+                if key in source_results and key not in results:
+                    results[key] = source_results[key]
         if is_run:  # artifacts stay in the measured run folder: record where
             for entry in results["variants"]:
                 entry["artifact"] = str(Path(entry["artifact"]).resolve()) if entry.get("artifact") else None

@@ -132,6 +132,7 @@ def cpu_latency(variant: Any, x1: torch.Tensor, xb: torch.Tensor, cfg: TimingCon
         "inputs": "the same real test inputs for every variant (batch 1 = the first of them)",
         # other work on the machine makes timings noisy; the load says how busy it was
         "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "cpu_count": os.cpu_count(),
     }
     with torch_threads(cfg.threads):
         if variant.format == "onnx":

@@ -12,7 +12,7 @@ import torch
 
 import zoo
 from reports.environment import environment
-from reports.errors import DeviceError
+from reports.errors import DeviceError, ReportError
 from reports.inputs import timing_inputs
 from reports.latency import TimingConfig, cpu_latency, cuda_latency
 from reports.memory import peak_memory
@@ -131,6 +131,12 @@ def measure(
     """Measure ``variants`` (the first is the original) of zoo ``model`` on ``devices``; returns results.json content."""
     devices = parse_devices(devices)
     say = progress or (lambda message: None)
+    if model is not None and model not in zoo.list_models():
+        # a user's own architecture: timed on seeded noise of its input shape; its task metric is compress's job
+        if input_shape is None:
+            raise ReportError(f"{model!r} is not a zoo model; give measure() its input_shape to time it")
+        model = None
+        metrics = False
     x_all = timing_inputs(model, cfg.batch, input_shape)
     x1, xb = x_all[:1].clone(), x_all
     spec = zoo.spec(model) if model else None
@@ -151,6 +157,8 @@ def measure(
             say(f"[{i + 1}/{len(variants)}] {variant.name}: task metric on the test split")
             ref_forward = variants[0] if spec.task == "generation" else None
             entry["metrics"] = zoo.evaluate(model, forward=variant, reference=ref_forward)
+            entry["metrics_how"] = f"zoo.evaluate({model!r}, forward=variant) on the {spec.dataset} test split" + (
+                "; fidelity against the first variant on the same latents" if ref_forward is not None else "")
             entry["parity"] = parity(batched_outputs(variant, parity_inputs), reference, is_classifier)
         say(f"[{i + 1}/{len(variants)}] {variant.name}: latency on {', '.join(devices)}")
         entry["latency"] = latency(variant, x1, xb, devices, cfg, memory)

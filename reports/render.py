@@ -183,6 +183,14 @@ def run_context(run: dict[str, Any]) -> dict[str, Any]:
     gpu_present = any(isinstance(e.get("latency", {}).get("cuda"), dict) and "batch1_p50_ms" in e["latency"]["cuda"] for e in entries)
     gpu_name = next((e["latency"]["cuda"].get("device") for e in entries if gpu_present and "device" in (e.get("latency", {}).get("cuda") or {})), None)
     no_gpu = any("no CUDA GPU" in str((e.get("latency") or {}).get("cuda", {}).get("unavailable", "")) for e in entries) or str(env.get("gpu", "")).startswith("none")
+    loads = [_num(_lat(e, "cpu").get("load_average_1min")) for e in entries]
+    loads = [v for v in loads if v is not None]
+    cpus = _num(env.get("cpu_count")) or _num(_lat(original, "cpu").get("cpu_count"))
+    busy = None
+    if loads and cpus and max(loads) > cpus:
+        # other work competing for the cores stalls multi-threaded kernels (PyTorch's OpenMP most): say so up front
+        busy = (f"The machine was busy while these timings were taken (1-minute load average up to {max(loads):.1f} on {cpus:.0f} CPUs): "
+                "latencies and speed-ups are unreliable, PyTorch's multi-threaded ones most. Re-run `slimlens bench` on an idle machine.")
     recipe = run.get("recipe")
     recipe_name = (recipe.get("name") or str(recipe.get("origin", "")).removeprefix("preset:")) if isinstance(recipe, dict) else recipe
     timing = run.get("timing") or _lat(original, "cpu").get("timing") or {}
@@ -215,6 +223,7 @@ def run_context(run: dict[str, Any]) -> dict[str, Any]:
         "gpu_present": gpu_present,
         "gpu_name": gpu_name,
         "no_gpu": no_gpu and not gpu_present,
+        "busy": busy,
         "failed": run.get("failed_variants") or [],
         "explain": explain_context(run.get("explain"), Path(run.get("_dir", "."))),
     }

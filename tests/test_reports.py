@@ -97,6 +97,16 @@ def test_report_renders_self_contained_from_stored_results(bench_dir: Path, tmp_
     assert "slimlens bench seed-cnn" in html  # provenance: the reproducing command
 
 
+def test_report_warns_when_the_machine_was_busy(results: dict, tmp_path: Path) -> None:
+    run = copy.deepcopy(results)
+    for entry in run["variants"]:
+        entry["latency"]["cpu"]["load_average_1min"] = 4.0 * run["environment"]["cpu_count"]
+    assert "Noisy timings" in reports.render([run], tmp_path / "busy.html").read_text()
+    for entry in run["variants"]:
+        entry["latency"]["cpu"]["load_average_1min"] = 0.0
+    assert "Noisy timings" not in reports.render([run], tmp_path / "idle.html").read_text()
+
+
 def test_injected_names_show_as_text(results: dict, tmp_path: Path) -> None:
     evil = "<script>alert('x')</script>"
     run = copy.deepcopy(results)
