@@ -244,6 +244,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:  # only a Python-built recipe can say None; TOML has no null
+            return None
         for option in args:
             try:
                 return _coerce(value, option, where)

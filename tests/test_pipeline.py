@@ -22,6 +22,9 @@ def test_every_preset_parses():
     for name in list_presets():
         recipe = load_recipe(name)
         assert recipe.steps and recipe.origin == f"preset:{name}"
+        resolved = recipe.to_dict()  # what results.json records rebuilds the same recipe
+        rebuilt = Recipe.from_steps(resolved["steps"], sensitivity=resolved.get("sensitivity", False))
+        assert rebuilt.to_dict()["steps"] == resolved["steps"]
 
 
 def test_recipe_resolves_defaults_and_round_trips():
