@@ -68,7 +68,10 @@ def _trust_rows(trust: dict[str, Any]) -> list[dict[str, Any]]:
     for method, entry in trust.items():
         if method == "settings" or not isinstance(entry, dict):
             continue
-        rand = entry.get("randomisation") if isinstance(entry.get("randomisation"), dict) else {}
+        rand = dict(entry.get("randomisation")) if isinstance(entry.get("randomisation"), dict) else {}
+        if "randomisation_final_ssim" in entry:  # explain's headline scalars, when the details are absent
+            rand.setdefault("final_ssim", entry["randomisation_final_ssim"])
+            rand.setdefault("flagged", entry.get("randomisation_flagged"))
         rows.append({
             "method": "random order (baseline)" if method == "random_order" else method,
             "deletion_auc": _mean(entry.get("deletion_auc")),
@@ -76,7 +79,7 @@ def _trust_rows(trust: dict[str, Any]) -> list[dict[str, Any]]:
             "infidelity": _mean(entry.get("infidelity")),
             "sensitivity_max": _mean(entry.get("sensitivity_max")),
             "randomised_ssim": _mean(rand.get("final_ssim")),
-            "verdict": ("flagged: " if rand.get("flagged") else "passes: " if rand else "") + (rand.get("verdict", "").split(":")[0] if rand else ""),
+            "verdict": (rand.get("verdict") or ("flagged" if rand.get("flagged") else "passes")) if rand else "",
             "flagged": bool(rand.get("flagged")),
         })
     return rows
