@@ -379,7 +379,15 @@ def attribute(
                 key: _chunk_arg(value, n, start, stop, per_sample=(key != "baselines" or per_sample_baselines) and key in ("baselines", "feature_mask", "additional_forward_args"))
                 for key, value in options.items()
             }
-            result = captum.attribute(inputs[start:stop], target=_chunk_arg(target, n, start, stop, True), **chunk_options)
+            try:
+                result = captum.attribute(inputs[start:stop], target=_chunk_arg(target, n, start, stop, True), **chunk_options)
+            except RuntimeError as exc:
+                if base.name == "deeplift" and "used more than once" in str(exc):
+                    raise MethodNotApplicableError(
+                        f"deeplift needs every activation module to be used once, and {type(resolved.module).__name__} reuses one "
+                        "(torchvision's BasicBlock calls self.relu twice); use integrated_gradients or gradient_shap"
+                    ) from None
+                raise
             parts.append(result)
     result = _concat(parts)
     if base.layer:

@@ -128,7 +128,7 @@ def prepare(request: Request) -> Plan:
             raise ExplainError(f"{request.model} is a generator: it explains latent vectors, so --image and --indices do not apply")
         inputs = zoo.latents(request.samples, request.seed)
         labels: list[int | None] = [None] * request.samples
-        sources = [f"latent seed {request.seed} #{i}" for i in range(request.samples)]
+        sources = [f"latent #{i}" for i in range(request.samples)]  # zoo.latents(samples, seed)
         partner = zoo.load(card.extra.get("trained_with") or "dcgan-d", request.weights_root) if _exists("dcgan-d") else None
     elif request.image is not None:
         image, notes = load_image(request.image)
@@ -145,7 +145,7 @@ def prepare(request: Request) -> Plan:
                 fakes = generator(zoo.latents(len(indices), request.seed))
             inputs = torch.cat([inputs, fakes])
             labels = [1] * len(indices) + [0] * len(indices)
-            sources += [f"generated (latent seed {request.seed} #{i})" for i in range(len(indices))]
+            sources += [f"generated #{i}" for i in range(len(indices))]  # latents: zoo.latents(n, seed)
     shape = tuple(inputs.shape[1:])
     options = {m: default_options(m, shape) for m in methods}
     return Plan(request, model, card, kind, inputs, labels, sources, notes, methods, options, partner)
