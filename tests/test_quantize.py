@@ -156,3 +156,14 @@ def test_pt2e_int8_cnn_is_accurate_smaller_and_reloads(cnn, tmp_path):
     loaded = load_variant(tmp_path / f"{variant.name}.variant.json")
     x = data.example_input(8)
     assert torch.equal(loaded(x), variant(x))
+
+
+def test_static_int8_generator_stays_faithful_to_the_original():
+    generator, data = zoo.load("dcgan-g"), data_for("dcgan-g")
+    variant = quantize_static_onnx(generator, StaticInt8Config(samples=64), data)
+    metrics = data.evaluate(variant, reference=generator)
+    assert metrics["fidelity_mse"] < 1e-3  # mean squared pixel difference to the float generator on fixed latents
+    assert metrics["confident_fraction"] >= data.evaluate(generator)["confident_fraction"] - 0.03
+    assert variant.artifact.stat().st_size * 3.5 < zoo.card("dcgan-g").weights["bytes"]
+    with pytest.raises(QuantizationError, match="use quantize_static_onnx"):  # no MatMul/LSTM for dynamic int8
+        quantize_dynamic_onnx(generator, OrtDynamicInt8Config(), data)
