@@ -10,7 +10,7 @@ from typing import Any, Sequence
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from reports import plots
-from reports.atomic import write_atomic
+from zoo.cards import write_atomic
 from reports.errors import ReportError
 from reports.explain_view import explain_context
 from reports.pareto import pareto_front

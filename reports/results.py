@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from reports.atomic import write_atomic
+from zoo.cards import write_atomic
 from reports.errors import ReportError
 
 SCHEMA = "slimlens.results/1"
