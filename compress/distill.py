@@ -76,8 +76,16 @@ def _reset(model: nn.Module) -> nn.Module:
 def _last_linear(model: nn.Module) -> nn.Linear:
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise SlimlensError(f"{type(model).__name__} has no linear head; distillation's student needs one")
+        raise SlimlensError(f"{type(model).__name__} has no linear head for the hint loss; set hint_weight = 0")
     return linears[-1]
+
+
+def _output_layer(model: nn.Module) -> nn.Module:
+    """The last weighted layer: it keeps its width, so the student's outputs match the teacher's."""
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d | nn.ConvTranspose2d)]
+    if not layers:
+        raise SlimlensError(f"cannot derive a slimmer {type(model).__name__}: it has no Linear or Conv layer; name a zoo model as student")
+    return layers[-1]
 
 
 def slimmer(model: nn.Module, width: float, example: torch.Tensor) -> tuple[nn.Module, dict]:
@@ -103,7 +111,7 @@ def _slimmer_by_pruning(model: nn.Module, width: float, example: torch.Tensor) -
     try:
         pruner = tp.pruner.MetaPruner(
             student, example, importance=tp.importance.MagnitudeImportance(p=1),
-            pruning_ratio=1 - width, ignored_layers=[_last_linear(student)],
+            pruning_ratio=1 - width, ignored_layers=[_output_layer(student)],
         )
         pruner.step()
     except SlimlensError:
@@ -153,8 +161,8 @@ def soft_target_loss(data: CompressionData, student_out: torch.Tensor, teacher_o
     return F.mse_loss(student_out, teacher_out)
 
 
-def _kd_loss(data: CompressionData, config: DistillConfig, hinted: _Hinted, student_feats: _Features,
-             teacher_feats: _Features) -> Callable[..., torch.Tensor]:
+def _kd_loss(data: CompressionData, config: DistillConfig, hinted: _Hinted, student_feats: _Features | None,
+             teacher_feats: _Features | None) -> Callable[..., torch.Tensor]:
     def loss(outputs: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor, teacher_out: torch.Tensor) -> torch.Tensor:
         total = config.alpha * soft_target_loss(data, outputs, teacher_out, config.temperature)
         if config.alpha < 1:
@@ -194,15 +202,16 @@ def distill(model: nn.Module, config: DistillConfig, data: CompressionData, prog
     student, source = _student(config, model, data)
     alone = copy.deepcopy(student)  # the same starting weights for the baseline
 
-    student_feats, teacher_feats = _Features(student), _Features(teacher)
-    regressor = nn.Linear(student_feats.dim, teacher_feats.dim) if config.hint_weight > 0 else nn.Identity()
-    hinted = _Hinted(student, regressor)
+    hint = config.hint_weight > 0
+    student_feats, teacher_feats = (_Features(student), _Features(teacher)) if hint else (None, None)
+    hinted = _Hinted(student, nn.Linear(student_feats.dim, teacher_feats.dim) if hint else nn.Identity())
     budget = {"epochs": config.epochs, "lr": config.lr, "batch_size": config.batch_size, "augment": config.augment}
     progress(f"distill: teacher {sum(p.numel() for p in teacher.parameters()):,} params → student {sum(p.numel() for p in student.parameters()):,}")
     finetune(hinted, data, teacher=teacher, loss_fn=_kd_loss(data, config, hinted, student_feats, teacher_feats),
              progress=lambda m: progress(f"distill (with teacher): {m}"), **budget)
-    student_feats.remove()
-    teacher_feats.remove()
+    if hint:
+        student_feats.remove()
+        teacher_feats.remove()
     # The baseline sees the teacher's outputs only where the task itself needs them (a generator's targets).
     finetune(alone, data, teacher=teacher if data.task == "generation" else None,
              progress=lambda m: progress(f"distill (student alone): {m}"), **budget)
