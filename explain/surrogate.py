@@ -3,7 +3,7 @@
 Captum's default surrogates (``SkLearnLasso``, ``SkLearnLinearRegression``) need scikit-learn,
 which slimlens does not depend on, and Captum's SGD alternative trains for up to 100 epochs per
 sample. Solving the weighted least-squares problem directly gives the same kind of linear
-explanation, deterministically, in one ``torch.linalg.solve`` per sample.
+explanation, deterministically, in one ``torch.linalg.lstsq`` per sample.
 """
 
 from __future__ import annotations
@@ -20,13 +20,17 @@ def _weighted_ridge(model: LinearModel, dataloader: DataLoader, construct_kwargs
         xs.append(x.float())
         ys.append(y.float().reshape(len(y), -1))
         ws.append(batch[2].float().reshape(-1) if len(batch) > 2 else torch.ones(len(x)))
-    x, y, w = torch.cat(xs), torch.cat(ys), torch.cat(ws).clamp_min(0)
-    design = torch.cat([x, torch.ones(len(x), 1)], dim=1)  # last column: the intercept
-    weighted = design * w[:, None]
-    gram = design.T @ weighted
-    ridge = alpha * torch.eye(gram.shape[0])
-    ridge[-1, -1] = 0.0  # the intercept is not shrunk
-    coef = torch.linalg.lstsq(gram + ridge, weighted.T @ y).solution  # lstsq: stays finite when features never vary
+    # float64 and least squares on sqrt(weight)-scaled rows, not normal equations: KernelShap gives the
+    # empty and full coalitions weights near 1e6, which float32 normal equations cannot resolve.
+    x, y, w = torch.cat(xs).double(), torch.cat(ys).double(), torch.cat(ws).double().clamp_min(0)
+    root = w.sqrt()[:, None]
+    design = torch.cat([x, torch.ones(len(x), 1, dtype=torch.float64)], dim=1) * root  # last column: the intercept
+    target = y * root
+    if alpha > 0:  # ridge as extra rows sqrt(alpha) * I; the intercept is not shrunk
+        penalty = torch.eye(design.shape[1], dtype=torch.float64)[:-1] * alpha**0.5
+        design = torch.cat([design, penalty])
+        target = torch.cat([target, torch.zeros(len(penalty), target.shape[1], dtype=torch.float64)])
+    coef = torch.linalg.lstsq(design, target, driver="gelsd").solution.float()  # gelsd: minimum-norm when features never vary
     model._construct_model_params(norm_type=None, weight_values=coef[:-1].T.contiguous(), bias_value=coef[-1].reshape(-1))
     return {"train_time": 0.0}
 

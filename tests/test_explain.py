@@ -135,3 +135,16 @@ def test_heatmap_and_grid_pngs(cnn, digits, tmp_path):
     with Image.open(shared) as img:
         assert img.format == "PNG" and img.size[0] > 400 and img.size[1] > 3 * 100
     assert not list(tmp_path.glob(".*.tmp"))  # written via a temporary name and renamed
+
+
+def test_kernel_shap_surrogate_keeps_shapley_efficiency(cnn, digits):
+    # Shapley values add up to F(x) - F(baseline); KernelShap's huge weights on the empty and full
+    # coalitions enforce it, which only a well-conditioned surrogate solve preserves.
+    x, y = digits[0][:1], digits[1][:1]
+    torch.manual_seed(0)
+    maps = explain.attribute(cnn, x, y, "kernel_shap", **{**default_options("kernel_shap"), "n_samples": 120})
+    with torch.no_grad():
+        gap = float(cnn(x)[0, y] - cnn(torch.zeros_like(x))[0, y])
+    patches = maps.reshape(7, 4, 7, 4)[:, 0, :, 0]  # one value per 4x4 feature group
+    assert patches.unique().numel() > 10
+    assert abs(float(patches.sum()) - gap) < 0.02 * abs(gap)
