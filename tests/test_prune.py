@@ -56,7 +56,7 @@ def test_structured_pruning_removes_lstm_hidden_units(tmp_path):
 def test_unstructured_pruning_reaches_sparsity():
     data = data_for("lenet5")
     model = zoo.load("lenet5")
-    pruned = prune_unstructured(model, PruneUnstructuredConfig(sparsity=0.9, epochs=0.05, prune_every=2), data)
+    pruned = prune_unstructured(model, PruneUnstructuredConfig(sparsity=0.9, epochs=0.2, prune_every=2), data)
     weights = [getattr(m, name) for m, name in prunable_weights(pruned)]
     zeros = sum(int((w == 0).sum()) for w in weights)
     assert zeros / sum(w.numel() for w in weights) == pytest.approx(0.9, abs=0.002)
