@@ -259,6 +259,10 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if origin in (tuple, list):
         if not isinstance(value, list | tuple):
             raise SlimlensError(f"{where} must be a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:  # a fixed-length tuple such as (name, fraction)
+            if len(value) != len(args):
+                raise SlimlensError(f"{where} must be a list of {len(args)} values, got {value!r}")
+            return tuple(_coerce(v, a, where) for v, a in zip(value, args))
         item = args[0] if args else Any
         items = [_coerce(v, item, where) for v in value] if item is not Any else list(value)
         return tuple(items) if origin is tuple else items

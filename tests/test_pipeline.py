@@ -47,6 +47,7 @@ def test_recipe_resolves_defaults_and_round_trips():
         ("[[steps]]\nstep = distill\n", "not valid TOML"),
         ("description = 'no steps'\n", "needs at least one [[steps]]"),
         ('[sensitivity]\nratio = 0.5\n[[steps]]\nstep = "distill"\n', "sensitivity: unknown setting 'ratio'"),
+        ('[[steps]]\nstep = "prune-unstructured"\nlayer_sparsity = [["head", 0.5, 1]]\n', "must be a list of 2 values"),
     ],
 )
 def test_recipe_errors_name_file_step_and_key(text, expected):
@@ -54,6 +55,11 @@ def test_recipe_errors_name_file_step_and_key(text, expected):
         parse_recipe(text, origin="my.toml")
     message = str(info.value)
     assert message.startswith("my.toml") and expected in message and "\n" not in message
+
+
+def test_nested_settings_are_typed():
+    recipe = parse_recipe('[[steps]]\nstep = "prune-unstructured"\nlayer_sparsity = [["head", 1]]\n')
+    assert recipe.steps[0].config.layer_sparsity == (("head", 1.0),)
 
 
 def test_unknown_preset_and_missing_file():
