@@ -183,7 +183,7 @@ def _config(config_class: type, table: dict[str, Any], where: str, what: str) ->
         settings[key] = _coerce(value, hints[key], f"{where}: setting {key!r}")
     try:
         return config_class(**settings)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, SlimlensError) as exc:  # config classes validate with any of these
         raise SlimlensError(f"{where}: {exc}") from None
 
 
@@ -235,7 +235,7 @@ def _check_search(step: RecipeStep, config_class: type, hints: dict, where: str)
         _coerce(value, hints[strength], f"{where}: search value for {strength!r}")
         try:
             dataclasses.replace(step.config, **{strength: value})
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, SlimlensError) as exc:
             raise SlimlensError(f"{where}: search value {value!r}: {exc}") from None
 
 

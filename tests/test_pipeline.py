@@ -48,6 +48,7 @@ def test_recipe_resolves_defaults_and_round_trips():
         ("description = 'no steps'\n", "needs at least one [[steps]]"),
         ('[sensitivity]\nratio = 0.5\n[[steps]]\nstep = "distill"\n', "sensitivity: unknown setting 'ratio'"),
         ('[[steps]]\nstep = "prune-unstructured"\nlayer_sparsity = [["head", 0.5, 1]]\n', "must be a list of 2 values"),
+        ('[[steps]]\nstep = "prune-structured"\nratio = 1.5\n', "step 1 (prune-structured): ratio=1.5 is out of range"),
     ],
 )
 def test_recipe_errors_name_file_step_and_key(text, expected):
@@ -58,8 +59,8 @@ def test_recipe_errors_name_file_step_and_key(text, expected):
 
 
 def test_nested_settings_are_typed():
-    recipe = parse_recipe('[[steps]]\nstep = "prune-unstructured"\nlayer_sparsity = [["head", 1]]\n')
-    assert recipe.steps[0].config.layer_sparsity == (("head", 1.0),)
+    recipe = parse_recipe('[[steps]]\nstep = "prune-unstructured"\nlayer_sparsity = [["head", 0]]\n')
+    assert recipe.steps[0].config.layer_sparsity == (("head", 0.0),)
 
 
 def test_unknown_preset_and_missing_file():
