@@ -141,7 +141,7 @@ def _make_card(model_spec: ModelSpec, model: nn.Module, data: DigitDataset, test
         higher_is_better=model_spec.higher_is_better,
         weights={"file": path.name, "sha256": sha, "bytes": path.stat().st_size, "format": "safetensors"},
         training={
-            "seconds": round(seconds, 1),
+            "seconds": round(seconds, 3),
             "seed": model_spec.recipe.seed,
             "epochs": epochs,
             "quick": quick,
