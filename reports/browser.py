@@ -8,6 +8,7 @@ client package is needed.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import select
@@ -103,6 +104,12 @@ _PROBE = """JSON.stringify({
 })"""
 
 
+def _above_four(fd: int) -> int:
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return high
+
+
 def check_report(html: str | Path, screenshot: str | Path | None = None, width: int = 1400, max_height: int = 12000, timeout: float = 60.0) -> dict[str, Any]:
     """Open ``html`` from file:// in headless Chromium; return images, console errors, outside requests (and save a screenshot)."""
     exe = find_chromium()
@@ -110,8 +117,9 @@ def check_report(html: str | Path, screenshot: str | Path | None = None, width: 
         raise ReportError("Chromium is not installed: apt-get install -y chromium (Debian) so reports can be checked in a browser")
     url = Path(html).resolve().as_uri()
     profile = tempfile.mkdtemp(prefix="slimlens-chromium-")
-    to_child_r, to_child_w = os.pipe()
-    from_child_r, from_child_w = os.pipe()
+    # Above fd 4, so the redirections below never overwrite or close a pipe end that already sits at
+    # 3 or 4 (a fresh interpreter hands out exactly those).
+    to_child_r, to_child_w, from_child_r, from_child_w = (_above_four(fd) for fd in (*os.pipe(), *os.pipe()))
     # Chromium expects the command pipe on fd 3 and the reply pipe on fd 4. bash moves them there, so no
     # preexec_fn runs in a forked copy of a multi-threaded (torch) process.
     wiring = f'exec "$@" 3<&{to_child_r} 4>&{from_child_w} {to_child_r}<&- {from_child_w}>&-'

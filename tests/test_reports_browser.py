@@ -49,3 +49,18 @@ def test_browser_check_catches_an_outside_request(tmp_path: Path) -> None:
     assert any(u.startswith("http://127.0.0.1:9") for u in seen["outside_requests"])
     assert any("boom" in e for e in seen["console_errors"])
     assert seen["images"][0]["w"] == 0
+
+
+def test_browser_check_works_from_a_fresh_interpreter(tmp_path: Path) -> None:
+    """In a fresh process the DevTools pipes get fds 3 and 4 themselves; the wiring must not clobber them."""
+    import subprocess
+    import sys
+
+    if find_chromium() is None:
+        pytest.fail("Chromium is not installed; install it with `apt-get update && apt-get install -y chromium` (.ci/run does this)")
+    page = tmp_path / "plain.html"
+    page.write_text("<!DOCTYPE html><title>plain</title><p>hello</p>")
+    code = f"from reports.browser import check_report; print(check_report({str(page)!r})['title'])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-500:]
+    assert result.stdout.strip() == "plain"
