@@ -180,7 +180,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         results = variants.results
         import reports  # compress never imports reports; the CLI joins them: latency, then the HTML report
 
-        if hasattr(reports, "latency") and args.latency:
+        if args.latency:
             from reports.inputs import timing_inputs
 
             cfg = reports.TimingConfig(compile=False)
@@ -190,8 +190,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
                 entry["latency"] = reports.latency(variant, x[:1].clone(), x, ["cpu"], cfg)
             results["timing"] = cfg.how()
         write_results(results, staged / "results.json")
-        if hasattr(reports, "render") and args.report:
-            reports.render([staged], staged / "report.html")
+        if args.report:
+            run_results = reports.read_results(staged)
+            run_results["_dir"] = str(Path(args.out).resolve())  # name the folder the run will live in, not the staging one
+            reports.render([run_results], staged / "report.html")
         move_into_place(staged, args.out)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
