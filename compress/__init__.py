@@ -5,7 +5,6 @@
 >>> [v.name for v in variants]                                                  # doctest: +SKIP
 """
 
-import compress.sparse  # noqa: F401  registers "compressed-storage": compress.steps does not import this module yet
 from compress.distill import DistillConfig, distill
 from compress.pipeline import RunResult, load_model, run
 from compress.recipe import Recipe, RecipeStep, list_presets, load_recipe

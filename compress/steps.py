@@ -61,7 +61,7 @@ def list_steps() -> list[str]:
 def _import_steps() -> None:
     import importlib
 
-    for module in ("compress.quantize", "compress.prune", "compress.sharing", "compress.distill", "compress.export"):
+    for module in ("compress.quantize", "compress.prune", "compress.sharing", "compress.sparse", "compress.distill", "compress.export"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
