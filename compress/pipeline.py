@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -335,6 +336,21 @@ def run(
     """
     model, recipe, data = _resolve(model, recipe, data, seed)
     out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="slimlens-run-"))
+    # Steps write intermediate files (ONNX exports, calibration copies) to fresh temporary folders
+    # and each variant's save() copies what it needs into out/variants; pointing tempfile at one
+    # work folder for the run lets all of that go when the run ends, instead of piling up in /tmp.
+    work = Path(tempfile.mkdtemp(prefix="slimlens-work-"))
+    previous_tempdir = tempfile.tempdir
+    tempfile.tempdir = str(work)
+    try:
+        return _run_into(out, model, recipe, data, progress, command, export, exporter)
+    finally:
+        tempfile.tempdir = previous_tempdir
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_into(out: Path, model: nn.Module, recipe: Recipe, data: CompressionData, progress: Progress, command: str | None,
+              export: bool, exporter: str) -> RunResult:
     variants_dir = out / "variants"
     variants_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(data.seed)
