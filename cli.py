@@ -24,6 +24,7 @@ def _metric_text(card) -> str:
 
 
 def cmd_zoo_list(args: argparse.Namespace) -> int:
+    """Print the zoo as a table (or JSON): name, family, params, size, metric."""
     import zoo
 
     rows = []
@@ -41,6 +42,7 @@ def cmd_zoo_list(args: argparse.Namespace) -> int:
 
 
 def cmd_zoo_info(args: argparse.Namespace) -> int:
+    """Print a zoo model's card as JSON."""
     import zoo
 
     print(json.dumps(zoo.card(args.name, args.weights_root).to_dict(), indent=2))
@@ -53,6 +55,7 @@ def _tolerance(metric: str, value: float) -> float:
 
 
 def cmd_zoo_eval(args: argparse.Namespace) -> int:
+    """Recompute zoo metrics now and compare them with the cards; exit 1 on a mismatch."""
     import zoo
 
     names = zoo.list_models() if args.all else [args.name]
@@ -74,6 +77,7 @@ def cmd_zoo_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_zoo_train(args: argparse.Namespace) -> int:
+    """Retrain zoo models from scratch with their recipes and seeds."""
     import zoo
     from zoo.training import train
 
@@ -99,6 +103,7 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
 
 
 def cmd_zoo_samples(args: argparse.Namespace) -> int:
+    """Write a PNG grid of a generator's samples."""
     import zoo
     from zoo.samples import save_sample_grid
 
@@ -160,6 +165,7 @@ def _compress_command(args: argparse.Namespace) -> str:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
+    """Apply a recipe to a model; write variants, results.json and report.html."""
     import shutil
 
     import torch
@@ -224,6 +230,7 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """Re-render report.html from one or more runs without re-running anything."""
     import reports
 
     out = reports.render([reports.read_results(d) for d in args.dirs], args.out)
@@ -232,6 +239,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    """Measure a zoo model or a run folder without compressing."""
     import shlex
 
     import reports
@@ -275,6 +283,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    """Write heatmaps, a grid and explain.json for a model or variant."""
     from explain.inputs import parse_indices
     from explain.run import Request, run
 
