@@ -96,3 +96,11 @@ def finetune(
 def clone(model: nn.Module) -> nn.Module:
     """A deep copy, so a step never changes the model it was given."""
     return copy.deepcopy(model)
+
+
+def trainable_clone(model: nn.Module) -> nn.Module:
+    """A deep copy in eval mode with every parameter trainable, whatever an earlier step froze."""
+    copied = clone(model).eval()
+    for p in copied.parameters():
+        p.requires_grad_(True)
+    return copied

@@ -20,7 +20,7 @@ from torch.nn.utils import prune as torch_prune
 from torch_pruning.pruner.function import LSTMPruner
 
 from compress.context import CompressionData
-from compress.finetune import clone, finetune, task_loss
+from compress.finetune import trainable_clone, finetune, task_loss
 from compress.steps import register_step
 from zoo.errors import SlimlensError
 
@@ -105,9 +105,7 @@ class PruneStructuredConfig:
 def prune_structured(model: nn.Module, config: PruneStructuredConfig, data: CompressionData,
                      progress: Progress = lambda message: None, original: nn.Module | None = None) -> nn.Module:
     """A narrower dense copy of ``model``: channels removed by group magnitude, coupled layers (skips) kept consistent."""
-    pruned = clone(model).eval()
-    for p in pruned.parameters():
-        p.requires_grad_(True)
+    pruned = trainable_clone(model)
     example = data.example_input(2)
     importance = tp.importance.GroupMagnitudeImportance(p=1 if config.importance == "l1" else 2)
     pruner = tp.pruner.BasePruner(
@@ -241,9 +239,7 @@ def _kth_smallest(values: torch.Tensor, fraction: float) -> float:
 def prune_unstructured(model: nn.Module, config: PruneUnstructuredConfig, data: CompressionData,
                        progress: Progress = lambda message: None, original: nn.Module | None = None) -> nn.Module:
     """A copy of ``model`` with a fraction ``sparsity`` of its weights zero, fine-tuned; store it with compressed-storage."""
-    pruned = clone(model).eval()
-    for p in pruned.parameters():
-        p.requires_grad_(True)
+    pruned = trainable_clone(model)
     masks = _Masks(pruned, config)
     teacher, loss_fn = _teacher(model, data, original), None
     if config.distill > 0 and data.task == "classification":

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from compress.context import CompressionData
-from compress.finetune import clone, finetune
+from compress.finetune import trainable_clone, finetune
 from compress.prune import PRUNABLE, prunable_weights
 from compress.steps import register_step
 from zoo.errors import SlimlensError
@@ -93,9 +93,7 @@ def _bits_for(module: nn.Module, config: WeightSharingConfig) -> int:
 def share_weights(model: nn.Module, config: WeightSharingConfig, data: CompressionData,
                   progress: Progress = lambda message: None, original: nn.Module | None = None) -> nn.Module:
     """A copy of ``model`` whose every weight matrix holds ≤ 2**bits distinct nonzero values, centroids fine-tuned."""
-    shared = clone(model).eval()
-    for p in shared.parameters():
-        p.requires_grad_(True)
+    shared = trainable_clone(model)
     targets = prunable_weights(shared)
     for module, name in targets:
         if isinstance(module, PRUNABLE):
