@@ -20,6 +20,12 @@ def mnist_test() -> zoo.datasets.DigitDataset:
     return zoo.dataset("mnist", "test")
 
 
+@pytest.fixture(scope="module")
+def cnn() -> torch.nn.Module:
+    """The trained seed-cnn, loaded once per test module."""
+    return zoo.load("seed-cnn")
+
+
 @pytest.fixture()
 def trained_copy(tmp_path: Path) -> Path:
     """A private copy of the shipped weights and cards that a test may damage."""

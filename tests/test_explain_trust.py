@@ -14,11 +14,6 @@ from explain.inputs import spread_indices
 
 
 @pytest.fixture(scope="module")
-def cnn() -> torch.nn.Module:
-    return zoo.load("seed-cnn")
-
-
-@pytest.fixture(scope="module")
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
     data = zoo.dataset("mnist", "test")
     idx = spread_indices(data.labels, 10)  # one image of each digit
