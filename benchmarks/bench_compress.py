@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -60,7 +61,11 @@ def edge_rows(run: compress.RunResult, threads: int) -> list[Row]:
     v = _by_name(run.results)
     final = next(e for e in reversed(run.results["variants"]) if e["steps"] and e["steps"][-1]["step"] == "quantize_static_onnx")
     x = timing_inputs("resnet-mnist", 8)
-    speed = {name: _throughput(run.variant(name), x, threads) for name in ("original", "original-onnx", final["name"])}
+    names = ("original", "original-onnx", final["name"])
+    # Three interleaved rounds, median per variant: a slow spell on the machine then hits every
+    # variant alike instead of whichever happened to be timed during it.
+    rounds = [{name: _throughput(run.variant(name), x, threads) for name in names} for _ in range(3)]
+    speed = {name: statistics.median(r[name] for r in rounds) for name in names}
     vs_eager, vs_ort = speed[final["name"]] / speed["original"], speed[final["name"]] / speed["original-onnx"]
     drop = _points(final, v["original"])
     per_s = ", ".join(f"{n} {s:,.0f}/s" for n, s in speed.items())

@@ -17,6 +17,7 @@ from compress.prune import (
     prunable_weights,
     prune_structured,
     prune_unstructured,
+    residual_layers,
 )
 from compress.sensitivity import SensitivityConfig, fake_quantized, sensitivity
 from compress.sparse import CompressedStorageConfig, CompressedVariant, compressed_storage, decode_gaps, encode_gaps
@@ -41,6 +42,31 @@ def test_structured_pruning_shrinks_resnet_and_reloads(tmp_path):
     variant = TorchVariant(name="pruned", source=data.source, module=pruned)
     reloaded = load_variant(variant.save(tmp_path))
     assert torch.equal(variant(example), reloaded(example))
+
+
+def _widths(model: nn.Module) -> list[int]:
+    return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+def test_round_to_keeps_the_nearest_multiple_and_residual_streams_keep_more():
+    data = data_for("resnet-mnist")
+    model = zoo.load("resnet-mnist")
+    assert residual_layers(model, data.example_input(2), model.head) == {
+        model.stem[1], model.layer1[0].conv2, model.layer1[1].conv2,
+        model.layer2[0].conv2, model.layer2[0].downsample[0], model.layer2[1].conv2,
+        model.layer3[0].conv2, model.layer3[0].downsample[0], model.layer3[1].conv2,
+    }
+    # 32-64-128 at 0.6 keep 12.8-25.6-51.2 channels: nearest multiples of 8, where Torch-Pruning's own rounding gives 8-24-48
+    even = prune_structured(model, PruneStructuredConfig(ratio=0.6, round_to=8, steps=2, epochs=0), data)
+    assert _widths(even) == [16] * 5 + [24] * 5 + [48] * 5
+    inner = prune_structured(model, PruneStructuredConfig(ratio=0.75, residual_ratio=0.6, round_to=8, steps=1, epochs=0), data)
+    assert (inner.layer1[0].conv1.out_channels, inner.layer1[0].conv2.out_channels) == (8, 16)
+    assert (inner.layer3[1].conv1.out_channels, inner.layer3[1].conv2.out_channels) == (32, 48)
+    assert inner(data.example_input(2)).shape == (2, 10)
+    cnn = zoo.load("seed-cnn")
+    assert residual_layers(cnn, data.example_input(2), cnn.head) == set()
+    plain = prune_structured(cnn, PruneStructuredConfig(ratio=0.5, residual_ratio=0.1, steps=1, epochs=0), data_for("seed-cnn"))
+    assert _widths(plain) == [16, 32, 32]
 
 
 def test_structured_pruning_removes_lstm_hidden_units(tmp_path):
@@ -101,6 +127,8 @@ def test_cubic_schedule_rises_to_final():
 def test_bad_settings_are_refused_with_a_fix():
     with pytest.raises(SlimlensError, match="ratio=1.5"):
         PruneStructuredConfig(ratio=1.5)
+    with pytest.raises(SlimlensError, match="choose one"):
+        PruneStructuredConfig(round_to=8, global_pruning=True)
     with pytest.raises(SlimlensError, match="unknown layers"):
         prune_unstructured(nn.Sequential(nn.Linear(2, 2)), PruneUnstructuredConfig(layer_sparsity=(("nope", 0.5),)),
                            data_for("lenet5"))
