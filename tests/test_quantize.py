@@ -158,6 +158,19 @@ def test_pt2e_int8_cnn_is_accurate_smaller_and_reloads(cnn, tmp_path):
     assert torch.equal(loaded(x), variant(x))
 
 
+def test_pt2e_int8_quantizes_a_resnet_whose_blocks_call_one_relu_twice():
+    from compress.quantize import Pt2eInt8Config, quantize_pt2e
+
+    # torchvision's BasicBlock reuses self.relu; without splitting its calls the quantizer fails to annotate
+    data = data_for("resnet-mnist")
+    variant = quantize_pt2e(zoo.load("resnet-mnist"), Pt2eInt8Config(samples=16, compile=False), data)
+    int8_weights = [n for n in variant.program.graph.nodes if "dequantize_per_channel" in str(n.target)]
+    assert len(int8_weights) == 16  # all 15 convolutions and the head carry int8 weights
+    x = data.example_input(64)
+    agreement = (variant(x).argmax(1) == zoo.load("resnet-mnist")(x).argmax(1)).float().mean()
+    assert agreement >= 0.95
+
+
 def test_static_int8_generator_stays_faithful_to_the_original():
     generator, data = zoo.load("dcgan-g"), data_for("dcgan-g")
     variant = quantize_static_onnx(generator, StaticInt8Config(samples=64), data)

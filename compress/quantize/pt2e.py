@@ -59,6 +59,28 @@ def _compile_int8(program_module: nn.Module) -> nn.Module:
     return _FrozenCompiled(program_module)
 
 
+def _split_reused_modules(graph_module: torch.fx.GraphModule) -> None:
+    """Give each call of a module used twice (torchvision's BasicBlock calls one ReLU twice) its own source entry.
+
+    The quantizer groups nodes into patterns by the module they came from (the innermost entry of
+    ``nn_module_stack``); two calls of one ReLU then form a single "partition" with two outputs and
+    annotation fails ("Input partition has more than one output node"). A call that lowers to one
+    aten op is a partition of its own, so each such node gets a unique module name.
+    """
+    groups: dict[str, list[torch.fx.Node]] = {}
+    for node in graph_module.graph.nodes:
+        stack = node.meta.get("nn_module_stack")  # what the quantizer matches on after a non-strict export
+        if node.op == "call_function" and stack:
+            groups.setdefault(list(stack.values())[-1][0], []).append(node)
+    for fqn, nodes in groups.items():
+        if len(nodes) > 1 and len({n.target for n in nodes}) == 1:
+            for i, node in enumerate(nodes):
+                stack = node.meta["nn_module_stack"].copy()
+                key, (_, kind) = list(stack.items())[-1]
+                stack[key] = (f"{fqn}__call{i}", kind)
+                node.meta["nn_module_stack"] = stack
+
+
 def _drop_unused_tensors(graph_module: torch.fx.GraphModule) -> None:
     """Delete parameters the converted graph no longer reads (the float weights its int8 copies replaced)."""
     used = {node.target for node in graph_module.graph.nodes if node.op == "get_attr"}
@@ -125,6 +147,7 @@ def quantize_pt2e(model: nn.Module, config: Pt2eInt8Config, data: CompressionDat
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.export/torchao deprecation chatter
         captured = torch.export.export(clone(model).eval(), (example,), dynamic_shapes=shapes).module()
+        _split_reused_modules(captured)
         quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
         prepared = prepare_pt2e(captured, quantizer)
         with torch.no_grad():
