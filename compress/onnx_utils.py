@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import onnx
 import torch
+from onnx import numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
 from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
 from onnxruntime.quantization import quantize_static as ort_quantize_static
@@ -75,17 +77,52 @@ def quantize_static_file(
     activations: str = "uint8",
     weights: str = "int8",
     reduce_range: bool = False,
+    ranges: dict[str, tuple[float, float]] | None = None,
+    preprocessed: bool = False,
 ) -> Path:
-    """Static int8 in QDQ format, activation ranges calibrated on ``calibration`` with ``method``."""
-    extra = {"CalibPercentile": percentile} if method == "percentile" else {}
+    """Static int8 in QDQ format, activation ranges calibrated on ``calibration`` with ``method``.
+
+    ``ranges`` fixes the (min, max) of named tensors instead of calibrating them (learned QAT ranges);
+    ``preprocessed`` says ``source`` already went through :func:`preprocess`, so the names match.
+    """
+    extra: dict = {"CalibPercentile": percentile} if method == "percentile" else {}
+    if ranges:
+        extra["TensorQuantOverrides"] = {name: [{"rmin": np.float32(low), "rmax": np.float32(high)}]
+                                         for name, (low, high) in ranges.items()}
     with _quiet(), tempfile.TemporaryDirectory(prefix="slimlens-") as tmp:
-        prepared = preprocess(source, Path(tmp) / "prepared.onnx")
+        prepared = Path(source) if preprocessed else preprocess(source, Path(tmp) / "prepared.onnx")
         ort_quantize_static(
             prepared, str(target), TensorCalibrationReader(calibration), quant_format=QuantFormat.QDQ,
             per_channel=per_channel, reduce_range=reduce_range, activation_type=QUANT_TYPES[activations],
             weight_type=QUANT_TYPES[weights], calibrate_method=CALIBRATION_METHODS[method], extra_options=extra,
         )
     return Path(target)
+
+
+def layer_input_names(path: str | Path, weights: list[np.ndarray]) -> list[str | None]:
+    """For each weight array, the input tensor of the Conv/ConvTranspose/Gemm/MatMul node holding that weight (None if none does).
+
+    Matching by weight value rather than by node name or order survives any exporter's naming
+    and any topological order, e.g. a downsample branch placed before the block it belongs to.
+    """
+    model = onnx.load(str(path))
+    arrays = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    found: list[str | None] = []
+    for weight in weights:
+        name = None
+        for node in model.graph.node:
+            if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.input) < 2:
+                continue
+            stored = arrays.get(node.input[1])
+            if stored is None:
+                continue
+            for candidate in (stored, stored.T):  # MatMul stores a Linear weight transposed
+                if candidate.shape == weight.shape and np.allclose(candidate, weight, rtol=1e-5, atol=1e-7):
+                    name = node.input[0]
+            if name:
+                break
+        found.append(name)
+    return found
 
 
 @contextlib.contextmanager

@@ -135,8 +135,28 @@ def test_qat_yields_an_int8_onnx_file_within_a_point(cnn):
     weights = [i for i in onnx.load(str(variant.artifact)).graph.initializer if i.data_type == onnx.TensorProto.INT8]
     assert len(weights) >= 5  # every conv and linear weight is stored as int8
     assert variant.steps[0]["step"] == "qat" and variant.steps[0]["deployed_as"]["step"] == "quantize_static_onnx"
+    assert variant.steps[0]["learned_input_ranges"] == "5 of 5 layers"
     assert data.metric_drop(base, data.evaluate(variant)) <= 0.01
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert variant.stand_in is not None and data.evaluate(variant.stand_in)["accuracy"] >= base["accuracy"] - 0.01
+
+
+def test_qat_deploys_the_ranges_it_learned():
+    import onnx
+    from onnx import numpy_helper
+
+    from compress.quantize import QatConfig, quantization_aware_training
+
+    data = data_for("resnet-mnist")  # BatchNorm folded, and a block input read by both conv1 and the downsample
+    variant = quantization_aware_training(zoo.load("resnet-mnist"), QatConfig(epochs=0.05, samples=16), data)
+    assert variant.steps[0]["learned_input_ranges"] == "16 of 16 layers"
+    graph = onnx.load(str(variant.artifact)).graph
+    arrays = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    scales = {float(arrays[n.input[1]]) for n in graph.node if n.op_type == "QuantizeLinear" and n.input[1] in arrays}
+    # the first conv reads normalised pixels: its learned range is fixed by the data, (1 - mean) / std - (-mean / std) = 1 / std
+    assert any(abs(s - (1 / 0.3081) / 255) < 1e-3 for s in scales)
+    # the int8 file computes what the fake-quantized model trained to compute
+    assert abs(data.evaluate(variant)["accuracy"] - data.evaluate(variant.stand_in)["accuracy"]) <= 0.005
 
 
 def test_qat_of_an_lstm_is_refused():

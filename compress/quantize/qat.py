@@ -10,8 +10,18 @@ from torch import nn
 
 from compress.context import CompressionData
 from compress.finetune import clone, finetune
-from compress.quantize.common import STATIC_FAMILIES, Progress, QuantizationError, no_progress, resolve_reduce_range, step_record
-from compress.quantize.ort_int8 import StaticInt8Config, quantize_static_onnx
+from compress.onnx_utils import layer_input_names, preprocess, quantize_static_file
+from compress.quantize.common import (
+    STATIC_FAMILIES,
+    Progress,
+    QuantizationError,
+    export_fp32,
+    no_progress,
+    resolve_reduce_range,
+    step_record,
+    workdir,
+)
+from compress.quantize.ort_int8 import StaticInt8Config
 from compress.steps import register_step
 from compress.variant import OnnxVariant
 
@@ -27,7 +37,8 @@ class QatConfig:
     symmetric int8 grid ONNX Runtime will use (scale = max|w| / 127) and its input on a uint8
     grid (running min/max), with straight-through gradients. BatchNorm is first folded into the
     convolution before it, as ONNX Runtime's pre-processing will fold it. The fine-tuned weights
-    are then quantized by ONNX Runtime to exactly that weight grid; activation ranges are calibrated.
+    are then quantized by ONNX Runtime to exactly that weight grid, and each layer's input keeps the
+    range it learned; only tensors QAT did not see (e.g. the output of a residual add) are calibrated.
     """
 
     epochs: float = 1.0
@@ -135,10 +146,35 @@ def quantization_aware_training(model: nn.Module, config: QatConfig, data: Compr
     progress(f"QAT: fine-tuning {config.epochs} epoch(s) under int8 fake quantization")
     teacher = model if data.task == "generation" else None  # a generator learns to match its original
     finetune(work, data, config.epochs, lr=config.lr, teacher=teacher, progress=progress)
+    ranges = _learned_ranges(work)
     deployed = _detach_fake_quant(work, handles)
     static = StaticInt8Config(calibration=config.calibration, samples=config.samples, reduce_range=reduce_range,
                               opset=config.opset, name=config.name)
-    variant = quantize_static_onnx(deployed, static, data, progress)
-    variant.steps = [step_record("qat", config, deployed_as=variant.steps[0])]
-    variant.stand_in = deployed
-    return variant
+    progress("QAT: exporting with the learned activation ranges")
+    folder = workdir()
+    fp32, exporter = export_fp32(deployed, data, config.opset, folder)
+    prepared = preprocess(fp32, folder / "prepared.onnx")
+    names = layer_input_names(prepared, [weight for weight, _ in ranges])
+    fixed: dict[str, tuple[float, float]] = {}
+    for name, (_, (low, high)) in zip(names, ranges):
+        if name is not None:  # a tensor read by two layers (a block input and its downsample) keeps both ranges
+            old = fixed.get(name, (low, high))
+            fixed[name] = (min(old[0], low), max(old[1], high))
+    target = quantize_static_file(
+        prepared, folder / f"{config.name}.onnx", data.inputs(config.samples), method=config.calibration,
+        per_channel=True, reduce_range=reduce_range, ranges=fixed, preprocessed=True,
+    )
+    deployed_as = step_record("quantize_static_onnx", static, backend="onnxruntime.quantization.quantize_static (QDQ)",
+                              exported_with=exporter, calibration_inputs=config.samples, reduce_range_used=reduce_range)
+    step = step_record("qat", config, deployed_as=deployed_as,
+                       learned_input_ranges=f"{sum(n is not None for n in names)} of {len(ranges)} layers")
+    return OnnxVariant(name=config.name, steps=[step], source=dict(data.source), artifact=target, stand_in=deployed)
+
+
+def _learned_ranges(model: nn.Module) -> list[tuple[Any, tuple[float, float]]]:
+    """(int8-grid weight as numpy, learned input (min, max)) of every fake-quantized layer, zero kept inside the range."""
+    found = []
+    for layer in [m for m in model.modules() if isinstance(m, QAT_LAYERS)]:
+        observer = layer.input_fake_quant
+        found.append((layer.weight.detach().cpu().numpy(), (min(float(observer.low), 0.0), max(float(observer.high), 0.0))))
+    return found
