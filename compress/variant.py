@@ -125,7 +125,21 @@ class OnnxVariant(Variant):
             write_atomic(target, Path(self.artifact).read_bytes())
             self.artifact = target
             self._session = None
-        return self._write_metadata(directory)
+        return self._write_metadata(directory, self._save_stand_in(directory))
+
+    def _save_stand_in(self, directory: Path) -> dict[str, Any]:
+        """Write the float stand-in beside the .onnx file when its weights rebuild from ``source``; its metadata keys."""
+        if self.stand_in is None or not self.source:
+            return {}
+        state = self.stand_in.state_dict()
+        try:  # a stand-in of another shape (e.g. QAT's BatchNorm-folded graph) stays in memory only
+            rebuilt = _rebuild_module(self.source)
+            _fit_shapes(rebuilt, state)
+            rebuilt.load_state_dict(state)
+        except Exception:
+            return {}
+        path = directory / f"{self.name}.stand-in.safetensors"
+        return {"stand_in": path.name, "stand_in_sha256": save_state_dict(self.stand_in, path)}
 
 
 def _rebuild_module(source: dict[str, Any]) -> nn.Module:
@@ -166,7 +180,14 @@ def load_variant(path: str | Path, threads: int = 1) -> Variant:
         module_name, _, attr = meta["loader"].partition(":")
         return getattr(importlib.import_module(module_name), attr)(meta, common)
     if meta.get("format") == "onnx":
-        return OnnxVariant(**common, threads=threads)
+        stand_in = None
+        if meta.get("stand_in"):  # the float model it was quantized from, for gradient explanations
+            stand_in = _rebuild_module(meta["source"])
+            state = read_state_dict(path.parent / meta["stand_in"], expected_sha256=meta.get("stand_in_sha256"))
+            _fit_shapes(stand_in, state)
+            stand_in.load_state_dict(state)
+            stand_in.eval()
+        return OnnxVariant(**common, threads=threads, stand_in=stand_in)
     if meta.get("format") == "torch":
         module = _rebuild_module(meta["source"])
         if meta.get("storage"):  # a compressed-storage artifact (compress/sparse.py) decodes to a float state dict

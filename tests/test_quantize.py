@@ -71,6 +71,8 @@ def test_onnx_dynamic_int8_lstm_quantizes_the_lstm_op(lstm, tmp_path):
     assert data.metric_drop(data.evaluate(model), data.evaluate(variant)) <= 0.005
     loaded = load_variant(variant.save(tmp_path))
     assert torch.equal(loaded(data.example_input(4)), variant(data.example_input(4)))
+    # the float model it was quantized from comes back with it, for gradient explanations
+    assert torch.equal(loaded.stand_in(data.example_input(4)), model(data.example_input(4)))
 
 
 @pytest.mark.parametrize("calibration", ["minmax", "entropy", "percentile"])

@@ -8,6 +8,7 @@ from typing import ClassVar
 from torch import nn
 
 from compress.context import CompressionData
+from compress.finetune import clone
 from compress.onnx_utils import CALIBRATION_METHODS, QUANT_TYPES, quantize_dynamic_file, quantize_static_file
 from compress.quantize.common import (
     STATIC_FAMILIES,
@@ -48,7 +49,7 @@ def quantize_dynamic_onnx(model: nn.Module, config: OrtDynamicInt8Config, data: 
             "use quantize_static_onnx instead"
         )
     step = step_record("quantize_dynamic_onnx", config, backend="onnxruntime.quantization.quantize_dynamic", exported_with=exporter)
-    return OnnxVariant(name=config.name, steps=[step], source=dict(data.source), artifact=target)
+    return OnnxVariant(name=config.name, steps=[step], source=dict(data.source), artifact=target, stand_in=clone(model).eval())
 
 
 @dataclass(frozen=True)
@@ -112,4 +113,5 @@ def quantize_static_onnx(model: nn.Module, config: StaticInt8Config, data: Compr
     )
     step = step_record("quantize_static_onnx", config, backend="onnxruntime.quantization.quantize_static (QDQ)",
                         exported_with=exporter, calibration_inputs=len(calibration), reduce_range_used=reduce_range)
-    return OnnxVariant(name=config.name, steps=[step], source=dict(data.source), artifact=target)
+    # the float model it was quantized from: what gradient explanations of this variant run on
+    return OnnxVariant(name=config.name, steps=[step], source=dict(data.source), artifact=target, stand_in=clone(model).eval())
