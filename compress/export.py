@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import re
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -190,7 +189,9 @@ def export_onnx_step(model: nn.Module, config: ExportOnnxConfig, data: Compressi
                      progress: Callable[[str], None] = lambda message: None) -> OnnxVariant:
     """Export ``model`` to fp32 ONNX and return it as an ``OnnxVariant`` (the file lives in a temp folder until saved)."""
     progress(f"exporting {data.model_name} to ONNX (opset {config.opset})")
-    path = export_onnx(model, data.example_input(2), Path(tempfile.mkdtemp(prefix="slimlens-")) / f"{config.name}.onnx",
-                       opset=config.opset, exporter=config.exporter)
+    from compress.quantize.common import removed_with, step_folder
+
+    with step_folder() as folder:
+        path = export_onnx(model, data.example_input(2), folder / f"{config.name}.onnx", opset=config.opset, exporter=config.exporter)
     step = {"step": "export_onnx", **asdict(config), "exported_with": onnx_exporter(path)}
-    return OnnxVariant(name=config.name, steps=[step], source=dict(data.source), artifact=path)
+    return removed_with(OnnxVariant(name=config.name, steps=[step], source=dict(data.source), artifact=path), folder)

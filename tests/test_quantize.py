@@ -108,6 +108,24 @@ def test_dynamic_int8_of_a_generator_without_linear_layers_is_refused():
         quantize_dynamic(zoo.build("dcgan-g"), DynamicInt8Config(), data_for("dcgan-g"))
 
 
+def test_steps_called_directly_leave_no_temporary_files(cnn, tmp_path, monkeypatch):
+    import gc
+    import tempfile
+
+    model, data, _ = cnn
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(QuantizationError, match="found no MatMul/Gemm/LSTM"):  # a failed step removes its folder at once
+        quantize_dynamic_onnx(zoo.build("dcgan-g"), OrtDynamicInt8Config(), data_for("dcgan-g"))
+    assert list(tmp_path.iterdir()) == []
+    variant = quantize_static_onnx(model, StaticInt8Config(samples=8), data)
+    saved = variant.save(tmp_path / "kept")
+    assert variant.artifact.parent == tmp_path / "kept" and len(list(tmp_path.iterdir())) == 2  # kept/ and the step's folder
+    del variant
+    gc.collect()
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"]
+    assert load_variant(saved)(data.example_input(2)).shape == (2, 10)
+
+
 @pytest.mark.parametrize("settings, message", [
     ({"samples": 0}, "needs calibration inputs"),
     ({"calibration": "kl"}, "unknown calibration method"),

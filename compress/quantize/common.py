@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
+import shutil
 import tempfile
+import weakref
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import onnx
 from torch import nn
@@ -14,6 +17,7 @@ from torch import nn
 from compress.context import CompressionData
 from compress.export import export_onnx, onnx_exporter
 from compress.onnx_utils import cpu_has_vnni
+from compress.variant import Variant
 from zoo.errors import SlimlensError
 
 Progress = Callable[[str], None]
@@ -41,9 +45,25 @@ def step_record(name: str, config: Any, **extra: Any) -> dict[str, Any]:
     return {"step": name, **asdict(config), **extra}
 
 
-def workdir() -> Path:
-    """A fresh folder for a step's ONNX files; the variant's ``save`` copies them out."""
-    return Path(tempfile.mkdtemp(prefix="slimlens-"))
+@contextlib.contextmanager
+def step_folder() -> Iterator[Path]:
+    """A fresh folder for a step's ONNX files, removed if the step fails; hand it to ``removed_with`` on success."""
+    folder = Path(tempfile.mkdtemp(prefix="slimlens-"))
+    try:
+        yield folder
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def removed_with(variant: Variant, folder: Path) -> Variant:
+    """``variant``, with ``folder`` deleted once the variant is garbage-collected (or at exit).
+
+    A variant's ``save`` copies its artifact out, so the step's folder is only needed while the
+    variant lives; called directly (outside ``compress.run``) a step then leaves nothing behind.
+    """
+    weakref.finalize(variant, shutil.rmtree, str(folder), True)
+    return variant
 
 
 def export_fp32(model: nn.Module, data: CompressionData, opset: int, folder: Path) -> tuple[Path, dict[str, str]]:

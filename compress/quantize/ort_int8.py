@@ -18,8 +18,9 @@ from compress.quantize.common import (
     export_fp32,
     no_progress,
     resolve_reduce_range,
+    removed_with,
+    step_folder,
     step_record,
-    workdir,
 )
 from compress.steps import register_step
 from compress.variant import OnnxVariant
@@ -38,18 +39,19 @@ class OrtDynamicInt8Config:
 def quantize_dynamic_onnx(model: nn.Module, config: OrtDynamicInt8Config, data: CompressionData,
                           progress: Progress = no_progress) -> OnnxVariant:
     """Export to ONNX, then ``onnxruntime.quantization.quantize_dynamic``; refuses a model with nothing it can quantize."""
-    folder = workdir()
-    progress("exporting to ONNX for dynamic int8")
-    fp32, exporter = export_fp32(model, data, config.opset, folder)
-    progress("ONNX Runtime dynamic int8")
-    target = quantize_dynamic_file(fp32, folder / f"{config.name}.onnx", per_channel=config.per_channel)
-    if count_int8_initializers(target) == 0:
-        raise QuantizationError(
-            f"ONNX Runtime dynamic int8 found no MatMul/Gemm/LSTM weights in {data.model_name} (family {data.family}); "
-            "use quantize_static_onnx instead"
-        )
+    with step_folder() as folder:
+        progress("exporting to ONNX for dynamic int8")
+        fp32, exporter = export_fp32(model, data, config.opset, folder)
+        progress("ONNX Runtime dynamic int8")
+        target = quantize_dynamic_file(fp32, folder / f"{config.name}.onnx", per_channel=config.per_channel)
+        if count_int8_initializers(target) == 0:
+            raise QuantizationError(
+                f"ONNX Runtime dynamic int8 found no MatMul/Gemm/LSTM weights in {data.model_name} (family {data.family}); "
+                "use quantize_static_onnx instead"
+            )
     step = step_record("quantize_dynamic_onnx", config, backend="onnxruntime.quantization.quantize_dynamic", exported_with=exporter)
-    return OnnxVariant(name=config.name, steps=[step], source=dict(data.source), artifact=target, stand_in=clone(model).eval())
+    variant = OnnxVariant(name=config.name, steps=[step], source=dict(data.source), artifact=target, stand_in=clone(model).eval())
+    return removed_with(variant, folder)
 
 
 @dataclass(frozen=True)
@@ -102,16 +104,17 @@ def quantize_static_onnx(model: nn.Module, config: StaticInt8Config, data: Compr
     if len(calibration) == 0:
         raise QuantizationError(f"no calibration inputs for {data.model_name}: its training split is empty")
     reduce_range = resolve_reduce_range(config.reduce_range)
-    folder = workdir()
-    progress("exporting to ONNX for static int8")
-    fp32, exporter = export_fp32(model, data, config.opset, folder)
-    progress(f"calibrating static int8 ({config.calibration}, {len(calibration)} inputs)")
-    target = quantize_static_file(
-        fp32, folder / f"{config.name}.onnx", calibration, method=config.calibration, percentile=config.percentile,
-        per_channel=config.per_channel, activations=config.activations, weights=config.weights,
-        reduce_range=reduce_range,
-    )
+    with step_folder() as folder:
+        progress("exporting to ONNX for static int8")
+        fp32, exporter = export_fp32(model, data, config.opset, folder)
+        progress(f"calibrating static int8 ({config.calibration}, {len(calibration)} inputs)")
+        target = quantize_static_file(
+            fp32, folder / f"{config.name}.onnx", calibration, method=config.calibration, percentile=config.percentile,
+            per_channel=config.per_channel, activations=config.activations, weights=config.weights,
+            reduce_range=reduce_range,
+        )
     step = step_record("quantize_static_onnx", config, backend="onnxruntime.quantization.quantize_static (QDQ)",
                         exported_with=exporter, calibration_inputs=len(calibration), reduce_range_used=reduce_range)
     # the float model it was quantized from: what gradient explanations of this variant run on
-    return OnnxVariant(name=config.name, steps=[step], source=dict(data.source), artifact=target, stand_in=clone(model).eval())
+    variant = OnnxVariant(name=config.name, steps=[step], source=dict(data.source), artifact=target, stand_in=clone(model).eval())
+    return removed_with(variant, folder)

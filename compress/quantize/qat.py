@@ -18,8 +18,9 @@ from compress.quantize.common import (
     export_fp32,
     no_progress,
     resolve_reduce_range,
+    removed_with,
+    step_folder,
     step_record,
-    workdir,
 )
 from compress.quantize.ort_int8 import StaticInt8Config
 from compress.steps import register_step
@@ -151,24 +152,25 @@ def quantization_aware_training(model: nn.Module, config: QatConfig, data: Compr
     static = StaticInt8Config(calibration=config.calibration, samples=config.samples, reduce_range=reduce_range,
                               opset=config.opset, name=config.name)
     progress("QAT: exporting with the learned activation ranges")
-    folder = workdir()
-    fp32, exporter = export_fp32(deployed, data, config.opset, folder)
-    prepared = preprocess(fp32, folder / "prepared.onnx")
-    names = layer_input_names(prepared, [weight for weight, _ in ranges])
-    fixed: dict[str, tuple[float, float]] = {}
-    for name, (_, (low, high)) in zip(names, ranges):
-        if name is not None:  # a tensor read by two layers (a block input and its downsample) keeps both ranges
-            old = fixed.get(name, (low, high))
-            fixed[name] = (min(old[0], low), max(old[1], high))
-    target = quantize_static_file(
-        prepared, folder / f"{config.name}.onnx", data.inputs(config.samples), method=config.calibration,
-        per_channel=True, reduce_range=reduce_range, ranges=fixed, preprocessed=True,
-    )
+    with step_folder() as folder:
+        fp32, exporter = export_fp32(deployed, data, config.opset, folder)
+        prepared = preprocess(fp32, folder / "prepared.onnx")
+        names = layer_input_names(prepared, [weight for weight, _ in ranges])
+        fixed: dict[str, tuple[float, float]] = {}
+        for name, (_, (low, high)) in zip(names, ranges):
+            if name is not None:  # a tensor read by two layers (a block input and its downsample) keeps both ranges
+                old = fixed.get(name, (low, high))
+                fixed[name] = (min(old[0], low), max(old[1], high))
+        target = quantize_static_file(
+            prepared, folder / f"{config.name}.onnx", data.inputs(config.samples), method=config.calibration,
+            per_channel=True, reduce_range=reduce_range, ranges=fixed, preprocessed=True,
+        )
     deployed_as = step_record("quantize_static_onnx", static, backend="onnxruntime.quantization.quantize_static (QDQ)",
                               exported_with=exporter, calibration_inputs=config.samples, reduce_range_used=reduce_range)
     step = step_record("qat", config, deployed_as=deployed_as,
                        learned_input_ranges=f"{sum(n is not None for n in names)} of {len(ranges)} layers")
-    return OnnxVariant(name=config.name, steps=[step], source=dict(data.source), artifact=target, stand_in=deployed)
+    variant = OnnxVariant(name=config.name, steps=[step], source=dict(data.source), artifact=target, stand_in=deployed)
+    return removed_with(variant, folder)
 
 
 def _learned_ranges(model: nn.Module) -> list[tuple[Any, tuple[float, float]]]:
