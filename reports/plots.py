@@ -9,7 +9,9 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import ScalarFormatter
+from matplotlib.text import Text
+from matplotlib.transforms import Bbox
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from reports.pareto import pareto_front
 
@@ -36,22 +38,59 @@ def tradeoff(names: Sequence[str], costs: Sequence[float | None], metrics: Seque
     for i, (name, cost, metric) in enumerate(pts):
         ax.scatter(cost, metric, s=60, color=PALETTE[i % len(PALETTE)], zorder=3,
                    edgecolors="black" if front[i] else "none", linewidths=1.5)
-        # names beside the points: a reader should not have to match colours to a legend
-        ax.annotate(name, (cost, metric), xytext=(5, 4 + 8 * (i % 3)), textcoords="offset points", fontsize=7)  # staggered: equal metrics overlap
     line = sorted((p[1], p[2]) for p, on in zip(pts, front) if on)
     if len(line) > 1:
         ax.step([c for c, _ in line], [m for _, m in line], where="post", color="#444", lw=1, ls="--", zorder=2, label="Pareto front")
     costs_drawn = [p[1] for p in pts]
     if log_x and min(costs_drawn) > 0 and max(costs_drawn) / min(costs_drawn) > 4:  # log only when sizes span a range
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 1-2-5 ticks, plain numbers, no crowded minor labels
         ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.margins(x=0.15, y=0.2)
     ax.set_xlabel(cost_label)
     ax.set_ylabel(f"{metric_label} ({'higher' if higher_is_better else 'lower'} is better)")
     ax.grid(alpha=0.3)
     if len(line) > 1:
-        ax.legend(fontsize=7, loc="best", frameon=False)
+        ax.legend(fontsize=7, loc="lower right" if higher_is_better else "upper right", frameon=False)
+    # names beside the points (a reader should not have to match colours to a legend), placed so none overlap
+    _place_labels(fig, ax, [(name, cost, metric) for name, cost, metric in pts])
     return to_data_uri(fig)
+
+
+_OFFSETS = [(7, 3), (7, -11), (-7, 3), (-7, -11), (7, 13), (-7, 13), (7, -21), (-7, -21), (7, 23), (-7, 23),
+            (7, -31), (-7, -31), (7, 33), (-7, 33), (7, -41), (-7, -41), (7, 43), (-7, 43)]
+
+
+def _place_labels(fig: Figure, ax: Any, points: Sequence[tuple[str, float, float]]) -> None:
+    """Label each point at the first offset whose text stays inside the axes and overlaps no label or marker (greedy).
+
+    Labels pushed further than the four places around their point get a thin leader line, so a
+    reader still sees which point a name belongs to.
+    """
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    frame = ax.get_window_extent(renderer)
+    radius = 6 * fig.dpi / 72  # the markers, in pixels
+    taken = [Bbox.from_extents(x - radius, y - radius, x + radius, y + radius)
+             for x, y in (ax.transData.transform((c, m)) for _, c, m in points)]
+    boxes: list[Any] = []
+    for name, cost, metric in points:
+        chosen = None
+        for rank, (dx, dy) in enumerate(_OFFSETS):
+            leader = {"arrowprops": {"arrowstyle": "-", "color": "#999", "lw": 0.6, "shrinkA": 0, "shrinkB": 4}} if rank >= 4 else {}
+            label = ax.annotate(name, (cost, metric), xytext=(dx, dy), textcoords="offset points", fontsize=7,
+                                ha="left" if dx > 0 else "right", va="bottom", **leader)
+            label.update_positions(renderer)
+            box = Text.get_window_extent(label, renderer)  # the words only, not the leader line
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if inside and not any(box.overlaps(other) for other in boxes + taken):
+                chosen = label
+                break
+            label.remove()
+        if chosen is None:  # nowhere free: the first place, overlapping if it must
+            chosen = ax.annotate(name, (cost, metric), xytext=_OFFSETS[0], textcoords="offset points", fontsize=7)
+        chosen.update_positions(renderer)
+        boxes.append(Text.get_window_extent(chosen, renderer))
 
 
 def size_bars(names: Sequence[str], sizes: Sequence[int | None], gzip_sizes: Sequence[int | None]) -> str | None:
