@@ -365,6 +365,11 @@ def _run_into(out: Path, model: nn.Module, recipe: Recipe, data: CompressionData
         progress(f"[{index + 1}/{len(recipe.steps)}] {recipe_step.label} ({recipe_step.step})")
         start = time.perf_counter()
         search = None
+        if recipe_step.families is not None and data.family not in recipe_step.families:
+            reason = f"runs on {', '.join(recipe_step.families)} models only, not {data.family}"
+            progress(f"{recipe_step.label}: skipped ({reason})")
+            timings.append({"step": recipe_step.label, "seconds": 0.0, "skipped": reason})
+            continue
         try:
             if recipe_step.max_drop is not None:
                 output, config, search = _search(recipe_step, current, data, model, recorder.base_metrics, progress)

@@ -17,6 +17,7 @@ A recipe file::
     step = "distill"
     name = "pruned-distilled"     # optional: the variant's name (default: the step's own name for it)
     optional = true               # optional: if the step does not apply to the model, record why and go on
+    families = ["cnn", "gan"]     # optional: run only on models of these families, recorded as skipped on others
 
 Every mistake (unknown step, unknown setting, wrong type, value out of range) is one
 ``SlimlensError`` line naming the file, the step and the key.
@@ -36,7 +37,8 @@ from compress.steps import get_step, list_steps
 from zoo.errors import SlimlensError
 
 PRESETS_DIR = Path(__file__).parent / "presets"
-RESERVED = ("step", "name", "max_drop", "search", "optional")
+RESERVED = ("step", "name", "max_drop", "search", "optional", "families")
+FAMILIES = ("cnn", "lstm", "gan", "autoencoder", "mlp", "custom")
 # Strengths the accuracy-aware search tries when neither the recipe nor the config class names any (weakest first).
 DEFAULT_SEARCH = {
     "ratio": (0.3, 0.5, 0.6, 0.7, 0.8),
@@ -56,6 +58,7 @@ class RecipeStep:
     max_drop: float | None = None  # tolerated loss of the primary metric (points for accuracy-like metrics)
     search: tuple | None = None  # strength values to try, weakest first; the config class's defaults when None
     optional: bool = False  # a step that does not apply to the model (e.g. static int8 of an LSTM) is recorded and skipped
+    families: tuple[str, ...] | None = None  # run only on these model families; None: on every family
 
     @property
     def label(self) -> str:
@@ -69,6 +72,8 @@ class RecipeStep:
             out["name"] = self.name
         if self.optional:
             out["optional"] = True
+        if self.families is not None:
+            out["families"] = list(self.families)
         if self.max_drop is not None:
             out["max_drop"] = self.max_drop
             out["search"] = list(self.search_values())
@@ -219,7 +224,12 @@ def parse_step(table: Any, index: int, origin: str) -> RecipeStep:
     optional = table.get("optional", False)
     if not isinstance(optional, bool):
         raise SlimlensError(f"{where}: setting 'optional' must be true or false, got {optional!r}")
-    step = RecipeStep(name, config, label, max_drop, tuple(search) if search is not None else None, optional)
+    families = table.get("families")
+    if families is not None:
+        if not isinstance(families, list) or not families or any(f not in FAMILIES for f in families):
+            raise SlimlensError(f"{where}: families must be a list drawn from {', '.join(FAMILIES)}, got {families!r}")
+        families = tuple(families)
+    step = RecipeStep(name, config, label, max_drop, tuple(search) if search is not None else None, optional, families)
     if max_drop is not None:
         _check_search(step, config_class, typing.get_type_hints(config_class), where)
     return step

@@ -49,6 +49,7 @@ def test_recipe_resolves_defaults_and_round_trips():
         ('[sensitivity]\nratio = 0.5\n[[steps]]\nstep = "distill"\n', "sensitivity: unknown setting 'ratio'"),
         ('[[steps]]\nstep = "prune-unstructured"\nlayer_sparsity = [["head", 0.5, 1]]\n', "must be a list of 2 values"),
         ('[[steps]]\nstep = "prune-structured"\nratio = 1.5\n', "step 1 (prune-structured): ratio=1.5 is out of range"),
+        ('[[steps]]\nstep = "distill"\nfamilies = ["rnn"]\n', "families must be a list drawn from cnn, lstm"),
     ],
 )
 def test_recipe_errors_name_file_step_and_key(text, expected):
@@ -119,6 +120,15 @@ def test_terminal_variants_end_their_branch_and_optional_steps_skip(tmp_path: Pa
     skipped = variants.results["timings"]["steps"][1]
     assert "no zoo model named 'nonet'" in skipped["skipped"]
     assert load_variant(tmp_path / "variants" / "int8-dynamic.variant.json")(torch.rand(2, 1, 28, 28)).shape == (2, 1)
+
+
+def test_a_step_for_other_families_is_skipped_before_any_work(tmp_path: Path):
+    recipe = [{"step": "quantize_static_onnx", "families": ["cnn"]}, {"step": "quantize_dynamic_onnx", "families": ["mlp"]}]
+    variants = run("simplenet", recipe, out_dir=tmp_path, export=False)
+    assert [v["name"] for v in variants.results["variants"]] == ["original", "int8-dynamic-onnx"]
+    skipped = variants.results["timings"]["steps"][0]
+    assert skipped["skipped"] == "runs on cnn models only, not mlp" and skipped["seconds"] == 0.0
+    assert variants.results["recipe"]["steps"][0]["families"] == ["cnn"]
 
 
 def test_a_failing_step_names_itself():
