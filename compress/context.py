@@ -6,6 +6,7 @@ A step function reads its calibration inputs, fine-tuning batches and the evalua
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -35,6 +36,27 @@ class CompressionData:
     source: dict[str, Any] = field(default_factory=dict)  # how a TorchVariant rebuilds the architecture
     data_root: str | None = None
     seed: int = 0
+    clip_grad_norm: float | None = None  # gradient-norm clipping the model was trained with (LSTMs); fine-tuning keeps it
+
+    @property
+    def matches_original(self) -> bool:
+        """Whether fine-tuning targets the original model's outputs: a generator or discriminator has no labels of its own."""
+        return self.task in ("generation", "discrimination")
+
+    @property
+    def _opponent_name(self) -> str | None:
+        return zoo.spec(self.source["zoo"]).trained_with if self.source.get("zoo") and self.task == "discrimination" else None
+
+    @functools.cached_property
+    def _opponent(self) -> torch.nn.Module | None:
+        return zoo.load(self._opponent_name).eval() if self._opponent_name else None
+
+    def generated(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """``n`` images from the generator a discriminator was trained against (what it must tell from real ones)."""
+        if self._opponent is None:
+            raise SlimlensError(f"{self.model_name} has no generator it was trained against")
+        with torch.no_grad():
+            return self._opponent(torch.randn(n, zoo.spec(self._opponent_name).input_shape[0], generator=gen))
 
     def evaluate(self, forward: Forward, reference: Forward | None = None) -> dict:
         """Task metrics of ``forward`` on the test split (``reference`` is the original, for GAN fidelity)."""
@@ -75,7 +97,7 @@ def data_for(model_name: str, data: str | None = None, data_root: str | Path | N
             model_name=model_name, task=spec.task, family=spec.family,
             train=zoo.dataset(dataset_name, "train", root=root), test=zoo.dataset(dataset_name, "test", root=root),
             primary_metric=spec.primary_metric, higher_is_better=spec.higher_is_better, input_shape=spec.input_shape,
-            source={"zoo": model_name}, data_root=root, seed=seed,
+            source={"zoo": model_name}, data_root=root, seed=seed, clip_grad_norm=spec.recipe.extra.get("clip_grad_norm"),
         )
     if data is None:
         raise SlimlensError(f"{model_name} is not a zoo model: name the dataset it was trained on with --data (mnist or mnist-ge5)")

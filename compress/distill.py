@@ -213,7 +213,7 @@ def distill(model: nn.Module, config: DistillConfig, data: CompressionData, prog
         student_feats.remove()
         teacher_feats.remove()
     # The baseline sees the teacher's outputs only where the task itself needs them (a generator's targets).
-    finetune(alone, data, teacher=teacher if data.task == "generation" else None,
+    finetune(alone, data, teacher=teacher if data.matches_original else None,
              progress=lambda m: progress(f"distill (student alone): {m}"), **budget)
     return {
         "student": TorchVariant(name="student", source=source, module=student.eval()),

@@ -18,7 +18,7 @@ LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 def task_loss(data: CompressionData, outputs: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor,
               teacher_outputs: torch.Tensor | None = None) -> torch.Tensor:
-    """The training loss of the task: CE, BCE, reconstruction MSE, or (for a generator) MSE to the original's output."""
+    """The training loss of the task: CE, BCE, reconstruction MSE, or (generator, discriminator) MSE to the original's output."""
     if data.task == "classification":
         return F.cross_entropy(outputs, labels)
     if data.task == "binary-classification":
@@ -27,7 +27,7 @@ def task_loss(data: CompressionData, outputs: torch.Tensor, inputs: torch.Tensor
         return F.mse_loss(outputs, inputs)
     if teacher_outputs is None:
         raise ValueError(f"fine-tuning a {data.task} model needs the original model as teacher")
-    return F.mse_loss(outputs, teacher_outputs)
+    return F.mse_loss(outputs, teacher_outputs)  # a generator's images, a discriminator's logits
 
 
 def finetune(
@@ -47,7 +47,8 @@ def finetune(
     ``teacher`` (the original model) supplies targets for generators and for ``loss_fn``;
     ``loss_fn(outputs, inputs, labels, teacher_outputs)`` replaces the task loss (distillation);
     ``after_step(model)`` runs after every optimiser step (pruning re-applies its masks there).
-    A generator trains on fresh latent vectors, 4,000 per epoch, to match its original.
+    A generator trains on fresh latent vectors, 4,000 per epoch, to match its original. Gradients are
+    clipped as the model's own training recipe clipped them (``data.clip_grad_norm``).
     """
     gen = torch.Generator().manual_seed(data.seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -72,6 +73,9 @@ def finetune(
                 inputs = data.train.images[idx]
                 if augment and data.task in ("classification", "binary-classification"):
                     inputs = random_affine(inputs, gen)
+                if data.task == "discrimination":  # what a discriminator judges: real digits and its generator's
+                    half = len(idx) // 2
+                    inputs = torch.cat([inputs[:half], data.generated(len(idx) - half, gen)])
             teacher_out = None
             if teacher is not None:
                 with torch.no_grad():
@@ -83,6 +87,8 @@ def finetune(
                 loss = task_loss(data, outputs, inputs, labels, teacher_out)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if data.clip_grad_norm:
+                nn.utils.clip_grad_norm_(params, data.clip_grad_norm)
             opt.step()
             sched.step()
             if after_step is not None:

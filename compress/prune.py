@@ -54,8 +54,8 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
 
 
 def _teacher(model: nn.Module, data: CompressionData, original: nn.Module | None) -> nn.Module | None:
-    """A generator has no labels: it fine-tunes to match the original G (the recipe's first model when chained)."""
-    return (original if original is not None else model).eval() if data.task == "generation" else None
+    """A generator or discriminator has no labels: it fine-tunes to match the original (the recipe's first model when chained)."""
+    return (original if original is not None else model).eval() if data.matches_original else None
 
 
 # ---------------------------------------------------------------- structured (channel) pruning

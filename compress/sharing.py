@@ -107,7 +107,7 @@ def share_weights(model: nn.Module, config: WeightSharingConfig, data: Compressi
             weight.requires_grad_(False)
     progress(f"weight sharing: {len(targets)} layers clustered")
     if config.epochs > 0:
-        teacher = (original if original is not None else model).eval() if data.task == "generation" else None
+        teacher = (original if original is not None else model).eval() if data.matches_original else None
         finetune(shared, data, config.epochs, lr=config.lr, teacher=teacher, progress=progress)
     for module, name in targets:
         if parametrize.is_parametrized(module, name):

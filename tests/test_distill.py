@@ -45,3 +45,20 @@ def test_slimmer_architectures_for_resnet_and_lstm():
     assert shape == {"widths": [8, 16, 32]} and _params(ResNetMNIST()) / _params(resnet) > 10
     lstm, shape = slimmer(RowLSTM(), 0.25, torch.rand(2, 1, 28, 28))
     assert shape == {"hidden": 32} and lstm(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_a_discriminator_is_pruned_and_distilled_against_its_original():
+    # no labels of its own: both students learn the original's logits on real digits and its generator's
+    data = data_for("dcgan-d")
+    assert data.matches_original and data.generated(4, torch.Generator().manual_seed(0)).shape == (4, 1, 28, 28)
+    out = distill(zoo.load("dcgan-d"), DistillConfig(width=0.5, epochs=0.05), data)
+    assert out["student"](data.example_input(3)).shape == out["alone"](data.example_input(3)).shape == (3, 1)
+    from compress.prune import PruneStructuredConfig, prune_structured
+
+    pruned = prune_structured(zoo.load("dcgan-d"), PruneStructuredConfig(ratio=0.5, steps=1, epochs=0.05), data)
+    assert data.evaluate(pruned)["accuracy"] > 0.4
+
+
+def test_fine_tuning_clips_gradients_as_the_model_was_trained():
+    assert data_for("seed-lstm").clip_grad_norm == zoo.spec("seed-lstm").recipe.extra["clip_grad_norm"] == 1.0
+    assert data_for("resnet-mnist").clip_grad_norm is None

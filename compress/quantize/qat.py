@@ -145,7 +145,7 @@ def quantization_aware_training(model: nn.Module, config: QatConfig, data: Compr
     qmax = 64 if reduce_range else 127  # ONNX Runtime's symmetric weight range, 7-bit when reduced
     handles = _attach_fake_quant(work, qmax)
     progress(f"QAT: fine-tuning {config.epochs} epoch(s) under int8 fake quantization")
-    teacher = model if data.task == "generation" else None  # a generator learns to match its original
+    teacher = model if data.matches_original else None  # a generator or discriminator learns to match its original
     finetune(work, data, config.epochs, lr=config.lr, teacher=teacher, progress=progress)
     ranges = _learned_ranges(work)
     deployed = _detach_fake_quant(work, handles)
