@@ -68,7 +68,7 @@ def edge_rows(run: compress.RunResult, threads: int) -> list[Row]:
     speed = {name: statistics.median(r[name] for r in rounds) for name in names}
     vs_eager, vs_ort = speed[final["name"]] / speed["original"], speed[final["name"]] / speed["original-onnx"]
     drop = _points(final, v["original"])
-    per_s = ", ".join(f"{n} {s:,.0f}/s" for n, s in speed.items())
+    per_s = ", ".join(f"{n} {speed[n]:,.0f}/s [{min(r[n] for r in rounds):,.0f}-{max(r[n] for r in rounds):,.0f}]" for n in names)
     return [("edge", "resnet-mnist", f"throughput b8 {threads} threads vs PyTorch eager fp32 ({per_s})", ">= 10x", f"{vs_eager:.1f}x", vs_eager >= 10),
             ("edge", "resnet-mnist", "throughput b8 vs ONNX Runtime fp32", ">= 3x", f"{vs_ort:.1f}x", vs_ort >= 3),
             ("edge", "resnet-mnist", f"accuracy drop ({final['name']})", "<= 1 pt", f"{drop:+.2f} pt", drop <= 1)]
