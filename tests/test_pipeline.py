@@ -131,6 +131,15 @@ def test_a_step_for_other_families_is_skipped_before_any_work(tmp_path: Path):
     assert variants.results["recipe"]["steps"][0]["families"] == ["cnn"]
 
 
+def test_edge_picks_the_steps_that_fit_each_family():
+    edge = load_recipe("edge")
+    runs_on = lambda family: [s.step for s in edge.steps if s.families is None or family in s.families]  # noqa: E731
+    assert runs_on("cnn") == ["prune-structured", "distill", "quantize_static_onnx"]
+    assert runs_on("lstm") == ["prune-structured", "distill", "quantize_dynamic_onnx"]
+    cnn_prune, lstm_prune = (s.config for s in edge.steps if s.step == "prune-structured")
+    assert (cnn_prune.round_to, lstm_prune.ratio) == (8, 0.5)
+
+
 def test_a_failing_step_names_itself():
     with pytest.raises(SlimlensError, match=r"step 1 \(distill\): no zoo model named 'nonet'"):
         run("simplenet", [{"step": "distill", "student": "nonet"}], export=False)
