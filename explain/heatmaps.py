@@ -246,7 +246,7 @@ def drift_figure(images: torch.Tensor, original: torch.Tensor, variant: torch.Te
         draw_map(axes[row, 2], img, b, vmax=1.0, signed=signed)
         diff_artist = draw_map(axes[row, 3], img, b - a, vmax=1.0, signed=True)
         axes[row, 3].text(0.5, 0.03, f"max |diff| {np.abs(b - a).max():.2f}", transform=axes[row, 3].transAxes, ha="center", va="bottom", fontsize=6, color="0.25")
-    for col, title in enumerate(("input", names[0], names[1], f"{names[1]} - {names[0]}")):
+    for col, title in enumerate(("input", names[0], names[1], f"difference\n({names[1].split(chr(10))[0]} - {names[0]})")):
         axes[0, col].set_title(title, fontsize=8)
     bar = fig.colorbar(diff_artist, ax=axes[:, 1:].ravel().tolist(), orientation="horizontal", fraction=0.6 / (n + 3), aspect=30)
     bar.ax.tick_params(labelsize=6)

@@ -377,7 +377,8 @@ def _drift(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: 
         worst = [item["position"] for item in compared["most_drifting"]]
         figure = f"drift_{method.replace(':', '-')}.png"
         files[figure] = heatmaps.png_bytes(
-            heatmaps.drift_figure(x[worst], original[worst], changed[worst], labels=[f"{plan.sources[i]}\nSpearman {compared['per_sample']['spearman'][i]:.2f}" for i in worst], names=("original", name))
+            heatmaps.drift_figure(x[worst], original[worst], changed[worst], labels=[f"{plan.sources[i]}\nSpearman {compared['per_sample']['spearman'][i]:.2f}" for i in worst],
+                                  names=("original", f"{name}\n(float stand-in)" if note else name))
         )
         a = trust.deletion_insertion(plan.model, x, original, target, output=output_kind)
         b = trust.deletion_insertion(variant, x, changed, target, output=output_kind)
