@@ -25,7 +25,7 @@ from torch import nn
 
 from compress.context import CompressionData
 from compress.steps import register_step
-from compress.variant import OnnxVariant
+from compress.variant import OnnxVariant, removed_with, step_folder
 from zoo import metrics
 from zoo.errors import SlimlensError
 
@@ -189,8 +189,6 @@ def export_onnx_step(model: nn.Module, config: ExportOnnxConfig, data: Compressi
                      progress: Callable[[str], None] = lambda message: None) -> OnnxVariant:
     """Export ``model`` to fp32 ONNX and return it as an ``OnnxVariant`` (the file lives in a temp folder until saved)."""
     progress(f"exporting {data.model_name} to ONNX (opset {config.opset})")
-    from compress.quantize.common import removed_with, step_folder
-
     with step_folder() as folder:
         path = export_onnx(model, data.example_input(2), folder / f"{config.name}.onnx", opset=config.opset, exporter=config.exporter)
     step = {"step": "export_onnx", **asdict(config), "exported_with": onnx_exporter(path)}

@@ -17,10 +17,14 @@ is expected (``zoo.evaluate(name, forward=variant)`` for one).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import tempfile
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -140,6 +144,27 @@ class OnnxVariant(Variant):
             return {}
         path = directory / f"{self.name}.stand-in.safetensors"
         return {"stand_in": path.name, "stand_in_sha256": save_state_dict(self.stand_in, path)}
+
+
+@contextlib.contextmanager
+def step_folder() -> Iterator[Path]:
+    """A fresh folder for a step's ONNX files, removed if the step fails; hand it to ``removed_with`` on success."""
+    folder = Path(tempfile.mkdtemp(prefix="slimlens-"))
+    try:
+        yield folder
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def removed_with(variant: Variant, folder: Path) -> Variant:
+    """``variant``, with ``folder`` deleted once the variant is garbage-collected (or at exit).
+
+    A variant's ``save`` copies its artifact out, so the step's folder is only needed while the
+    variant lives; called directly (outside ``compress.run``) a step then leaves nothing behind.
+    """
+    weakref.finalize(variant, shutil.rmtree, str(folder), True)
+    return variant
 
 
 def _rebuild_module(source: dict[str, Any]) -> nn.Module:

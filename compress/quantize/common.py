@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import platform
-import shutil
-import tempfile
-import weakref
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import onnx
 from torch import nn
@@ -17,7 +13,6 @@ from torch import nn
 from compress.context import CompressionData
 from compress.export import export_onnx, onnx_exporter
 from compress.onnx_utils import cpu_has_vnni
-from compress.variant import Variant
 from zoo.errors import SlimlensError
 
 Progress = Callable[[str], None]
@@ -27,6 +22,13 @@ STATIC_FAMILIES = ("cnn", "gan", "mlp", "autoencoder", "custom")
 
 class QuantizationError(SlimlensError):
     """A quantization step does not apply to this model, or its settings are invalid."""
+
+
+def require_static_family(data: CompressionData, what: str, reason: str) -> None:
+    """Refuse, in one line naming the way out, a static-int8 technique on a family it cannot quantize (LSTM)."""
+    if data.family not in STATIC_FAMILIES:
+        raise QuantizationError(f"{what} does not apply to {data.model_name} (family {data.family}): {reason}; "
+                                "use quantize_dynamic or quantize_dynamic_onnx instead")
 
 
 def no_progress(message: str) -> None:
@@ -45,25 +47,6 @@ def step_record(name: str, config: Any, **extra: Any) -> dict[str, Any]:
     return {"step": name, **asdict(config), **extra}
 
 
-@contextlib.contextmanager
-def step_folder() -> Iterator[Path]:
-    """A fresh folder for a step's ONNX files, removed if the step fails; hand it to ``removed_with`` on success."""
-    folder = Path(tempfile.mkdtemp(prefix="slimlens-"))
-    try:
-        yield folder
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-
-
-def removed_with(variant: Variant, folder: Path) -> Variant:
-    """``variant``, with ``folder`` deleted once the variant is garbage-collected (or at exit).
-
-    A variant's ``save`` copies its artifact out, so the step's folder is only needed while the
-    variant lives; called directly (outside ``compress.run``) a step then leaves nothing behind.
-    """
-    weakref.finalize(variant, shutil.rmtree, str(folder), True)
-    return variant
 
 
 def export_fp32(model: nn.Module, data: CompressionData, opset: int, folder: Path) -> tuple[Path, dict[str, str]]:

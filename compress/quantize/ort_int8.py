@@ -3,27 +3,32 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import nn
 
 from compress.context import CompressionData
 from compress.finetune import clone
-from compress.onnx_utils import CALIBRATION_METHODS, QUANT_TYPES, quantize_dynamic_file, quantize_static_file
+from compress.onnx_utils import (
+    CALIBRATION_METHODS,
+    QUANT_TYPES,
+    layer_input_names,
+    preprocess,
+    quantize_dynamic_file,
+    quantize_static_file,
+)
 from compress.quantize.common import (
-    STATIC_FAMILIES,
     Progress,
     QuantizationError,
     count_int8_initializers,
     export_fp32,
     no_progress,
+    require_static_family,
     resolve_reduce_range,
-    removed_with,
-    step_folder,
     step_record,
 )
 from compress.steps import register_step
-from compress.variant import OnnxVariant
+from compress.variant import OnnxVariant, removed_with, step_folder
 
 
 @dataclass(frozen=True)
@@ -93,13 +98,14 @@ class StaticInt8Config:
 
 @register_step("quantize_static_onnx", StaticInt8Config)
 def quantize_static_onnx(model: nn.Module, config: StaticInt8Config, data: CompressionData,
-                         progress: Progress = no_progress) -> OnnxVariant:
-    """Export to ONNX, pre-process, calibrate on ``config.samples`` training inputs and quantize to int8 QDQ."""
-    if data.family not in STATIC_FAMILIES:
-        raise QuantizationError(
-            f"static int8 does not apply to {data.model_name} (family {data.family}): ONNX Runtime cannot calibrate "
-            "the LSTM op; use quantize_dynamic or quantize_dynamic_onnx instead"
-        )
+                         progress: Progress = no_progress, layer_ranges: list[tuple[Any, tuple[float, float]]] = (),
+                         stand_in: nn.Module | None = None) -> OnnxVariant:
+    """Export to ONNX, pre-process, calibrate on ``config.samples`` training inputs and quantize to int8 QDQ.
+
+    ``layer_ranges`` (weight array, input (min, max)) fixes the input range of the layer holding each
+    weight instead of calibrating it (QAT's learned ranges); ``stand_in`` replaces the float copy of ``model``.
+    """
+    require_static_family(data, "static int8", "ONNX Runtime cannot calibrate the LSTM op")
     calibration = data.inputs(config.samples)
     if len(calibration) == 0:
         raise QuantizationError(f"no calibration inputs for {data.model_name}: its training split is empty")
@@ -107,14 +113,23 @@ def quantize_static_onnx(model: nn.Module, config: StaticInt8Config, data: Compr
     with step_folder() as folder:
         progress("exporting to ONNX for static int8")
         fp32, exporter = export_fp32(model, data, config.opset, folder)
+        prepared = preprocess(fp32, folder / "prepared.onnx")
+        names = layer_input_names(prepared, [weight for weight, _ in layer_ranges])
+        fixed: dict[str, tuple[float, float]] = {}
+        for name, (_, (low, high)) in zip(names, layer_ranges):
+            if name is not None:  # a tensor read by two layers (a block input and its downsample) keeps both ranges
+                old = fixed.get(name, (low, high))
+                fixed[name] = (min(old[0], low), max(old[1], high))
         progress(f"calibrating static int8 ({config.calibration}, {len(calibration)} inputs)")
         target = quantize_static_file(
-            fp32, folder / f"{config.name}.onnx", calibration, method=config.calibration, percentile=config.percentile,
+            prepared, folder / f"{config.name}.onnx", calibration, method=config.calibration, percentile=config.percentile,
             per_channel=config.per_channel, activations=config.activations, weights=config.weights,
-            reduce_range=reduce_range,
+            reduce_range=reduce_range, ranges=fixed, preprocessed=True,
         )
+    extra = {"fixed_input_ranges": f"{sum(n is not None for n in names)} of {len(layer_ranges)} layers"} if layer_ranges else {}
     step = step_record("quantize_static_onnx", config, backend="onnxruntime.quantization.quantize_static (QDQ)",
-                        exported_with=exporter, calibration_inputs=len(calibration), reduce_range_used=reduce_range)
+                        exported_with=exporter, calibration_inputs=len(calibration), reduce_range_used=reduce_range, **extra)
     # the float model it was quantized from: what gradient explanations of this variant run on
-    variant = OnnxVariant(name=config.name, steps=[step], source=dict(data.source), artifact=target, stand_in=clone(model).eval())
+    float_model = stand_in if stand_in is not None else clone(model).eval()
+    variant = OnnxVariant(name=config.name, steps=[step], source=dict(data.source), artifact=target, stand_in=float_model)
     return removed_with(variant, folder)

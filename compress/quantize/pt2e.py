@@ -13,7 +13,7 @@ from torch import nn
 
 from compress.context import CompressionData
 from compress.finetune import clone
-from compress.quantize.common import STATIC_FAMILIES, Progress, QuantizationError, no_progress, step_record
+from compress.quantize.common import Progress, QuantizationError, no_progress, require_static_family, step_record
 from compress.steps import register_step
 from compress.variant import TorchVariant
 
@@ -131,11 +131,7 @@ def load_pt2e_variant(meta: dict[str, Any], common: dict[str, Any]) -> Pt2eVaria
 def quantize_pt2e(model: nn.Module, config: Pt2eInt8Config, data: CompressionData,
                   progress: Progress = no_progress) -> Pt2eVariant:
     """torch.export → prepare_pt2e(X86InductorQuantizer) → calibrate → convert_pt2e → torch.compile (needs torchao)."""
-    if data.family not in STATIC_FAMILIES:
-        raise QuantizationError(
-            f"PT2E static int8 does not apply to {data.model_name} (family {data.family}): X86InductorQuantizer "
-            "does not quantize LSTM; use quantize_dynamic or quantize_dynamic_onnx instead"
-        )
+    require_static_family(data, "PT2E static int8", "X86InductorQuantizer does not quantize LSTM")
     try:
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e

@@ -10,19 +10,15 @@ from torch import nn
 
 from compress.context import CompressionData
 from compress.finetune import clone, finetune
-from compress.onnx_utils import layer_input_names, preprocess, quantize_static_file
 from compress.quantize.common import (
-    STATIC_FAMILIES,
     Progress,
     QuantizationError,
-    export_fp32,
     no_progress,
+    require_static_family,
     resolve_reduce_range,
-    removed_with,
-    step_folder,
     step_record,
 )
-from compress.quantize.ort_int8 import StaticInt8Config
+from compress.quantize.ort_int8 import StaticInt8Config, quantize_static_onnx
 from compress.steps import register_step
 from compress.variant import OnnxVariant
 
@@ -133,11 +129,7 @@ def _detach_fake_quant(model: nn.Module, handles: list[Any]) -> nn.Module:
 def quantization_aware_training(model: nn.Module, config: QatConfig, data: CompressionData,
                                 progress: Progress = no_progress) -> OnnxVariant:
     """Fine-tune ``model`` under int8 fake quantization, then export it as a calibrated static int8 QDQ ONNX file."""
-    if data.family not in STATIC_FAMILIES:
-        raise QuantizationError(
-            f"QAT does not apply to {data.model_name} (family {data.family}): its int8 deployment is ONNX Runtime "
-            "static int8, which cannot calibrate the LSTM op; use quantize_dynamic or quantize_dynamic_onnx instead"
-        )
+    require_static_family(data, "QAT", "its int8 deployment is ONNX Runtime static int8, which cannot calibrate the LSTM op")
     work = _fold_batchnorm(clone(model).eval())
     if work is model:
         work = clone(model)
@@ -152,25 +144,10 @@ def quantization_aware_training(model: nn.Module, config: QatConfig, data: Compr
     static = StaticInt8Config(calibration=config.calibration, samples=config.samples, reduce_range=reduce_range,
                               opset=config.opset, name=config.name)
     progress("QAT: exporting with the learned activation ranges")
-    with step_folder() as folder:
-        fp32, exporter = export_fp32(deployed, data, config.opset, folder)
-        prepared = preprocess(fp32, folder / "prepared.onnx")
-        names = layer_input_names(prepared, [weight for weight, _ in ranges])
-        fixed: dict[str, tuple[float, float]] = {}
-        for name, (_, (low, high)) in zip(names, ranges):
-            if name is not None:  # a tensor read by two layers (a block input and its downsample) keeps both ranges
-                old = fixed.get(name, (low, high))
-                fixed[name] = (min(old[0], low), max(old[1], high))
-        target = quantize_static_file(
-            prepared, folder / f"{config.name}.onnx", data.inputs(config.samples), method=config.calibration,
-            per_channel=True, reduce_range=reduce_range, ranges=fixed, preprocessed=True,
-        )
-    deployed_as = step_record("quantize_static_onnx", static, backend="onnxruntime.quantization.quantize_static (QDQ)",
-                              exported_with=exporter, calibration_inputs=config.samples, reduce_range_used=reduce_range)
-    step = step_record("qat", config, deployed_as=deployed_as,
-                       learned_input_ranges=f"{sum(n is not None for n in names)} of {len(ranges)} layers")
-    variant = OnnxVariant(name=config.name, steps=[step], source=dict(data.source), artifact=target, stand_in=deployed)
-    return removed_with(variant, folder)
+    variant = quantize_static_onnx(deployed, static, data, progress, layer_ranges=ranges, stand_in=deployed)
+    deployed_as = variant.steps[0]
+    variant.steps = [step_record("qat", config, deployed_as=deployed_as, learned_input_ranges=deployed_as.pop("fixed_input_ranges"))]
+    return variant
 
 
 def _learned_ranges(model: nn.Module) -> list[tuple[Any, tuple[float, float]]]:
