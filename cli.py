@@ -104,7 +104,6 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
 
 def cmd_zoo_samples(args: argparse.Namespace) -> int:
     """Write a PNG grid of a generator's samples."""
-    import zoo
     from zoo.samples import save_sample_grid
 
     path = save_sample_grid(args.name, Path(args.out), n=args.n, seed=args.seed, weights_root=args.weights_root)
