@@ -190,9 +190,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
             cfg = reports.TimingConfig(compile=False)
             x = timing_inputs(data.source.get("zoo"), cfg.batch, data.input_shape)
-            for variant, entry in zip(variants, results["variants"]):
-                _say(args, f"latency: {variant.name}")
-                entry["latency"] = reports.latency(variant, x[:1].clone(), x, ["cpu"], cfg)
+            timed = reports.latencies(list(variants), x[:1].clone(), x, ["cpu"], cfg, progress=lambda m: _say(args, m))
+            for entry, figures in zip(results["variants"], timed):
+                entry["latency"] = figures
             results["timing"] = cfg.how()
         write_results(results, staged / "results.json")
         if args.report:

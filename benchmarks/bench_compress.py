@@ -4,8 +4,9 @@
     .venv/bin/python benchmarks/bench_compress.py --only edge      # one preset
     .venv/bin/python benchmarks/bench_compress.py --keep runs/     # keep every run folder (results.json, variants)
 
-Speed figures come from ``reports.latency`` (warm-up, then single calls timed until a minimum count
-and time; medians), the same test images for every variant, batch 8, with the thread count fixed.
+Speed figures come from ``reports.latencies`` (warm-up, then single calls timed until a minimum count
+and time, in three rounds that interleave the variants; medians), the same test images for every
+variant, batch 8, with the thread count fixed.
 The machine, its load and the library versions are printed above the table: figures taken on a
 shared, loaded machine say so.
 """
@@ -52,23 +53,21 @@ def deep_compression_rows(run: compress.RunResult, threads: int) -> list[Row]:
             ("deep-compression", "lenet5", "accuracy drop", "<= 0.5 pt", f"{drop:+.2f} pt", drop <= 0.5)]
 
 
-def _throughput(variant: compress.Variant, x: torch.Tensor, threads: int) -> float:
-    cfg = reports.TimingConfig(batch=len(x), threads=threads, compile=False, min_seconds=2.0, min_repetitions=100)
-    return reports.latency(variant, x[:1].clone(), x, ["cpu"], cfg, memory=False)["cpu"]["throughput_per_s"]
-
-
 def edge_rows(run: compress.RunResult, threads: int) -> list[Row]:
     v = _by_name(run.results)
     final = next(e for e in reversed(run.results["variants"]) if e["steps"] and e["steps"][-1]["step"] == "quantize_static_onnx")
     x = timing_inputs("resnet-mnist", 8)
     names = ("original", "original-onnx", final["name"])
-    # Three interleaved rounds, median per variant: a slow spell on the machine then hits every
-    # variant alike instead of whichever happened to be timed during it.
-    rounds = [{name: _throughput(run.variant(name), x, threads) for name in names} for _ in range(3)]
-    speed = {name: statistics.median(r[name] for r in rounds) for name in names}
+    # reports.latencies interleaves the three variants in rounds (median per variant over them), as a
+    # run's own report does, so a slow spell on the machine hits every variant alike; 2 s per round.
+    cfg = reports.TimingConfig(batch=len(x), threads=threads, compile=False, rounds=3, min_seconds=6.0, min_repetitions=300)
+    timed = reports.latencies([run.variant(n) for n in names], x[:1].clone(), x, ["cpu"], cfg, memory=False)
+    cpu = {name: t["cpu"] for name, t in zip(names, timed)}
+    speed = {name: cpu[name]["throughput_per_s"] for name in names}
     vs_eager, vs_ort = speed[final["name"]] / speed["original"], speed[final["name"]] / speed["original-onnx"]
     drop = _points(final, v["original"])
-    per_s = ", ".join(f"{n} {speed[n]:,.0f}/s [{min(r[n] for r in rounds):,.0f}-{max(r[n] for r in rounds):,.0f}]" for n in names)
+    per_s = ", ".join(f"{n} {speed[n]:,.0f}/s [{min(cpu[n]['throughput_per_s_by_round']):,.0f}-{max(cpu[n]['throughput_per_s_by_round']):,.0f}]"
+                      for n in names)
     return [("edge", "resnet-mnist", f"throughput b8 {threads} threads vs PyTorch eager fp32 ({per_s})", ">= 10x", f"{vs_eager:.1f}x", vs_eager >= 10),
             ("edge", "resnet-mnist", "throughput b8 vs ONNX Runtime fp32", ">= 3x", f"{vs_ort:.1f}x", vs_ort >= 3),
             ("edge", "resnet-mnist", f"accuracy drop ({final['name']})", "<= 1 pt", f"{drop:+.2f} pt", drop <= 1)]

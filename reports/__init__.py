@@ -17,7 +17,7 @@ from reports.results import SCHEMA, read_results, write_results
 # Functions named like their modules (bench, latency, render) are bound last, so that the package
 # attribute is the function, not the submodule.
 from reports.bench import bench  # noqa: E402
-from reports.measure import latency, measure, parse_devices  # noqa: E402
+from reports.measure import latencies, latency, measure, parse_devices  # noqa: E402
 from reports.render import render  # noqa: E402
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "SCHEMA",
     "TimingConfig",
     "bench",
+    "latencies",
     "latency",
     "measure",
     "parse_devices",

@@ -4,13 +4,20 @@ Each call is timed on its own with ``time.perf_counter_ns`` (after ``torch.cuda.
 GPU) rather than with ``torch.utils.benchmark``'s blocked timing, because the p90 needs the
 distribution of single calls, not block means. Repetitions continue until both a minimum count and a
 minimum time are reached, so a fast model gets many more samples than a slow one.
+
+The main CPU figures of a set of variants are taken in interleaved rounds (every variant once per
+round, ``rounds`` times) and each figure is the median over the rounds. On a shared or virtual
+machine, throughput drifts by tens of percent over seconds; timed one after another, whichever
+variant ran in a slow spell looked slow, and ratios between variants moved with it.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
+import statistics
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,8 +40,21 @@ class TimingConfig:
     warmup: int = 10  # untimed calls first: lazy initialisation, allocator and kernel caches settle
     min_repetitions: int = 30
     max_repetitions: int = 2000
-    min_seconds: float = 0.5  # per measured shape: keep sampling until this much time has passed
+    min_seconds: float = 0.5  # per measured shape: keep sampling until this much time has passed (over all rounds)
     compile: bool = True  # also time torch.compile (costs tens of seconds of compilation per variant)
+    rounds: int = 3  # interleaved rounds of the main CPU figures; repetitions and seconds are split between them
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be at least 1, got {self.rounds}")
+
+    def per_round(self) -> TimingConfig:
+        """The settings of one round: the repetitions and seconds split evenly between the rounds."""
+        return dataclasses.replace(
+            self, rounds=1, min_seconds=self.min_seconds / self.rounds,
+            min_repetitions=max(1, math.ceil(self.min_repetitions / self.rounds)),
+            max_repetitions=max(1, math.ceil(self.max_repetitions / self.rounds)),
+        )
 
     def how(self) -> dict[str, Any]:
         """The settings as they go into results.json."""
@@ -121,8 +141,54 @@ def _with_how(primary: str, modes: dict[str, dict[str, Any]], how: dict[str, Any
     return {**top, "runtime": primary, "modes": modes, **how}
 
 
-def cpu_latency(variant: Any, x1: torch.Tensor, xb: torch.Tensor, cfg: TimingConfig) -> dict[str, Any]:
-    """``latency.cpu`` for a variant: eager (or ONNX Runtime) figures at top level, every mode under ``modes``."""
+def _merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One set of figures from several rounds: medians of the per-round figures, repetitions summed."""
+    failed = [r for r in rounds if "unavailable" in r]
+    if failed:
+        return failed[0]
+    merged: dict[str, Any] = {}
+    for key in rounds[0]:
+        values = [r[key] for r in rounds]
+        if key.endswith("repetitions"):
+            merged[key] = sum(values)
+        elif key == "batch1_min_ms":
+            merged[key] = min(values)
+        elif key == "throughput_batch":
+            merged[key] = values[0]
+        else:
+            merged[key] = statistics.median(values)
+    merged["throughput_per_s"] = merged["throughput_batch"] / (merged["throughput_p50_ms"] / 1000.0)
+    merged["rounds"] = len(rounds)
+    merged["throughput_per_s_by_round"] = [r["throughput_per_s"] for r in rounds]
+    return merged
+
+
+def _main_cpu_call(variant: Any, threads: int) -> tuple[str, Callable[[torch.Tensor], Any]]:
+    if variant.format == "onnx":
+        # A fresh session with the fixed thread count, so every ONNX variant runs with the same threads.
+        return "ONNX Runtime", dataclasses.replace(variant, threads=threads, _session=None)
+    return "PyTorch eager", variant
+
+
+def interleaved_cpu(variants: list[Any], x1: torch.Tensor, xb: torch.Tensor, cfg: TimingConfig,
+                    progress: Callable[[str], None] = lambda message: None) -> list[dict[str, Any]]:
+    """The main CPU figures (eager, or ONNX Runtime) of each variant, taken in ``cfg.rounds`` interleaved rounds."""
+    calls = [_main_cpu_call(v, cfg.threads) for v in variants]
+    one_round = cfg.per_round()
+    rounds: list[list[dict[str, Any]]] = []
+    with torch_threads(cfg.threads):
+        for r in range(cfg.rounds):
+            progress(f"latency round {r + 1}/{cfg.rounds} over {len(variants)} variant(s)")
+            rounds.append([_guarded(label, lambda c=call: figures(c, x1, xb, one_round)) for label, call in calls])
+    return [_merge_rounds([rnd[i] for rnd in rounds]) for i in range(len(variants))]
+
+
+def cpu_latency(variant: Any, x1: torch.Tensor, xb: torch.Tensor, cfg: TimingConfig, main: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``latency.cpu`` for a variant: eager (or ONNX Runtime) figures at top level, every mode under ``modes``.
+
+    ``main`` holds the eager / ONNX Runtime figures when they were already taken in rounds interleaved
+    with other variants (``interleaved_cpu``); otherwise they are taken here, in rounds of this variant alone.
+    """
     how = {
         "device": cpu_model(),
         "threads": cfg.threads,
@@ -134,13 +200,12 @@ def cpu_latency(variant: Any, x1: torch.Tensor, xb: torch.Tensor, cfg: TimingCon
         "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "cpu_count": os.cpu_count(),
     }
+    if main is None:
+        main = interleaved_cpu([variant], x1, xb, cfg)[0]
+    if variant.format == "onnx":
+        return _with_how("onnxruntime", {"onnxruntime": main}, how)
     with torch_threads(cfg.threads):
-        if variant.format == "onnx":
-            # A fresh session with the fixed thread count, so every ONNX variant runs with the same threads.
-            session_variant = dataclasses.replace(variant, threads=cfg.threads, _session=None)
-            modes = {"onnxruntime": _guarded("ONNX Runtime", lambda: figures(session_variant, x1, xb, cfg))}
-            return _with_how("onnxruntime", modes, how)
-        modes = {"eager": _guarded("PyTorch eager", lambda: figures(variant, x1, xb, cfg))}
+        modes = {"eager": main}
         if cfg.compile:
             modes["compiled"] = _guarded("torch.compile", lambda: _compiled_figures(variant.module, x1, xb, cfg))
         else:

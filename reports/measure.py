@@ -14,7 +14,7 @@ import zoo
 from reports.environment import environment
 from reports.errors import DeviceError, ReportError
 from reports.inputs import timing_inputs
-from reports.latency import TimingConfig, cpu_latency, cuda_latency
+from reports.latency import TimingConfig, cpu_latency, cuda_latency, interleaved_cpu
 from reports.memory import peak_memory
 from reports.results import SCHEMA
 from reports.size import disk_bytes, module_macs, module_params, onnx_macs, onnx_params
@@ -36,11 +36,12 @@ def parse_devices(devices: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def latency(variant: Any, x1: torch.Tensor, xb: torch.Tensor, devices: Sequence[str], cfg: TimingConfig, memory: bool = True) -> dict[str, Any]:
+def latency(variant: Any, x1: torch.Tensor, xb: torch.Tensor, devices: Sequence[str], cfg: TimingConfig, memory: bool = True,
+            cpu_main: dict[str, Any] | None = None) -> dict[str, Any]:
     """``latency`` of results.json: one entry per device, requested or not, so absence is always explained."""
     out: dict[str, Any] = {}
     if "cpu" in devices:
-        out["cpu"] = cpu_latency(variant, x1, xb, cfg)
+        out["cpu"] = cpu_latency(variant, x1, xb, cfg, cpu_main)
         out["cpu"]["peak_memory"] = peak_memory(variant, xb, cfg.threads) if memory else {"unavailable": "not measured (memory probe switched off)"}
     else:
         out["cpu"] = {"unavailable": "not requested"}
@@ -51,6 +52,13 @@ def latency(variant: Any, x1: torch.Tensor, xb: torch.Tensor, devices: Sequence[
     else:
         out["cuda"] = {"unavailable": "no CUDA GPU present on this machine"}
     return out
+
+
+def latencies(variants: Sequence[Any], x1: torch.Tensor, xb: torch.Tensor, devices: Sequence[str], cfg: TimingConfig,
+              memory: bool = True, progress: Callable[[str], None] = lambda message: None) -> list[dict[str, Any]]:
+    """``latency`` of every variant, their main CPU figures taken in interleaved rounds so that ratios between them hold."""
+    mains = interleaved_cpu(list(variants), x1, xb, cfg, progress) if "cpu" in devices else [None] * len(variants)
+    return [latency(v, x1, xb, devices, cfg, memory, cpu_main=main) for v, main in zip(variants, mains)]
 
 
 def size_figures(variant: Any, example: torch.Tensor) -> dict[str, Any]:
@@ -160,16 +168,20 @@ def measure(
             entry["metrics_how"] = f"zoo.evaluate({model!r}, forward=variant) on the {spec.dataset} test split" + (
                 "; fidelity against the first variant on the same latents" if ref_forward is not None else "")
             entry["parity"] = parity(batched_outputs(variant, parity_inputs), reference, is_classifier)
-        say(f"[{i + 1}/{len(variants)}] {variant.name}: latency on {', '.join(devices)}")
-        entry["latency"] = latency(variant, x1, xb, devices, cfg, memory)
         entry["measure_seconds"] = round(time.perf_counter() - started, 2)
         entries.append(entry)
+    started = time.perf_counter()
+    say(f"latency of {len(variants)} variant(s) on {', '.join(devices)}")
+    for entry, timed in zip(entries, latencies(variants, x1, xb, devices, cfg, memory, say)):
+        entry["latency"] = timed
+    latency_seconds = round(time.perf_counter() - started, 2)
     results: dict[str, Any] = {
         "schema": SCHEMA,
         "model": model,
         "environment": environment(cfg.threads, seed),
         "devices": devices,
         "timing": cfg.how(),
+        "latency_seconds": latency_seconds,  # all variants together: their rounds interleave (measure_seconds excludes it)
         "variants": entries,
     }
     if spec is not None:

@@ -7,6 +7,7 @@ import copy
 import json
 import re
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,7 @@ def _cpu_figures_sane(lat: dict, batch: int) -> None:
     assert lat["batch1_repetitions"] >= FAST.min_repetitions
     assert lat["threads"] == FAST.threads and lat["timing"]["warmup"] == FAST.warmup
     assert lat["device"] and lat["versions"]["torch"] == torch.__version__
+    assert lat["rounds"] == FAST.rounds and len(lat["throughput_per_s_by_round"]) == FAST.rounds
 
 
 def test_bench_measures_torch_and_onnx_variants(bench_dir: Path, results: dict) -> None:
@@ -84,6 +86,26 @@ def test_measure_torch_and_onnx_variants_built_by_hand(tmp_path: Path) -> None:
     for entry in out["variants"]:
         _cpu_figures_sane(entry["latency"]["cpu"], FAST.batch)
         assert "not measured" in entry["latency"]["cpu"]["peak_memory"]["unavailable"]
+
+
+def test_latencies_interleave_rounds_and_record_a_variant_that_cannot_run(tmp_path: Path) -> None:
+    """The main CPU figures come from interleaved rounds (median over them); a broken ONNX file is recorded, not fatal."""
+    name = "seed-cnn"
+    module = zoo.load(name)
+    good = export_onnx(module, timing_inputs(name, 1), tmp_path / "good.onnx")
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx model")
+    variants = [TorchVariant(name="original", module=module, source={"zoo": name}),
+                OnnxVariant(name="good", artifact=good), OnnxVariant(name="broken", artifact=broken)]
+    x = timing_inputs(name, FAST.batch)
+    said: list[str] = []
+    original, onnx_fp32, failed = reports.latencies(variants, x[:1].clone(), x, ["cpu"], FAST, memory=False, progress=said.append)
+    assert said == [f"latency round {r}/{FAST.rounds} over 3 variant(s)" for r in range(1, FAST.rounds + 1)]
+    for lat in (original["cpu"], onnx_fp32["cpu"]):
+        _cpu_figures_sane(lat, FAST.batch)
+        seconds_per_batch = statistics.median(FAST.batch / t for t in lat["throughput_per_s_by_round"])
+        assert lat["throughput_per_s"] == pytest.approx(FAST.batch / seconds_per_batch, rel=1e-6)  # the median round
+    assert failed["cpu"]["unavailable"].startswith("ONNX Runtime failed:")
 
 
 def test_report_renders_self_contained_from_stored_results(bench_dir: Path, tmp_path: Path) -> None:
