@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -29,6 +30,14 @@ def to_data_uri(fig: Figure, dpi: int = 110) -> str:
 def tradeoff(names: Sequence[str], costs: Sequence[float | None], metrics: Sequence[float | None], *, cost_label: str,
              metric_label: str, higher_is_better: bool, log_x: bool = False) -> str | None:
     """Metric against a cost (latency or size), Pareto front drawn and its points ringed; None if nothing to plot."""
+    fig = tradeoff_figure(names, costs, metrics, cost_label=cost_label, metric_label=metric_label,
+                          higher_is_better=higher_is_better, log_x=log_x)
+    return to_data_uri(fig) if fig is not None else None
+
+
+def tradeoff_figure(names: Sequence[str], costs: Sequence[float | None], metrics: Sequence[float | None], *, cost_label: str,
+                    metric_label: str, higher_is_better: bool, log_x: bool = False) -> Figure | None:
+    """The figure of ``tradeoff``, labels placed, before it is rendered to PNG."""
     pts = [(n, c, m) for n, c, m in zip(names, costs, metrics) if c is not None and m is not None]
     if not pts:
         return None
@@ -55,42 +64,61 @@ def tradeoff(names: Sequence[str], costs: Sequence[float | None], metrics: Seque
         ax.legend(fontsize=7, loc="lower right" if higher_is_better else "upper right", frameon=False)
     # names beside the points (a reader should not have to match colours to a legend), placed so none overlap
     _place_labels(fig, ax, [(name, cost, metric) for name, cost, metric in pts])
-    return to_data_uri(fig)
+    return fig
 
 
-_OFFSETS = [(7, 3), (7, -11), (-7, 3), (-7, -11), (7, 13), (-7, 13), (7, -21), (-7, -21), (7, 23), (-7, 23),
-            (7, -31), (-7, -31), (7, 33), (-7, 33), (7, -41), (-7, -41), (7, 43), (-7, 43)]
+# Places to try for a label, in points from its marker, nearest first: the four corners beside the
+# point, then further out (with a leader line) so that a dense cluster of variants still gets every
+# name legible somewhere near its point.
+_OFFSETS = sorted(((dx, dy) for dx in (7, -7, 24, -24, 48, -48, 80, -80) for dy in (3, -11, 13, -21, 23, -31, 33, -41, 43, -51, 53, -61)),
+                  key=lambda o: (abs(o[0]) > 7 or o[1] not in (3, -11), math.hypot(o[0], o[1] + 4)))
+
+
+def _overlap_area(box: Any, others: Sequence[Any]) -> float:
+    return sum(max(0.0, min(box.x1, o.x1) - max(box.x0, o.x0)) * max(0.0, min(box.y1, o.y1) - max(box.y0, o.y0)) for o in others)
 
 
 def _place_labels(fig: Figure, ax: Any, points: Sequence[tuple[str, float, float]]) -> None:
-    """Label each point at the first offset whose text stays inside the axes and overlaps no label or marker (greedy).
+    """Label each point at the nearest offset whose text stays inside the axes and overlaps no label or marker (greedy).
 
-    Labels pushed further than the four places around their point get a thin leader line, so a
-    reader still sees which point a name belongs to.
+    Labels pushed beyond the four places around their point get a thin leader line, so a reader
+    still sees which point a name belongs to. Where no place is free, the label goes where it
+    overlaps least.
     """
-    renderer = FigureCanvasAgg(fig).get_renderer()
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()  # view limits are autoscaled lazily, at draw: before it, data-to-pixel positions are stale
+    renderer = canvas.get_renderer()
     frame = ax.get_window_extent(renderer)
     radius = 6 * fig.dpi / 72  # the markers, in pixels
     taken = [Bbox.from_extents(x - radius, y - radius, x + radius, y + radius)
              for x, y in (ax.transData.transform((c, m)) for _, c, m in points)]
     boxes: list[Any] = []
     for name, cost, metric in points:
-        chosen = None
+        best: tuple[float, tuple[int, int]] | None = None
         for rank, (dx, dy) in enumerate(_OFFSETS):
-            leader = {"arrowprops": {"arrowstyle": "-", "color": "#999", "lw": 0.6, "shrinkA": 0, "shrinkB": 4}} if rank >= 4 else {}
-            label = ax.annotate(name, (cost, metric), xytext=(dx, dy), textcoords="offset points", fontsize=7,
-                                ha="left" if dx > 0 else "right", va="bottom", **leader)
+            label = _annotate(ax, name, cost, metric, dx, dy, leader=rank >= 4)
             label.update_positions(renderer)
             box = Text.get_window_extent(label, renderer)  # the words only, not the leader line
-            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
-            if inside and not any(box.overlaps(other) for other in boxes + taken):
-                chosen = label
-                break
             label.remove()
-        if chosen is None:  # nowhere free: the first place, overlapping if it must
-            chosen = ax.annotate(name, (cost, metric), xytext=_OFFSETS[0], textcoords="offset points", fontsize=7)
+            if not (frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1):
+                continue
+            overlap = _overlap_area(box, boxes + taken)
+            if best is None or overlap < best[0]:
+                best = (overlap, (dx, dy))
+            if overlap == 0:
+                break
+        dx, dy = best[1] if best is not None else _OFFSETS[0]
+        chosen = _annotate(ax, name, cost, metric, dx, dy, leader=_OFFSETS.index((dx, dy)) >= 4)
         chosen.update_positions(renderer)
         boxes.append(Text.get_window_extent(chosen, renderer))
+
+
+def _annotate(ax: Any, name: str, cost: float, metric: float, dx: int, dy: int, leader: bool) -> Any:
+    arrow = {"arrowprops": {"arrowstyle": "-", "color": "#999", "lw": 0.6, "shrinkA": 0, "shrinkB": 4}} if leader else {}
+    # a light backing keeps the name readable where a grid or Pareto line passes under it
+    return ax.annotate(name, (cost, metric), xytext=(dx, dy), textcoords="offset points", fontsize=7,
+                       ha="left" if dx > 0 else "right", va="bottom", zorder=4,
+                       bbox={"boxstyle": "square,pad=0.05", "fc": "white", "ec": "none", "alpha": 0.8}, **arrow)
 
 
 def size_bars(names: Sequence[str], sizes: Sequence[int | None], gzip_sizes: Sequence[int | None]) -> str | None:

@@ -108,6 +108,29 @@ def test_latencies_interleave_rounds_and_record_a_variant_that_cannot_run(tmp_pa
     assert failed["cpu"]["unavailable"].startswith("ONNX Runtime failed:")
 
 
+def test_tradeoff_labels_of_a_crowded_run_neither_overlap_nor_leave_the_axes() -> None:
+    """The edge run's nine variants, seven of them within 0.4 ms: every name stays legible inside the plot."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    from reports.plots import tradeoff_figure
+
+    names = ["original", "original-onnx", "prune-structured", "prune-structured-onnx", "pruned-distilled", "pruned-distilled-onnx",
+             "pruned-distilled-alone", "pruned-distilled-alone-onnx", "int8-static-onnx"]
+    latency_ms = [5.33, 1.74, 3.33, 0.379, 3.38, 0.404, 3.70, 0.360, 0.265]
+    accuracy = [0.991, 0.991, 0.981, 0.981, 0.987, 0.987, 0.987, 0.987, 0.988]
+    fig = tradeoff_figure(names, latency_ms, accuracy, cost_label="ms", metric_label="accuracy", higher_is_better=True)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    ax = fig.axes[0]
+    frame = ax.get_window_extent(canvas.get_renderer())
+    boxes = {t.get_text(): Text.get_window_extent(t, canvas.get_renderer()) for t in ax.texts}
+    assert sorted(boxes) == sorted(names)
+    for name, box in boxes.items():
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, name
+        assert not [other for other, b in boxes.items() if other != name and box.overlaps(b)], name
+
+
 def test_report_renders_self_contained_from_stored_results(bench_dir: Path, tmp_path: Path) -> None:
     out = reports.render([bench_dir], tmp_path / "report.html")
     html = out.read_text()
