@@ -244,7 +244,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import reports
 
     cfg = reports.TimingConfig(batch=args.batch, threads=args.threads, compile=not args.no_compile,
-                               min_seconds=args.min_seconds, warmup=args.warmup)
+                               min_seconds=args.min_seconds, warmup=args.warmup, rounds=args.rounds)
     out = Path(args.out or f"bench-{Path(args.target).name}")
     command = shlex.join(["slimlens", "bench", args.target, "--devices", args.devices, "--batch", str(args.batch),
                           "--threads", str(args.threads), "--out", str(out)] + (["--no-compile"] if args.no_compile else []))
@@ -269,6 +269,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=2, help="CPU threads for PyTorch and ONNX Runtime (default: 2)")
     p.add_argument("--warmup", type=int, default=10, help="untimed calls before timing (default: 10)")
     p.add_argument("--min-seconds", type=float, default=0.5, help="time each measurement at least this long (default: 0.5)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="interleaved timing rounds over the variants; their calls are pooled (default: 3; 1 times each variant in one go)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (it costs tens of seconds per variant)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probe (a child process per variant)")
     p.add_argument("--no-html", action="store_true", help="write results.json only")

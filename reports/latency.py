@@ -6,9 +6,10 @@ distribution of single calls, not block means. Repetitions continue until both a
 minimum time are reached, so a fast model gets many more samples than a slow one.
 
 The main CPU figures of a set of variants are taken in interleaved rounds (every variant once per
-round, ``rounds`` times) and each figure is the median over the rounds. On a shared or virtual
-machine, throughput drifts by tens of percent over seconds; timed one after another, whichever
-variant ran in a slow spell looked slow, and ratios between variants moved with it.
+round, ``rounds`` times, the order rotated each round) and each figure is computed from the calls of
+all rounds together. On a shared or virtual machine, throughput drifts by tens of percent over
+seconds; timed one after another, whichever variant ran in a slow spell looked slow, and ratios
+between variants moved with it. Compiled and GPU figures are still taken in one pass.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import copy
 import dataclasses
 import math
 import os
-import statistics
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from reports.environment import cpu_model, cuda_device_name, library_versions
+from reports.errors import ReportError
 
 TIMER = "time.perf_counter_ns around each single call, after warm-up"
 
@@ -42,11 +43,16 @@ class TimingConfig:
     max_repetitions: int = 2000
     min_seconds: float = 0.5  # per measured shape: keep sampling until this much time has passed (over all rounds)
     compile: bool = True  # also time torch.compile (costs tens of seconds of compilation per variant)
-    rounds: int = 3  # interleaved rounds of the main CPU figures; repetitions and seconds are split between them
+    rounds: int = 3  # interleaved rounds of the main CPU figures only; repetitions and seconds are split between them
 
     def __post_init__(self) -> None:
-        if self.rounds < 1:
-            raise ValueError(f"rounds must be at least 1, got {self.rounds}")
+        at_least = {"batch": 1, "threads": 1, "warmup": 0, "min_repetitions": 1, "max_repetitions": 1, "rounds": 1}
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ReportError(f"timing setting {name} must be a whole number of at least {low}, got {value!r}")
+        if not self.min_seconds >= 0:
+            raise ReportError(f"timing setting min_seconds must be 0 or more, got {self.min_seconds!r}")
 
     def per_round(self) -> TimingConfig:
         """The settings of one round: the repetitions and seconds split evenly between the rounds."""
@@ -77,8 +83,7 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
-def time_calls(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, cfg: TimingConfig, sync: Callable[[], None] = lambda: None) -> dict[str, float]:
-    """Warm up, then time single calls of ``fn(x)``: median, p90, mean, min, IQR in ms and the count."""
+def _sample_calls(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, cfg: TimingConfig, sync: Callable[[], None]) -> list[int]:
     for _ in range(cfg.warmup):
         fn(x)
     sync()
@@ -89,15 +94,21 @@ def time_calls(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, cfg: TimingCo
         fn(x)
         sync()
         samples.append(time.perf_counter_ns() - t0)
+    return samples
+
+
+def _summary(samples: list[int]) -> dict[str, float]:
     ms = np.asarray(samples, dtype=np.float64) / 1e6
     q25, q50, q75, q90 = np.percentile(ms, [25, 50, 75, 90])
     return {"p50_ms": float(q50), "p90_ms": float(q90), "mean_ms": float(ms.mean()), "min_ms": float(ms.min()), "iqr_ms": float(q75 - q25), "repetitions": len(samples)}
 
 
-def figures(fn: Callable[[torch.Tensor], Any], x1: torch.Tensor, xb: torch.Tensor, cfg: TimingConfig, sync: Callable[[], None] = lambda: None) -> dict[str, Any]:
-    """Batch-1 latency and throughput at ``len(xb)`` for one way of running a variant."""
-    one = time_calls(fn, x1, cfg, sync)
-    many = time_calls(fn, xb, cfg, sync)
+def time_calls(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, cfg: TimingConfig, sync: Callable[[], None] = lambda: None) -> dict[str, float]:
+    """Warm up, then time single calls of ``fn(x)``: median, p90, mean, min, IQR in ms and the count."""
+    return _summary(_sample_calls(fn, x, cfg, sync))
+
+
+def _figures(one: dict[str, float], many: dict[str, float], batch: int) -> dict[str, Any]:
     return {
         "batch1_p50_ms": one["p50_ms"],
         "batch1_p90_ms": one["p90_ms"],
@@ -105,12 +116,17 @@ def figures(fn: Callable[[torch.Tensor], Any], x1: torch.Tensor, xb: torch.Tenso
         "batch1_min_ms": one["min_ms"],
         "batch1_iqr_ms": one["iqr_ms"],
         "batch1_repetitions": one["repetitions"],
-        "throughput_batch": len(xb),
+        "throughput_batch": batch,
         "throughput_p50_ms": many["p50_ms"],
         "throughput_p90_ms": many["p90_ms"],
-        "throughput_per_s": len(xb) / (many["p50_ms"] / 1000.0),
+        "throughput_per_s": batch / (many["p50_ms"] / 1000.0),
         "throughput_repetitions": many["repetitions"],
     }
+
+
+def figures(fn: Callable[[torch.Tensor], Any], x1: torch.Tensor, xb: torch.Tensor, cfg: TimingConfig, sync: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """Batch-1 latency and throughput at ``len(xb)`` for one way of running a variant."""
+    return _figures(time_calls(fn, x1, cfg, sync), time_calls(fn, xb, cfg, sync), len(xb))
 
 
 def _guarded(label: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -141,28 +157,6 @@ def _with_how(primary: str, modes: dict[str, dict[str, Any]], how: dict[str, Any
     return {**top, "runtime": primary, "modes": modes, **how}
 
 
-def _merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """One set of figures from several rounds: medians of the per-round figures, repetitions summed."""
-    failed = [r for r in rounds if "unavailable" in r]
-    if failed:
-        return failed[0]
-    merged: dict[str, Any] = {}
-    for key in rounds[0]:
-        values = [r[key] for r in rounds]
-        if key.endswith("repetitions"):
-            merged[key] = sum(values)
-        elif key == "batch1_min_ms":
-            merged[key] = min(values)
-        elif key == "throughput_batch":
-            merged[key] = values[0]
-        else:
-            merged[key] = statistics.median(values)
-    merged["throughput_per_s"] = merged["throughput_batch"] / (merged["throughput_p50_ms"] / 1000.0)
-    merged["rounds"] = len(rounds)
-    merged["throughput_per_s_by_round"] = [r["throughput_per_s"] for r in rounds]
-    return merged
-
-
 def _main_cpu_call(variant: Any, threads: int) -> tuple[str, Callable[[torch.Tensor], Any]]:
     if variant.format == "onnx":
         # A fresh session with the fixed thread count, so every ONNX variant runs with the same threads.
@@ -175,12 +169,42 @@ def interleaved_cpu(variants: list[Any], x1: torch.Tensor, xb: torch.Tensor, cfg
     """The main CPU figures (eager, or ONNX Runtime) of each variant, taken in ``cfg.rounds`` interleaved rounds."""
     calls = [_main_cpu_call(v, cfg.threads) for v in variants]
     one_round = cfg.per_round()
-    rounds: list[list[dict[str, Any]]] = []
+    n = len(variants)
+    ones: list[list[int]] = [[] for _ in range(n)]
+    manys: list[list[int]] = [[] for _ in range(n)]
+    by_round: list[list[float]] = [[] for _ in range(n)]
+    failures: list[list[tuple[int, str]]] = [[] for _ in range(n)]
+    loads: list[float] = []
     with torch_threads(cfg.threads):
         for r in range(cfg.rounds):
-            progress(f"latency round {r + 1}/{cfg.rounds} over {len(variants)} variant(s)")
-            rounds.append([_guarded(label, lambda c=call: figures(c, x1, xb, one_round)) for label, call in calls])
-    return [_merge_rounds([rnd[i] for rnd in rounds]) for i in range(len(variants))]
+            progress(f"latency round {r + 1}/{cfg.rounds} over {n} variant(s)")
+            if hasattr(os, "getloadavg"):
+                loads.append(os.getloadavg()[0])
+            order = [*range(r % n, n), *range(r % n)] if n else []  # rotated, so no variant always runs first
+            for i in order:
+                label, call = calls[i]
+                try:
+                    one = _sample_calls(call, x1, one_round, lambda: None)
+                    many = _sample_calls(call, xb, one_round, lambda: None)
+                except Exception as exc:  # noqa: BLE001 - a failing runtime is a recorded result, as in _guarded
+                    failures[i].append((r + 1, f"{label} failed: {_first_line(exc)}"))
+                    continue
+                ones[i] += one
+                manys[i] += many
+                by_round[i].append(len(xb) / (float(np.median(many)) / 1e9))
+    results = []
+    for i in range(n):
+        if not manys[i]:
+            results.append({"unavailable": failures[i][0][1] if failures[i] else "not measured"})
+            continue
+        merged = _figures(_summary(ones[i]), _summary(manys[i]), len(xb))
+        merged.update(rounds=len(by_round[i]), throughput_per_s_by_round=by_round[i])
+        if failures[i]:
+            merged["failed_rounds"] = [f"round {r} of {cfg.rounds}: {reason}" for r, reason in failures[i]]
+        if loads:
+            merged["load_average_1min"] = round(max(loads), 2)  # the busiest moment of the rounds
+        results.append(merged)
+    return results
 
 
 def cpu_latency(variant: Any, x1: torch.Tensor, xb: torch.Tensor, cfg: TimingConfig, main: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -202,6 +226,8 @@ def cpu_latency(variant: Any, x1: torch.Tensor, xb: torch.Tensor, cfg: TimingCon
     }
     if main is None:
         main = interleaved_cpu([variant], x1, xb, cfg)[0]
+    if "load_average_1min" in main:
+        how["load_average_1min"] = main["load_average_1min"]
     if variant.format == "onnx":
         return _with_how("onnxruntime", {"onnxruntime": main}, how)
     with torch_threads(cfg.threads):
@@ -227,7 +253,7 @@ def _cuda_mode(module: torch.nn.Module, x1: torch.Tensor, xb: torch.Tensor, cfg:
         result = figures(call, x1, xb, cfg, torch.cuda.synchronize)
     result["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     result["peak_memory_method"] = "torch.cuda.max_memory_allocated (weights, inputs and activations held by PyTorch's allocator)"
-    del module
+    module = None  # drop the GPU copy before the cache is emptied
     torch.cuda.empty_cache()
     return result
 

@@ -38,7 +38,11 @@ def parse_devices(devices: str | Sequence[str]) -> list[str]:
 
 def latency(variant: Any, x1: torch.Tensor, xb: torch.Tensor, devices: Sequence[str], cfg: TimingConfig, memory: bool = True,
             cpu_main: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``latency`` of results.json: one entry per device, requested or not, so absence is always explained."""
+    """``latency`` of results.json: one entry per device, requested or not, so absence is always explained.
+
+    ``cpu_main``: the eager / ONNX Runtime CPU figures when ``latencies`` already took them in rounds
+    interleaved with other variants; without it they are taken here.
+    """
     out: dict[str, Any] = {}
     if "cpu" in devices:
         out["cpu"] = cpu_latency(variant, x1, xb, cfg, cpu_main)
