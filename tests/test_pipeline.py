@@ -143,3 +143,12 @@ def test_edge_picks_the_steps_that_fit_each_family():
 def test_a_failing_step_names_itself():
     with pytest.raises(SlimlensError, match=r"step 1 \(distill\): no zoo model named 'nonet'"):
         run("simplenet", [{"step": "distill", "student": "nonet"}], export=False)
+
+
+def test_distill_gives_an_lstm_its_longer_budget_under_the_same_variant_name():
+    preset = load_recipe("distill")
+    for family in ("cnn", "lstm", "gan"):
+        steps = [s for s in preset.steps if s.families is None or family in s.families]
+        assert len(steps) == 1 and steps[0].label == "distill"
+    (lstm_step,) = (s for s in preset.steps if "lstm" in s.families)
+    assert lstm_step.config.epochs > 4 * next(s for s in preset.steps if "cnn" in s.families).config.epochs
