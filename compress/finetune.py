@@ -11,9 +11,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from compress.context import CompressionData
+from zoo.errors import SlimlensError
 from zoo.training import random_affine
 
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+BATCH_SIZE = 64  # fine-tuning batch unless a step asks for another
+
+
+def check_budget(epochs: float, lr: float) -> None:
+    """Raise a one-line SlimlensError for a fine-tuning budget no optimiser can use (checked when a recipe is parsed)."""
+    if not epochs >= 0:
+        raise SlimlensError(f"epochs={epochs} must be 0 (no fine-tuning) or more, e.g. epochs=2")
+    if not lr > 0:
+        raise SlimlensError(f"lr={lr} must be a positive learning rate, e.g. lr=0.001")
 
 
 def task_loss(data: CompressionData, outputs: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor,
@@ -35,7 +45,7 @@ def finetune(
     data: CompressionData,
     epochs: float,
     lr: float = 1e-3,
-    batch_size: int = 64,
+    batch_size: int = BATCH_SIZE,
     teacher: nn.Module | None = None,
     loss_fn: Callable[..., torch.Tensor] | None = None,
     after_step: Callable[[nn.Module], None] | None = None,

@@ -20,7 +20,7 @@ from torch.nn.utils import prune as torch_prune
 from torch_pruning.pruner.function import LSTMPruner
 
 from compress.context import CompressionData
-from compress.finetune import trainable_clone, finetune, task_loss
+from compress.finetune import BATCH_SIZE, check_budget, finetune, task_loss, trainable_clone
 from compress.steps import register_step
 from zoo.errors import SlimlensError
 
@@ -102,6 +102,7 @@ class PruneStructuredConfig:
             _check_fraction("residual_ratio", self.residual_ratio)
         if self.steps < 1:
             raise SlimlensError(f"steps={self.steps} must be at least 1")
+        check_budget(self.epochs, self.lr)
         if self.importance not in ("l1", "l2"):
             raise SlimlensError(f"importance={self.importance!r} is unknown; use 'l1' or 'l2'")
         if self.round_to is not None and self.round_to < 1:
@@ -161,14 +162,22 @@ def prune_structured(model: nn.Module, config: PruneStructuredConfig, data: Comp
     if config.round_to is not None or config.residual_ratio is not None:
         residual = residual_layers(pruned, example, head) if config.residual_ratio is not None else set()
         per_layer = layer_ratios(pruned, config.ratio, head, config.round_to, residual, config.residual_ratio)
-    pruner = tp.pruner.BasePruner(
-        pruned, example, importance=importance, pruning_ratio=config.ratio, pruning_ratio_dict=per_layer,
-        iterative_steps=config.steps, global_pruning=config.global_pruning, ignored_layers=[head],
-        customized_pruners={nn.LSTM: _LSTMPruner()},
-    )
+    try:
+        pruner = tp.pruner.BasePruner(
+            pruned, example, importance=importance, pruning_ratio=config.ratio, pruning_ratio_dict=per_layer,
+            iterative_steps=config.steps, global_pruning=config.global_pruning, ignored_layers=[head],
+            customized_pruners={nn.LSTM: _LSTMPruner()},
+        )
+    except Exception as exc:  # Torch-Pruning raises plain errors on graphs it cannot trace
+        raise SlimlensError(f"Torch-Pruning cannot trace {type(model).__name__} ({str(exc).splitlines()[0][:200]}); "
+                            "prune it with prune-unstructured instead") from None
     teacher = _teacher(model, data, original)
     for step in range(config.steps):
-        pruner.step()
+        try:
+            pruner.step()
+        except Exception as exc:
+            raise SlimlensError(f"Torch-Pruning failed to remove channels from {type(model).__name__} "
+                                f"({str(exc).splitlines()[0][:200]}); prune it with prune-unstructured instead") from None
         progress(f"structured prune round {step + 1}/{config.steps}: {count_params(pruned)[0]:,} params")
         if config.epochs > 0:
             finetune(pruned, data, config.epochs / config.steps, lr=config.lr, teacher=teacher, progress=progress)
@@ -221,6 +230,9 @@ class PruneUnstructuredConfig:
             raise SlimlensError(f"ramp={self.ramp} must be in (0, 1]")
         if not 0.0 <= self.distill <= 1.0:
             raise SlimlensError(f"distill={self.distill} must be in [0, 1]")
+        if self.prune_every < 1:
+            raise SlimlensError(f"prune_every={self.prune_every} must be at least 1 optimiser step, e.g. prune_every=10")
+        check_budget(self.epochs, self.lr)
 
 
 class _Masks:
@@ -297,7 +309,7 @@ def prune_unstructured(model: nn.Module, config: PruneUnstructuredConfig, data: 
     teacher, loss_fn = _teacher(model, data, original), None
     if config.distill > 0 and data.task == "classification":
         teacher, loss_fn = (original if original is not None else model).eval(), self_distill_loss(data, config.distill)
-    total_steps = max(1, math.ceil(config.epochs * len(data.train) / 64))  # as finetune counts them at its batch size 64
+    total_steps = max(1, math.ceil(config.epochs * len(data.train) / BATCH_SIZE))  # as finetune counts them
     ramp_steps = max(1, int(config.ramp * total_steps))
     state = {"step": 0}
 

@@ -135,7 +135,9 @@ def load_recipe(recipe: str | Path) -> Recipe:
             raise SlimlensError(f"unknown recipe {text_name!r}: not a file, and the presets are {', '.join(list_presets())}")
         return parse_recipe(preset.read_text(), origin=f"preset:{text_name}")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SlimlensError(f"recipe file {path} is not UTF-8 text; give a TOML file") from None
     except FileNotFoundError:
         raise SlimlensError(f"recipe file {path} not found; give a TOML file or one of the presets: {', '.join(list_presets())}") from None
     except OSError as exc:

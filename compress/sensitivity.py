@@ -42,6 +42,16 @@ class SensitivityConfig:
     subset: int = 256  # test images for classifiers; 0 → the whole test split
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        bad_ratio = next((r for r in self.ratios if not 0 < r < 1), None)
+        if bad_ratio is not None:
+            raise ValueError(f"ratios: {bad_ratio} is not a fraction of a layer's weights; give values in (0, 1), e.g. [0.5, 0.75, 0.9]")
+        bad_bits = next((b for b in self.bits if not 2 <= b <= 16), None)
+        if bad_bits is not None:
+            raise ValueError(f"bits: {bad_bits} is out of range; give 2 to 16 bits, e.g. [4, 2]")
+        if self.subset < 0:
+            raise ValueError(f"subset={self.subset} must be 0 (the whole test split) or a number of test images")
+
 
 def magnitude_pruned(weight: torch.Tensor, ratio: float) -> torch.Tensor:
     """``weight`` with its ``ratio`` smallest-magnitude entries set to zero."""

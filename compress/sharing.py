@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from compress.context import CompressionData
-from compress.finetune import trainable_clone, finetune
+from compress.finetune import check_budget, finetune, trainable_clone
 from compress.prune import PRUNABLE, prunable_weights
 from compress.steps import register_step
 from zoo.errors import SlimlensError
@@ -82,6 +82,7 @@ class WeightSharingConfig:
         for name, value in (("bits", self.bits), ("conv_bits", self.conv_bits)):
             if value is not None and not 1 <= value <= 8:
                 raise SlimlensError(f"{name}={value} is out of range; give 1 to 8 bits (compressed storage keeps ≤256 values)")
+        check_budget(self.epochs, self.lr)
 
 
 def _bits_for(module: nn.Module, config: WeightSharingConfig) -> int:

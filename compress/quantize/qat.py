@@ -49,6 +49,8 @@ class QatConfig:
     def __post_init__(self) -> None:
         if not self.epochs > 0:
             raise QuantizationError(f"epochs={self.epochs} must be positive")
+        if not self.lr > 0:
+            raise QuantizationError(f"lr={self.lr} must be a positive learning rate, e.g. lr=0.0001")
         StaticInt8Config(calibration=self.calibration, samples=self.samples)  # same checks as static int8
 
 
