@@ -160,6 +160,8 @@ def _compress_command(args: argparse.Namespace) -> str:
     parts = ["slimlens", "compress", args.model, "--recipe", args.recipe, "--out", args.out, "--seed", str(args.seed)]
     for flag, value in (("--weights", args.weights), ("--data", args.data), ("--data-root", args.data_root)):
         parts += [flag, str(value)] if value is not None else []
+    parts += ["--threads", str(args.threads)] if args.threads != 2 else []
+    parts += ["--rounds", str(args.rounds)] if args.rounds != 3 else []
     return shlex.join(parts + (["--onnx-exporter", args.onnx_exporter] if args.onnx_exporter != "auto" else []))
 
 
@@ -170,30 +172,34 @@ def cmd_compress(args: argparse.Namespace) -> int:
     import torch
 
     from compress.context import data_for
-    from compress.pipeline import load_model, run
+    from compress.pipeline import check_fits, load_model, run
     from compress.recipe import load_recipe
     from compress.results import move_into_place, staging_dir, write_results
 
+    import reports  # compress never imports reports; the CLI joins them: latency, then the HTML report
+
     recipe = load_recipe(args.recipe)  # bad input fails here, before anything is built or written
+    timing = reports.TimingConfig(compile=False, threads=args.threads, rounds=args.rounds)
     model = load_model(args.model, args.weights, args.trust_pickle)
     data = data_for(args.model, args.data, args.data_root, seed=args.seed)
+    if data.family == "custom":
+        check_fits(model, data)
+    if ":" in args.model and args.weights is None:  # not an error: the builder may load its own weights
+        print(f"slimlens: note: no --weights given; compressing the weights {args.model}() builds", file=sys.stderr, flush=True)
     staged = staging_dir(args.out, args.force)
     try:
         torch.manual_seed(args.seed)
         variants = run(model, recipe, data, out_dir=staged, progress=lambda m: _say(args, m), command=_compress_command(args),
                        exporter=args.onnx_exporter)
         results = variants.results
-        import reports  # compress never imports reports; the CLI joins them: latency, then the HTML report
-
         if args.latency:
             from reports.inputs import timing_inputs
 
-            cfg = reports.TimingConfig(compile=False)
-            x = timing_inputs(data.source.get("zoo"), cfg.batch, data.input_shape)
-            timed = reports.latencies(list(variants), x[:1].clone(), x, ["cpu"], cfg, progress=lambda m: _say(args, m))
+            x = timing_inputs(data.source.get("zoo"), timing.batch, data.input_shape)
+            timed = reports.latencies(list(variants), x[:1].clone(), x, ["cpu"], timing, progress=lambda m: _say(args, m))
             for entry, figures in zip(results["variants"], timed):
                 entry["latency"] = figures
-            results["timing"] = cfg.how()
+            results["timing"] = timing.how()
         write_results(results, staged / "results.json")
         if args.report:
             run_results = reports.read_results(staged)
@@ -219,6 +225,8 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     p.add_argument("--no-latency", dest="latency", action="store_false", help="skip the latency measurement")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for timing PyTorch and ONNX Runtime (default: 2)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds over the variants (default: 3)")
     p.add_argument("--no-report", dest="report", action="store_false", help="skip report.html")
     p.add_argument("--onnx-exporter", choices=("auto", "dynamo", "legacy"), default="auto", help="ONNX exporter for the fp32 exports")
     p.add_argument("--quiet", action="store_true", help="no progress lines")

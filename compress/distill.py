@@ -18,6 +18,7 @@ epochs and learning rate — so a gain from distillation is measured, not assume
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
@@ -207,15 +208,18 @@ def distill(model: nn.Module, config: DistillConfig, data: CompressionData, prog
     hinted = _Hinted(student, nn.Linear(student_feats.dim, teacher_feats.dim) if hint else nn.Identity())
     budget = {"epochs": config.epochs, "lr": config.lr, "batch_size": config.batch_size, "augment": config.augment}
     progress(f"distill: teacher {sum(p.numel() for p in teacher.parameters()):,} params → student {sum(p.numel() for p in student.parameters()):,}")
+    start = time.perf_counter()
     finetune(hinted, data, teacher=teacher, loss_fn=_kd_loss(data, config, hinted, student_feats, teacher_feats),
              progress=lambda m: progress(f"distill (with teacher): {m}"), **budget)
     if hint:
         student_feats.remove()
         teacher_feats.remove()
+    distilled_in, start = time.perf_counter() - start, time.perf_counter()
     # The baseline sees the teacher's outputs only where the task itself needs them (a generator's targets).
     finetune(alone, data, teacher=teacher if data.matches_original else None,
              progress=lambda m: progress(f"distill (student alone): {m}"), **budget)
+    alone_in = time.perf_counter() - start
     return {
-        "student": TorchVariant(name="student", source=source, module=student.eval()),
-        "alone": TorchVariant(name="student-alone", source=source, module=alone.eval()),
+        "student": TorchVariant(name="student", source=source, module=student.eval(), steps=[{"training_seconds": round(distilled_in, 2)}]),
+        "alone": TorchVariant(name="student-alone", source=source, module=alone.eval(), steps=[{"training_seconds": round(alone_in, 2)}]),
     }

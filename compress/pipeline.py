@@ -261,7 +261,11 @@ def _build(path: str) -> nn.Module:
         builder = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError, ValueError) as exc:
         raise SlimlensError(f"cannot import model builder {path!r} ({exc}); give a zoo name or package.module:function") from None
-    built = builder()
+    try:
+        built = builder()
+    except Exception as exc:  # the user's own code: any error it raises is theirs to fix, in one line
+        raise SlimlensError(f"{path}() failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}; "
+                            "it must build the model with no arguments") from None
     if not isinstance(built, nn.Module):
         raise SlimlensError(f"{path} returned {type(built).__name__}, not a torch.nn.Module")
     return built
@@ -310,7 +314,24 @@ def _resolve(model: nn.Module | str, recipe: Recipe | str | Path | list, data: C
         raise SlimlensError("pass data: a CompressionData (compress.context.data_for) or a zoo model name")
     if isinstance(data, str):
         data = data_for(data, seed=seed)
+    if data.family == "custom":
+        check_fits(model.eval(), data)
     return model.eval(), recipe, data
+
+
+def check_fits(model: nn.Module, data: CompressionData) -> None:
+    """Fail in one line, before any work, when a user's model cannot take the data's inputs or give its outputs."""
+    shape = (2, *data.input_shape)
+    try:
+        with torch.inference_mode():
+            out = model(data.example_input(2))
+    except Exception as exc:
+        raise SlimlensError(f"{data.model_name} cannot take {data.train.name} "
+                            f"inputs of shape {shape}: {str(exc).splitlines()[0][:200]}; give a model for 1x28x28 digits") from None
+    classes = 1 if data.task == "binary-classification" else int(data.train.labels.max()) + 1
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != classes:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise SlimlensError(f"{data.model_name} returns {got} for inputs {shape}; {data.task} on this data needs (batch, {classes})")
 
 
 def run(
@@ -390,7 +411,9 @@ def _run_into(out: Path, model: nn.Module, recipe: Recipe, data: CompressionData
             extra = {"search": search} if search and i == 0 else {}
             # A step's own record of what it did (backend, exporter) is kept, on top of its settings.
             own = produced.variant.steps[-1] if produced.variant.steps else {}
-            recorder.add(produced, name, chain_steps + [{**step_record, **own}], seconds, extra)
+            # A step that trains several variants one after another (distill: student, then alone) times each.
+            produced_in = own.get("training_seconds", seconds)
+            recorder.add(produced, name, chain_steps + [{**step_record, **own}], produced_in, extra)
         first = outputs[0][1]
         if first.chains:
             current, chain_steps = first.variant.module, chain_steps + [step_record]
