@@ -70,15 +70,22 @@ def export_onnx(
     # torch.export specialises size-1 dimensions, so a batch of 1 would freeze the batch axis.
     example = example_input if example_input.shape[0] > 1 else example_input.expand(2, *example_input.shape[1:])
     attempts: dict[str, str] = {}
-    for name in EXPORTERS if exporter == "auto" else (exporter,):
-        try:
-            _EXPORT[name](model, example.contiguous(), path, opset)
-            onnx.checker.check_model(str(path))
-        except Exception as exc:  # exporters raise many unrelated types; each reason is kept and reported
-            attempts[name] = _first_line(exc)
-            continue
-        _tag_exporter(path, name, attempts)
-        return path
+    # Written under a temporary name and renamed once checked and tagged: a failed or interrupted
+    # export leaves no half-written .onnx where a finished one would be.
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        for name in EXPORTERS if exporter == "auto" else (exporter,):
+            try:
+                _EXPORT[name](model, example.contiguous(), partial, opset)
+                onnx.checker.check_model(str(partial))
+            except Exception as exc:  # exporters raise many unrelated types; each reason is kept and reported
+                attempts[name] = _first_line(exc)
+                continue
+            _tag_exporter(partial, name, attempts)
+            partial.replace(path)
+            return path
+    finally:
+        partial.unlink(missing_ok=True)
     raise ExportError(type(module).__name__, attempts)
 
 

@@ -197,13 +197,26 @@ def load_variant(path: str | Path, threads: int = 1) -> Variant:
         raise VariantError(f"variant metadata {path} not found") from None
     except json.JSONDecodeError as exc:
         raise VariantError(f"variant metadata {path} is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+        raise VariantError(f"variant metadata {path} has no variant name; it was not written by slimlens")
     artifact = path.parent / meta["artifact"] if meta.get("artifact") else None
     common = {"name": meta["name"], "steps": meta.get("steps", []), "source": meta.get("source", {}), "artifact": artifact}
     if meta.get("loader"):  # an artifact with its own reader (e.g. int8 weights) names it as "module:function"
         import importlib
 
-        module_name, _, attr = meta["loader"].partition(":")
-        return getattr(importlib.import_module(module_name), attr)(meta, common)
+        module_name, _, attr = str(meta["loader"]).partition(":")
+        # The file is data: it may only pick one of slimlens' own readers, never run other code.
+        if not module_name.startswith("compress."):
+            raise VariantError(f"variant metadata {path} names loader {meta['loader']!r}, which is not one of slimlens' readers")
+        try:
+            reader = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise VariantError(f"variant metadata {path} names loader {meta['loader']!r}, which does not exist ({exc})") from None
+        try:
+            return reader(meta, common)
+        except (KeyError, TypeError) as exc:  # a missing key or a None where a path or list belongs
+            raise VariantError(f"variant metadata {path} is incomplete for its {meta['loader']} reader "
+                               f"({type(exc).__name__}: {exc})") from None
     if meta.get("format") == "onnx":
         stand_in = None
         if meta.get("stand_in"):  # the float model it was quantized from, for gradient explanations
