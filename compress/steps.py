@@ -52,6 +52,24 @@ def get_step(name: str) -> Step:
         raise SlimlensError(f"unknown recipe step {name!r}; known steps: {', '.join(sorted(_STEPS))}") from None
 
 
+def apply(model: Any, config: Any, data: Any, progress: Callable[[str], None] = lambda message: None) -> Any:
+    """Run the step that ``config``'s class configures: ``apply(model, StaticInt8Config(), data_for("seed-cnn"))``.
+
+    ``data`` is a ``CompressionData`` or a zoo model name. The model is never changed; the result is a
+    new module (to compress further) or a ``Variant`` (a deployable artifact), as the step returns it.
+    """
+    _import_steps()
+    step = next((s for s in _STEPS.values() if type(config) is s.config_class), None)
+    if step is None:
+        raise SlimlensError(f"{type(config).__name__} configures no step; give one of: "
+                            f"{', '.join(sorted(s.config_class.__name__ for s in _STEPS.values()))}")
+    if isinstance(data, str):
+        from compress.context import data_for
+
+        data = data_for(data)
+    return step.function(model, config, data, progress=progress)
+
+
 def list_steps() -> list[str]:
     """Names of all registered steps."""
     _import_steps()
