@@ -59,6 +59,8 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tmp_path: Path, recip
     assert "does not fit the architecture" in _fails(
         ["seed-cnn", "--weights", str(TRAINED_DIR / "lenet5.safetensors"), "--recipe", str(recipe), *common], capsys)
     assert "--data" in _fails(["zoo.models.mlp:SimpleNet", "--recipe", str(recipe), *common], capsys)
+    assert "timing setting threads must be a whole number of at least 1" in _fails(
+        ["simplenet", "--recipe", str(recipe), "--out", str(out), "--threads", "0"], capsys)
     assert "parent folder" in _fails(["simplenet", "--recipe", str(recipe), "--out", str(tmp_path / "a" / "b"), "--no-latency"], capsys)
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml", "fast.toml"]
 
@@ -79,3 +81,17 @@ def test_full_pickle_weights_need_trust(tmp_path: Path, recipe: Path, capsys):
 
     model = load_model("simplenet", pickled, trust_pickle=True)
     assert torch.equal(model.hidden.weight, zoo.load("simplenet").hidden.weight)
+
+
+def test_a_model_that_does_not_fit_the_data_or_the_recipe_fails_in_one_line(tmp_path: Path, recipe: Path, capsys):
+    out = tmp_path / "run"
+    common = ["--recipe", str(recipe), "--out", str(out), "--no-latency"]
+    err = _fails(["zoo.models.mlp:SimpleNet", "--data", "mnist", *common], capsys)  # one probability, not 10 class scores
+    assert "returns (2, 1)" in err and "needs (batch, 10)" in err
+    err = _fails(["zoo.models.resnet:BasicBlock", "--data", "mnist", *common], capsys)  # needs constructor arguments
+    assert "zoo.models.resnet:BasicBlock() failed: TypeError" in err and "no arguments" in err
+    static = tmp_path / "static.toml"
+    static.write_text('[[steps]]\nstep = "quantize_static_onnx"\n')
+    err = _fails(["seed-lstm", "--recipe", str(static), "--out", str(out), "--no-latency", "--quiet"], capsys)
+    assert "cannot calibrate the LSTM op; use quantize_dynamic" in err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".run.")]

@@ -55,8 +55,22 @@ def test_a_discriminator_is_pruned_and_distilled_against_its_original():
     assert out["student"](data.example_input(3)).shape == out["alone"](data.example_input(3)).shape == (3, 1)
     from compress.prune import PruneStructuredConfig, prune_structured
 
-    pruned = prune_structured(zoo.load("dcgan-d"), PruneStructuredConfig(ratio=0.5, steps=1, epochs=0.05), data)
-    assert data.evaluate(pruned)["accuracy"] > 0.4
+    original = zoo.load("dcgan-d")
+    pruned = prune_structured(original, PruneStructuredConfig(ratio=0.5, steps=1, epochs=1.0), data)
+    # A discriminator's "accuracy" sits near 0.5 at a GAN's equilibrium, so the bound is fidelity: its
+    # logits on real and generated digits follow the original's (measured r = 0.61; re-drawn weights give ~0.1).
+    images = torch.cat([data.test.images[:500], data.generated(500, torch.Generator().manual_seed(1))])
+    with torch.no_grad():
+        r = torch.corrcoef(torch.stack([original(images)[:, 0], pruned(images)[:, 0]]))[0, 1]
+    assert r > 0.45
+
+
+def test_a_distilled_lstm_student_learns_the_task():
+    data = data_for("seed-lstm")
+    out = distill(zoo.load("seed-lstm"), DistillConfig(width=0.25, epochs=3, lr=0.006, alpha=0.5), data)
+    assert out["student"].module.lstm.hidden_size == 32
+    # 3 epochs of 40 (the preset's budget, which reaches 0.96): far above chance (0.1) already
+    assert data.evaluate(out["student"])["accuracy"] > 0.6 and data.evaluate(out["alone"])["accuracy"] > 0.6
 
 
 def test_fine_tuning_clips_gradients_as_the_model_was_trained():

@@ -61,6 +61,7 @@ def test_a_failed_export_names_each_exporter_and_its_reason(tmp_path):
     record = info.value.record()
     assert record["exported"] is False and set(record["attempts"]) == {"dynamo", "legacy"}
     assert "eigvalsh" in record["attempts"]["legacy"] and "eigh" in record["attempts"]["dynamo"]
+    assert list(tmp_path.iterdir()) == []  # nothing half-written is left where the file would be
 
 
 def test_unknown_exporter_is_refused(tmp_path):

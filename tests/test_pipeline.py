@@ -50,6 +50,12 @@ def test_recipe_resolves_defaults_and_round_trips():
         ('[[steps]]\nstep = "prune-unstructured"\nlayer_sparsity = [["head", 0.5, 1]]\n', "must be a list of 2 values"),
         ('[[steps]]\nstep = "prune-structured"\nratio = 1.5\n', "step 1 (prune-structured): ratio=1.5 is out of range"),
         ('[[steps]]\nstep = "distill"\nfamilies = ["rnn"]\n', "families must be a list drawn from cnn, lstm"),
+        ('[sensitivity]\nratios = [1.5]\n[[steps]]\nstep = "distill"\n', "sensitivity: ratios: 1.5 is not a fraction"),
+        ('[sensitivity]\nbits = [0]\n[[steps]]\nstep = "distill"\n', "sensitivity: bits: 0 is out of range"),
+        ('[[steps]]\nstep = "prune-unstructured"\nprune_every = 0\n', "prune_every=0 must be at least 1"),
+        ('[[steps]]\nstep = "prune-structured"\nlr = -0.1\n', "step 1 (prune-structured): lr=-0.1 must be a positive"),
+        ('[[steps]]\nstep = "weight-sharing"\nepochs = -1\n', "step 1 (weight-sharing): epochs=-1.0 must be 0"),
+        ('[[steps]]\nstep = "qat"\nlr = 0\n', "lr=0.0 must be a positive"),
     ],
 )
 def test_recipe_errors_name_file_step_and_key(text, expected):
@@ -71,6 +77,13 @@ def test_unknown_preset_and_missing_file():
         load_recipe("/nonexistent/recipe.toml")
 
 
+def test_a_recipe_that_is_not_text_is_one_line(tmp_path: Path):
+    binary = tmp_path / "weights.toml"
+    binary.write_bytes(b"\x80\x81\xfe\xff" * 8)
+    with pytest.raises(SlimlensError, match="is not UTF-8 text"):
+        load_recipe(binary)
+
+
 def test_run_writes_loadable_variants_and_schema_valid_results(tmp_path: Path):
     variants = run("seed-cnn", TINY_DISTILL, out_dir=tmp_path, exporter="legacy")
     results = read_results(tmp_path / "results.json")
@@ -84,6 +97,9 @@ def test_run_writes_loadable_variants_and_schema_valid_results(tmp_path: Path):
     assert by_name["distill"]["params"] < by_name["original"]["params"] / 3 and by_name["distill"]["macs"] > 0
     assert by_name["distill"]["steps"][0]["step"] == "distill"
     assert results["timings"]["steps"][0]["seconds"] > 0
+    # each student is timed on its own training, not on the step's total
+    trained = by_name["distill"]["seconds"], by_name["distill-alone"]["seconds"]
+    assert all(t > 0 for t in trained) and sum(trained) <= results["timings"]["steps"][0]["seconds"]
     images = torch.rand(4, 1, 28, 28)
     for entry, variant in zip(results["variants"], variants):
         meta = tmp_path / "variants" / f"{entry['name']}.variant.json"
@@ -152,3 +168,31 @@ def test_distill_gives_an_lstm_its_longer_budget_under_the_same_variant_name():
         assert len(steps) == 1 and steps[0].label == "distill"
     (lstm_step,) = (s for s in preset.steps if "lstm" in s.families)
     assert lstm_step.config.epochs > 4 * next(s for s in preset.steps if "cnn" in s.families).config.epochs
+
+
+def test_apply_picks_the_step_from_the_config_class():
+    import compress
+    import zoo
+    from compress.prune import PruneStructuredConfig
+    from compress.quantize import OrtDynamicInt8Config
+
+    model = zoo.load("simplenet")
+    pruned = compress.apply(model, PruneStructuredConfig(ratio=0.5, steps=1, epochs=0), "simplenet")
+    assert pruned.hidden.out_features < model.hidden.out_features  # a narrower module, the given one untouched
+    int8 = compress.apply(pruned, OrtDynamicInt8Config(), "simplenet")
+    assert int8.format == "onnx" and int8(torch.rand(2, 1, 28, 28)).shape == (2, 1)
+    with pytest.raises(SlimlensError, match="configures no step; give one of: .*StaticInt8Config"):
+        compress.apply(model, {"ratio": 0.5}, "simplenet")
+
+
+def test_deep_compression_chain_through_run(tmp_path: Path):
+    recipe = [{"step": "prune-unstructured", "sparsity": 0.9, "epochs": 1.0, "prune_every": 4},
+              {"step": "weight-sharing", "bits": 4, "epochs": 0},
+              {"step": "compressed-storage"}]
+    variants = run("lenet5", recipe, out_dir=tmp_path, export=False)
+    by_name = {v["name"]: v for v in variants.results["variants"]}
+    original, final = by_name["original"], by_name["compressed-storage"]
+    assert [s["step"] for s in final["steps"]] == ["prune-unstructured", "weight-sharing", "compressed-storage"]
+    assert original["size_bytes"] / final["size_bytes"] > 20  # sparse indices + 4-bit codes + Huffman
+    assert final["metrics"]["accuracy"] > original["metrics"]["accuracy"] - 0.03
+    assert final["nonzero_params"] < 0.12 * original["params"]

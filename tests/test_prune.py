@@ -44,6 +44,13 @@ def test_structured_pruning_shrinks_resnet_and_reloads(tmp_path):
     assert torch.equal(variant(example), reloaded(example))
 
 
+def test_structured_pruning_fine_tunes_a_cnn_back_to_accuracy():
+    data = data_for("seed-cnn")
+    pruned = prune_structured(zoo.load("seed-cnn"), PruneStructuredConfig(ratio=0.5, steps=1, epochs=0.3), data)
+    assert count_params(pruned)[0] < 0.5 * count_params(zoo.load("seed-cnn"))[0]
+    assert data.evaluate(pruned)["accuracy"] > 0.94  # measured 0.961; the original scores 0.984
+
+
 def _widths(model: nn.Module) -> list[int]:
     return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
 
@@ -71,8 +78,9 @@ def test_round_to_keeps_the_nearest_multiple_and_residual_streams_keep_more():
 
 def test_structured_pruning_removes_lstm_hidden_units(tmp_path):
     data = data_for("seed-lstm")
-    pruned = prune_structured(zoo.load("seed-lstm"), PruneStructuredConfig(ratio=0.5, steps=1, epochs=0), data)
+    pruned = prune_structured(zoo.load("seed-lstm"), PruneStructuredConfig(ratio=0.5, steps=1, epochs=0.3), data)
     assert pruned.lstm.hidden_size == 64 and pruned.head.in_features == 64
+    assert data.evaluate(pruned)["accuracy"] > 0.6  # 0.32 before fine-tuning, 0.70 after a third of an epoch
     example = data.example_input(3)
     variant = TorchVariant(name="lstm", source=data.source, module=pruned)
     reloaded = load_variant(variant.save(tmp_path))

@@ -59,3 +59,16 @@ def test_broken_variant_files_are_clear_errors(tmp_path):
     variant = OnnxVariant("x", artifact=tmp_path / "x.onnx")
     with pytest.raises(VariantError, match="cannot be loaded by ONNX Runtime"):
         variant(torch.zeros(1, 1, 28, 28))
+
+
+def test_variant_metadata_cannot_name_code_outside_slimlens(tmp_path):
+    meta = tmp_path / "evil.variant.json"
+    meta.write_text(json.dumps({"name": "evil", "format": "torch", "loader": "os:getcwd"}))
+    with pytest.raises(VariantError, match="not one of slimlens' readers"):
+        load_variant(meta)
+    meta.write_text(json.dumps({"name": "int8", "format": "torch", "loader": "compress.quantize:load_int8_variant"}))
+    with pytest.raises(VariantError, match="is incomplete"):  # a missing key is one line, not a traceback
+        load_variant(meta)
+    meta.write_text(json.dumps([1, 2]))
+    with pytest.raises(VariantError, match="no variant name"):
+        load_variant(meta)
