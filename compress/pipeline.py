@@ -319,6 +319,18 @@ def _resolve(model: nn.Module | str, recipe: Recipe | str | Path | list, data: C
     return model.eval(), recipe, data
 
 
+def check_families(recipe: Recipe, data: CompressionData) -> None:
+    """Refuse, before any work, a step that cannot compress this model's family and that the recipe neither skips nor marks optional."""
+    for index, recipe_step in enumerate(recipe.steps):
+        if recipe_step.optional or (recipe_step.families is not None and data.family not in recipe_step.families):
+            continue
+        supported = get_step(recipe_step.step).families
+        if supported is not None and data.family not in supported:
+            raise SlimlensError(f"step {index + 1} ({recipe_step.step}) does not apply to {data.model_name} (family {data.family}): "
+                                f"it compresses {', '.join(supported)} models; mark it optional = true, "
+                                f"or give it families = [...] in the recipe")
+
+
 def check_fits(model: nn.Module, data: CompressionData) -> None:
     """Fail in one line, before any work, when a user's model cannot take the data's inputs or give its outputs."""
     shape = (2, *data.input_shape)
@@ -356,6 +368,7 @@ def run(
     >>> [v.name for v in variants], variants.results["variants"][0]["metrics"]["accuracy"]  # doctest: +SKIP
     """
     model, recipe, data = _resolve(model, recipe, data, seed)
+    check_families(recipe, data)
     out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="slimlens-run-"))
     # Steps write intermediate files (ONNX exports, calibration copies) to fresh temporary folders
     # and each variant's save() copies what it needs into out/variants; pointing tempfile at one

@@ -28,16 +28,18 @@ class Step:
     name: str
     config_class: type
     function: Callable[..., Any]
+    families: tuple[str, ...] | None = None  # the model families it can compress; None: every family
 
 
 _STEPS: dict[str, Step] = {}
 
 
-def register_step(name: str, config_class: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register ``function`` as recipe step ``name`` configured by ``config_class``."""
+def register_step(name: str, config_class: type, families: tuple[str, ...] | None = None
+                  ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``function`` as recipe step ``name`` configured by ``config_class`` (for ``families`` only, if given)."""
 
     def wrap(function: Callable[..., Any]) -> Callable[..., Any]:
-        _STEPS[name] = Step(name, config_class, function)
+        _STEPS[name] = Step(name, config_class, function, families)
         return function
 
     return wrap

@@ -92,6 +92,6 @@ def test_a_model_that_does_not_fit_the_data_or_the_recipe_fails_in_one_line(tmp_
     assert "zoo.models.resnet:BasicBlock() failed: TypeError" in err and "no arguments" in err
     static = tmp_path / "static.toml"
     static.write_text('[[steps]]\nstep = "quantize_static_onnx"\n')
-    err = _fails(["seed-lstm", "--recipe", str(static), "--out", str(out), "--no-latency", "--quiet"], capsys)
-    assert "cannot calibrate the LSTM op; use quantize_dynamic" in err
+    err = _fails(["seed-lstm", "--recipe", str(static), "--out", str(out), "--no-latency"], capsys)  # refused before any work
+    assert "step 1 (quantize_static_onnx) does not apply to seed-lstm (family lstm)" in err and "optional = true" in err
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".run.")]

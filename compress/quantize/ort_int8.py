@@ -18,6 +18,7 @@ from compress.onnx_utils import (
     quantize_static_file,
 )
 from compress.quantize.common import (
+    STATIC_FAMILIES,
     Progress,
     QuantizationError,
     count_int8_initializers,
@@ -96,7 +97,7 @@ class StaticInt8Config:
                 raise QuantizationError(f"{role}={value!r} must be one of {', '.join(QUANT_TYPES)}")
 
 
-@register_step("quantize_static_onnx", StaticInt8Config)
+@register_step("quantize_static_onnx", StaticInt8Config, families=STATIC_FAMILIES)
 def quantize_static_onnx(model: nn.Module, config: StaticInt8Config, data: CompressionData,
                          progress: Progress = no_progress, layer_ranges: list[tuple[Any, tuple[float, float]]] = (),
                          stand_in: nn.Module | None = None) -> OnnxVariant:

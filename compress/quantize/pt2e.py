@@ -13,7 +13,7 @@ from torch import nn
 
 from compress.context import CompressionData
 from compress.finetune import clone
-from compress.quantize.common import Progress, QuantizationError, no_progress, require_static_family, step_record
+from compress.quantize.common import STATIC_FAMILIES, Progress, QuantizationError, no_progress, require_static_family, step_record
 from compress.steps import register_step
 from compress.variant import TorchVariant
 
@@ -127,7 +127,7 @@ def load_pt2e_variant(meta: dict[str, Any], common: dict[str, Any]) -> Pt2eVaria
                        program=program, compiled=bool(meta.get("compiled")))
 
 
-@register_step("quantize_pt2e", Pt2eInt8Config)
+@register_step("quantize_pt2e", Pt2eInt8Config, families=STATIC_FAMILIES)
 def quantize_pt2e(model: nn.Module, config: Pt2eInt8Config, data: CompressionData,
                   progress: Progress = no_progress) -> Pt2eVariant:
     """torch.export → prepare_pt2e(X86InductorQuantizer) → calibrate → convert_pt2e → torch.compile (needs torchao)."""

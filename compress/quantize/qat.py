@@ -11,6 +11,7 @@ from torch import nn
 from compress.context import CompressionData
 from compress.finetune import clone, finetune
 from compress.quantize.common import (
+    STATIC_FAMILIES,
     Progress,
     QuantizationError,
     no_progress,
@@ -127,7 +128,7 @@ def _detach_fake_quant(model: nn.Module, handles: list[Any]) -> nn.Module:
     return model.eval()
 
 
-@register_step("qat", QatConfig)
+@register_step("qat", QatConfig, families=STATIC_FAMILIES)
 def quantization_aware_training(model: nn.Module, config: QatConfig, data: CompressionData,
                                 progress: Progress = no_progress) -> OnnxVariant:
     """Fine-tune ``model`` under int8 fake quantization, then export it as a calibrated static int8 QDQ ONNX file."""
