@@ -359,8 +359,8 @@ def run(
 ) -> RunResult:
     """Apply ``recipe`` (a Recipe, preset name, TOML path or list of step dicts) to ``model`` on ``data``.
 
-    Saves every variant under ``out_dir/variants/`` and writes ``out_dir/results.json`` (a temporary
-    folder when ``out_dir`` is None). Returns the variants, original first, with ``.results``.
+    Saves every variant under ``out_dir/variants/`` and writes ``out_dir/results.json`` (``out_dir``
+    must be new or empty; when None, a temporary folder that the caller owns and may delete). Returns the variants, original first, with ``.results``.
     ``export`` adds an ONNX export of every PyTorch variant (``exporter``: "auto", "dynamo" or "legacy");
     ``seed`` is used when ``data`` is given as a name.
 
@@ -369,6 +369,9 @@ def run(
     """
     model, recipe, data = _resolve(model, recipe, data, seed)
     check_families(recipe, data)
+    if out_dir is not None and Path(out_dir).is_dir() and any(Path(out_dir).iterdir()):
+        # old variants would mix with the new ones and no longer match results.json
+        raise SlimlensError(f"{out_dir} is not empty; give run() a new or empty folder (slimlens compress --force replaces one)")
     out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="slimlens-run-"))
     # Steps write intermediate files (ONNX exports, calibration copies) to fresh temporary folders
     # and each variant's save() copies what it needs into out/variants; pointing tempfile at one

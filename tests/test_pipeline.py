@@ -196,3 +196,10 @@ def test_deep_compression_chain_through_run(tmp_path: Path):
     assert original["size_bytes"] / final["size_bytes"] > 20  # sparse indices + 4-bit codes + Huffman
     assert final["metrics"]["accuracy"] > original["metrics"]["accuracy"] - 0.03
     assert final["nonzero_params"] < 0.12 * original["params"]
+
+
+def test_run_refuses_a_folder_that_holds_an_earlier_run(tmp_path: Path):
+    (tmp_path / "results.json").write_text("{}")
+    with pytest.raises(SlimlensError, match="is not empty; give run\\(\\) a new or empty folder"):
+        run("simplenet", TINY_DISTILL, out_dir=tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
