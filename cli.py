@@ -257,7 +257,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     command = shlex.join(["slimlens", "bench", args.target, "--devices", args.devices, "--batch", str(args.batch),
                           "--threads", str(args.threads), "--out", str(out)] + (["--no-compile"] if args.no_compile else []))
     reports.bench(args.target, out, args.devices, cfg, memory=not args.no_memory, html=not args.no_html, force=args.force,
-                  command=command, progress=lambda m: _say(args, m))
+                  command=command, progress=lambda m: _say(args, m), trust_code=args.trust_code)
     print(out / "results.json")
     return 0
 
@@ -271,6 +271,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="measure a zoo model (or a run folder's variants) without compressing")
+    p.add_argument("--trust-code", action="store_true", help="allow a run folder's variants to rebuild a user's model by calling the package.module:function they name")
     p.add_argument("target", metavar="MODEL", help="a zoo model name, or a run folder written by compress or bench")
     p.add_argument("--devices", default="cpu", help="comma-separated: cpu, cuda (default: cpu)")
     p.add_argument("--batch", type=int, default=8, help="the throughput batch size (default: 8)")
@@ -300,7 +301,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.variant:
         from compress import load_variant
 
-        variant = load_variant(args.variant)
+        variant = load_variant(args.variant, trust_code=args.trust_code)
     request = Request(
         model=args.model,
         out=Path(args.out),
@@ -331,6 +332,7 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=8, help="test images to explain, one of each class in turn (default: 8)")
     p.add_argument("--indices", help="test-split indices instead, e.g. 3,17,40-43")
     p.add_argument("--image", help="explain this 28x28 digit image file instead (PNG; colour or larger square images are converted)")
+    p.add_argument("--trust-code", action="store_true", help="allow --variant to rebuild a user's model by calling the package.module:function it names")
     p.add_argument("--variant", help="a compressed variant (<name>.variant.json or its folder): its maps are compared with the original's")
     p.add_argument("--out", default="explain-out", help="output folder, written all at once (default: ./explain-out)")
     p.add_argument("--no-trust", action="store_true", help="skip the trust metrics (faithfulness, sensitivity, randomisation)")

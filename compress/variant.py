@@ -177,14 +177,22 @@ def _rebuild_module(source: dict[str, Any]) -> nn.Module:
 
         module_name, _, attr = source["builder"].partition(":")
         try:
-            return getattr(importlib.import_module(module_name), attr)()
+            built = getattr(importlib.import_module(module_name), attr)()
         except (ImportError, AttributeError) as exc:
             raise VariantError(f"cannot import builder {source['builder']!r}: {exc}") from None
+        if not isinstance(built, nn.Module):
+            raise VariantError(f"builder {source['builder']} returned {type(built).__name__}, not a torch.nn.Module")
+        return built
     raise VariantError(f"variant metadata names no architecture to rebuild (source={source})")
 
 
-def load_variant(path: str | Path, threads: int = 1) -> Variant:
-    """Load a saved variant from its ``<name>.variant.json`` (or from a folder holding exactly one)."""
+def load_variant(path: str | Path, threads: int = 1, trust_code: bool = False) -> Variant:
+    """Load a saved variant from its ``<name>.variant.json`` (or from a folder holding exactly one).
+
+    A variant of a user's own model names the ``package.module:function`` that rebuilds its
+    architecture; importing and calling it runs code the file chose, so it needs ``trust_code``.
+    Zoo architectures need nothing.
+    """
     path = Path(path)
     if path.is_dir():
         found = sorted(path.glob(f"*{METADATA_SUFFIX}"))
@@ -199,6 +207,11 @@ def load_variant(path: str | Path, threads: int = 1) -> Variant:
         raise VariantError(f"variant metadata {path} is not valid JSON ({exc})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
         raise VariantError(f"variant metadata {path} has no variant name; it was not written by slimlens")
+    source = meta.get("source") or {}
+    builder = source.get("builder") if isinstance(source, dict) and "zoo" not in source else None
+    if builder is not None and not str(builder).startswith("zoo.") and not trust_code:
+        raise VariantError(f"{path} rebuilds its architecture by calling {builder}(), code named by the file; "
+                           "pass --trust-code (trust_code=True) if you made this run or trust it")
     artifact = path.parent / meta["artifact"] if meta.get("artifact") else None
     common = {"name": meta["name"], "steps": meta.get("steps", []), "source": meta.get("source", {}), "artifact": artifact}
     if meta.get("loader"):  # an artifact with its own reader (e.g. int8 weights) names it as "module:function"

@@ -50,7 +50,7 @@ def zoo_variants(model: str, folder: Path, onnx: bool = True) -> tuple[list[Any]
     return variants, failed
 
 
-def run_variants(run_dir: Path, threads: int) -> tuple[str | None, list[Any]]:
+def run_variants(run_dir: Path, threads: int, trust_code: bool = False) -> tuple[str | None, list[Any]]:
     """The model name and saved variants (original first) of a run folder written by compress or bench."""
     from compress.variant import METADATA_SUFFIX, load_variant
 
@@ -58,7 +58,7 @@ def run_variants(run_dir: Path, threads: int) -> tuple[str | None, list[Any]]:
     found = sorted((run_dir / "variants").glob(f"*{METADATA_SUFFIX}")) or sorted(run_dir.glob(f"*{METADATA_SUFFIX}"))
     if not found:
         raise ReportError(f"{run_dir} holds no saved variants (*{METADATA_SUFFIX} in {run_dir / 'variants'})")
-    variants = [load_variant(p, threads=threads) for p in found]
+    variants = [load_variant(p, threads=threads, trust_code=trust_code) for p in found]
     order = {v["name"]: i for i, v in enumerate(results["variants"])}
     variants.sort(key=lambda v: (v.name != "original", order.get(v.name, len(order)), v.name))
     return results.get("model"), variants
@@ -97,6 +97,7 @@ def bench(
     force: bool = False,
     command: str | None = None,
     progress: Callable[[str], None] | None = None,
+    trust_code: bool = False,
 ) -> Path:
     """Measure ``target`` (a zoo model name or a run folder) and write ``out/results.json`` (+ report.html); returns ``out``."""
     devices = parse_devices(devices)  # fail before any work
@@ -113,7 +114,7 @@ def bench(
     try:
         failed: list[dict[str, str]] = []
         if is_run:
-            model, variants = run_variants(source, cfg.threads)
+            model, variants = run_variants(source, cfg.threads, trust_code)
         else:
             model = target
             (tmp / "variants").mkdir()

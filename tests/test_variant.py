@@ -72,3 +72,12 @@ def test_variant_metadata_cannot_name_code_outside_slimlens(tmp_path):
     meta.write_text(json.dumps([1, 2]))
     with pytest.raises(VariantError, match="no variant name"):
         load_variant(meta)
+
+
+def test_a_user_builder_named_by_variant_metadata_needs_trust(tmp_path):
+    meta = tmp_path / "mine.variant.json"
+    meta.write_text(json.dumps({"name": "mine", "format": "torch", "artifact": "mine.safetensors", "source": {"builder": "os:getcwd"}}))
+    with pytest.raises(VariantError, match=r"calling os:getcwd\(\), code named by the file; pass --trust-code"):
+        load_variant(meta)
+    with pytest.raises(VariantError, match="builder os:getcwd returned str, not a torch.nn.Module"):  # trusted, and checked
+        load_variant(meta, trust_code=True)
