@@ -111,6 +111,29 @@ def cmd_zoo_samples(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compress_steps(args: argparse.Namespace) -> int:
+    """Print every recipe step (or one) with the families it takes and its settings' defaults."""
+    from compress.steps import describe_step, list_steps
+
+    for name in [args.step] if args.step else list_steps():
+        info = describe_step(name)
+        families = ", ".join(info["families"]) if info["families"] else "every family"
+        print(f"{name}: {info['about']} ({families})")
+        if args.step or args.verbose:
+            for key, default in info["settings"].items():
+                print(f"    {key} = {default!r}")
+    if not args.step and not args.verbose:
+        print("\nslimlens steps NAME lists a step's settings and defaults; -v lists them for every step")
+    return 0
+
+
+def _add_steps(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("steps", help="list the recipe steps, the model families each takes, and their settings")
+    p.add_argument("step", nargs="?", help="one step's settings and their defaults")
+    p.add_argument("-v", "--verbose", action="store_true", help="every step's settings")
+    p.set_defaults(func=cmd_compress_steps)
+
+
 def _add_zoo(sub: argparse._SubParsersAction) -> None:
     zoo_parser = sub.add_parser("zoo", help="list, inspect, evaluate and retrain the model zoo")
     zsub = zoo_parser.add_subparsers(dest="zoo_command", required=True)
@@ -352,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_zoo(sub)
     _add_compress(sub)
+    _add_steps(sub)
     _add_report(sub)
     _add_bench(sub)
     _add_explain(sub)

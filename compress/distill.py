@@ -35,7 +35,7 @@ from zoo.errors import SlimlensError
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Settings of the ``distill`` step."""
+    """Distil into a slimmer student (Hinton logit KD, optional FitNets hint), beside the same student trained alone."""
 
     student: str = "auto"  # "auto": the model's own architecture at `width`; "self": the incoming model; or a zoo model name
     width: float = 0.25  # channel / hidden-unit fraction of an "auto" student

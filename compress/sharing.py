@@ -68,7 +68,7 @@ class SharedWeight(nn.Module):
 
 @dataclass(frozen=True)
 class WeightSharingConfig:
-    """Shared values per layer and how long to fine-tune the centroids."""
+    """k-means weight sharing (Deep Compression): each layer keeps 2**bits shared values, centroids then fine-tuned."""
 
     bits: int = 4  # 2**bits shared values per Linear (and LSTM) weight
     conv_bits: int | None = None  # bits for convolutions (Han et al.: 8 for conv, 5 for fc); None → ``bits``

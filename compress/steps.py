@@ -72,6 +72,17 @@ def apply(model: Any, config: Any, data: Any, progress: Callable[[str], None] = 
     return step.function(model, config, data, progress=progress)
 
 
+def describe_step(name: str) -> dict[str, Any]:
+    """What a recipe may write for step ``name``: its config's docstring, the families it takes, and each setting's default."""
+    import dataclasses
+
+    step = get_step(name)
+    settings = {f.name: f.default if f.default is not dataclasses.MISSING else None
+                for f in dataclasses.fields(step.config_class)}
+    return {"step": name, "about": (step.config_class.__doc__ or "").strip().splitlines()[0],
+            "families": list(step.families) if step.families else None, "settings": settings}
+
+
 def list_steps() -> list[str]:
     """Names of all registered steps."""
     _import_steps()

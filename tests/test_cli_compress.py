@@ -95,3 +95,17 @@ def test_a_model_that_does_not_fit_the_data_or_the_recipe_fails_in_one_line(tmp_
     err = _fails(["seed-lstm", "--recipe", str(static), "--out", str(out), "--no-latency"], capsys)  # refused before any work
     assert "step 1 (quantize_static_onnx) does not apply to seed-lstm (family lstm)" in err and "optional = true" in err
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".run.")]
+
+
+def test_steps_lists_every_step_its_families_and_settings(capsys):
+    from compress.steps import list_steps
+
+    assert cli.main(["steps"]) == 0
+    listing = capsys.readouterr().out
+    assert all(f"{name}: " in listing for name in list_steps())
+    assert "quantize_static_onnx: " in listing and "(cnn, gan, mlp, autoencoder, custom)" in listing
+    assert cli.main(["steps", "distill"]) == 0
+    settings = capsys.readouterr().out
+    assert "    width = 0.25" in settings and "    temperature = 4.0" in settings
+    assert cli.main(["steps", "shrink"]) == 2
+    assert "unknown recipe step 'shrink'" in capsys.readouterr().err
