@@ -111,7 +111,7 @@ def cmd_zoo_samples(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_compress_steps(args: argparse.Namespace) -> int:
+def cmd_steps(args: argparse.Namespace) -> int:
     """Print every recipe step (or one) with the families it takes and its settings' defaults."""
     from compress.steps import describe_step, list_steps
 
@@ -131,7 +131,7 @@ def _add_steps(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("steps", help="list the recipe steps, the model families each takes, and their settings")
     p.add_argument("step", nargs="?", help="one step's settings and their defaults")
     p.add_argument("-v", "--verbose", action="store_true", help="every step's settings")
-    p.set_defaults(func=cmd_compress_steps)
+    p.set_defaults(func=cmd_steps)
 
 
 def _add_zoo(sub: argparse._SubParsersAction) -> None:

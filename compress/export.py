@@ -13,7 +13,6 @@ True
 from __future__ import annotations
 
 import copy
-import re
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from compress.context import CompressionData
 from compress.steps import register_step
 from compress.variant import OnnxVariant, removed_with, step_folder
 from zoo import metrics
-from zoo.errors import SlimlensError
+from zoo.errors import SlimlensError, first_line
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 EXPORTERS = ("dynamo", "legacy")
@@ -79,7 +78,7 @@ def export_onnx(
                 _EXPORT[name](model, example.contiguous(), partial, opset)
                 onnx.checker.check_model(str(partial))
             except Exception as exc:  # exporters raise many unrelated types; each reason is kept and reported
-                attempts[name] = _first_line(exc)
+                attempts[name] = first_line(exc)
                 continue
             _tag_exporter(partial, name, attempts)
             partial.replace(path)
@@ -122,13 +121,6 @@ def _tag_exporter(path: Path, exporter: str, skipped: dict[str, str]) -> None:
     proto = onnx.load(str(path))
     onnx.helper.set_model_props(proto, {EXPORTER_KEY: exporter, **{f"slimlens.{k}_failed": v for k, v in skipped.items()}})
     onnx.save(proto, str(path))
-
-
-def _first_line(exc: BaseException) -> str:
-    while exc.__cause__ is not None:  # the dynamo exporter wraps the informative error (e.g. an op with no ONNX function)
-        exc = exc.__cause__
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # drop terminal colour codes
-    return f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else 'no message'}"
 
 
 def check_parity(

@@ -38,8 +38,8 @@ from compress.recipe import Recipe, RecipeStep, load_recipe
 from compress.results import (SCHEMA, count_macs, count_params, environment, file_sizes, is_float_module, output_parity,
                               write_results)
 from compress.steps import get_step
-from compress.variant import OnnxVariant, TorchVariant, Variant
-from zoo.errors import SlimlensError
+from compress.variant import OnnxVariant, TorchVariant, Variant, build_module
+from zoo.errors import SlimlensError, first_line
 from zoo.metrics import batched_outputs
 
 Progress = Callable[[str], None]
@@ -247,28 +247,10 @@ def load_model(model: str, weights: str | Path | None = None, trust_pickle: bool
             return zoo.load(model)
         module = zoo.build(model)
     else:
-        module = _build(model)
+        module = build_module(model)
     if weights is not None:
         load_into(module, _read_weights(Path(weights), trust_pickle), Path(weights))
     return module.eval()
-
-
-def _build(path: str) -> nn.Module:
-    import importlib
-
-    module_name, _, attr = path.partition(":")
-    try:
-        builder = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise SlimlensError(f"cannot import model builder {path!r} ({exc}); give a zoo name or package.module:function") from None
-    try:
-        built = builder()
-    except Exception as exc:  # the user's own code: any error it raises is theirs to fix, in one line
-        raise SlimlensError(f"{path}() failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}; "
-                            "it must build the model with no arguments") from None
-    if not isinstance(built, nn.Module):
-        raise SlimlensError(f"{path} returned {type(built).__name__}, not a torch.nn.Module")
-    return built
 
 
 def _read_weights(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor]:
@@ -339,7 +321,7 @@ def check_fits(model: nn.Module, data: CompressionData) -> None:
             out = model(data.example_input(2))
     except Exception as exc:
         raise SlimlensError(f"{data.model_name} cannot take {data.train.name} "
-                            f"inputs of shape {shape}: {str(exc).splitlines()[0][:200]}; give a model for 1x28x28 digits") from None
+                            f"inputs of shape {shape}: {first_line(exc, 200)}; give a model for 1x28x28 digits") from None
     classes = 1 if data.task == "binary-classification" else int(data.train.labels.max()) + 1
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != classes:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__

@@ -22,7 +22,7 @@ from torch_pruning.pruner.function import LSTMPruner
 from compress.context import CompressionData
 from compress.finetune import BATCH_SIZE, check_budget, finetune, task_loss, trainable_clone
 from compress.steps import register_step
-from zoo.errors import SlimlensError
+from zoo.errors import SlimlensError, first_line
 
 Progress = Callable[[str], None]
 PRUNABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
@@ -169,7 +169,7 @@ def prune_structured(model: nn.Module, config: PruneStructuredConfig, data: Comp
             customized_pruners={nn.LSTM: _LSTMPruner()},
         )
     except Exception as exc:  # Torch-Pruning raises plain errors on graphs it cannot trace
-        raise SlimlensError(f"Torch-Pruning cannot trace {type(model).__name__} ({str(exc).splitlines()[0][:200]}); "
+        raise SlimlensError(f"Torch-Pruning cannot trace {type(model).__name__} ({first_line(exc, 200)}); "
                             "prune it with prune-unstructured instead") from None
     teacher = _teacher(model, data, original)
     for step in range(config.steps):
@@ -177,7 +177,7 @@ def prune_structured(model: nn.Module, config: PruneStructuredConfig, data: Comp
             pruner.step()
         except Exception as exc:
             raise SlimlensError(f"Torch-Pruning failed to remove channels from {type(model).__name__} "
-                                f"({str(exc).splitlines()[0][:200]}); prune it with prune-unstructured instead") from None
+                                f"({first_line(exc, 200)}); prune it with prune-unstructured instead") from None
         progress(f"structured prune round {step + 1}/{config.steps}: {count_params(pruned)[0]:,} params")
         if config.epochs > 0:
             finetune(pruned, data, config.epochs / config.steps, lr=config.lr, teacher=teacher, progress=progress)

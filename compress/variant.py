@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from zoo.cards import write_atomic
-from zoo.errors import SlimlensError
+from zoo.errors import SlimlensError, first_line
 from zoo.weights import read_state_dict, save_state_dict
 
 METADATA_SUFFIX = ".variant.json"
@@ -167,22 +167,34 @@ def removed_with(variant: Variant, folder: Path) -> Variant:
     return variant
 
 
+def build_module(path: str) -> nn.Module:
+    """The module that ``package.module:function`` (a function or class taking no arguments) builds; one-line errors."""
+    import importlib
+
+    module_name, _, attr = path.partition(":")
+    try:
+        builder = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise SlimlensError(f"cannot import model builder {path!r} ({exc}); give a zoo name or package.module:function") from None
+    try:
+        built = builder()
+    except Exception as exc:  # the user's own code: any error it raises is theirs to fix, in one line
+        raise SlimlensError(f"{path}() failed: {first_line(exc, 200)}; it must build the model with no arguments") from None
+    if not isinstance(built, nn.Module):
+        raise SlimlensError(f"builder {path} returned {type(built).__name__}, not a torch.nn.Module")
+    return built
+
+
 def _rebuild_module(source: dict[str, Any]) -> nn.Module:
     if "zoo" in source:
         import zoo
 
         return zoo.build(source["zoo"])
     if "builder" in source:
-        import importlib
-
-        module_name, _, attr = source["builder"].partition(":")
         try:
-            built = getattr(importlib.import_module(module_name), attr)()
-        except (ImportError, AttributeError) as exc:
-            raise VariantError(f"cannot import builder {source['builder']!r}: {exc}") from None
-        if not isinstance(built, nn.Module):
-            raise VariantError(f"builder {source['builder']} returned {type(built).__name__}, not a torch.nn.Module")
-        return built
+            return build_module(source["builder"])
+        except SlimlensError as exc:
+            raise VariantError(str(exc)) from None
     raise VariantError(f"variant metadata names no architecture to rebuild (source={source})")
 
 

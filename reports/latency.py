@@ -28,6 +28,7 @@ import torch
 
 from reports.environment import cpu_model, cuda_device_name, library_versions
 from reports.errors import ReportError
+from zoo.errors import first_line
 
 TIMER = "time.perf_counter_ns around each single call, after warm-up"
 
@@ -76,11 +77,6 @@ def torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
 def _sample_calls(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, cfg: TimingConfig, sync: Callable[[], None]) -> list[int]:
@@ -135,7 +131,7 @@ def _guarded(label: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     try:
         return run()
     except Exception as exc:  # noqa: BLE001 - any failure of a third-party runtime is a recorded result
-        return {"unavailable": f"{label} failed: {_first_line(exc)}"}
+        return {"unavailable": f"{label} failed: {first_line(exc)}"}
 
 
 def _compiled_figures(module: torch.nn.Module, x1: torch.Tensor, xb: torch.Tensor, cfg: TimingConfig, sync: Callable[[], None] = lambda: None) -> dict[str, Any]:
@@ -187,7 +183,7 @@ def interleaved_cpu(variants: list[Any], x1: torch.Tensor, xb: torch.Tensor, cfg
                     one = _sample_calls(call, x1, one_round, lambda: None)
                     many = _sample_calls(call, xb, one_round, lambda: None)
                 except Exception as exc:  # noqa: BLE001 - a failing runtime is a recorded result, as in _guarded
-                    failures[i].append((r + 1, f"{label} failed: {_first_line(exc)}"))
+                    failures[i].append((r + 1, f"{label} failed: {first_line(exc)}"))
                     continue
                 ones[i] += one
                 manys[i] += many

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from compress.context import CompressionData
-from compress.finetune import clone, finetune
+from compress.finetune import check_budget, clone, finetune
 from compress.quantize.common import (
     STATIC_FAMILIES,
     Progress,
@@ -50,8 +50,7 @@ class QatConfig:
     def __post_init__(self) -> None:
         if not self.epochs > 0:
             raise QuantizationError(f"epochs={self.epochs} must be positive")
-        if not self.lr > 0:
-            raise QuantizationError(f"lr={self.lr} must be a positive learning rate, e.g. lr=0.0001")
+        check_budget(self.epochs, self.lr)
         StaticInt8Config(calibration=self.calibration, samples=self.samples)  # same checks as static int8
 
 
