@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import compress  # noqa: E402
 import reports  # noqa: E402
-from compress.results import cpu_model  # noqa: E402
+from zoo.environment import cpu_model  # noqa: E402
 from reports.inputs import timing_inputs  # noqa: E402
 
 CASES = (("deep-compression", "lenet5"), ("edge", "resnet-mnist"), ("distill", "resnet-mnist"), ("int8", "seed-lstm"))

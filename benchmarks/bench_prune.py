@@ -27,12 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import zoo  # noqa: E402
 from compress.context import data_for  # noqa: E402
-from compress.prune import PruneStructuredConfig, PruneUnstructuredConfig, count_macs, count_params, prune_structured, prune_unstructured  # noqa: E402
+from compress.prune import PruneStructuredConfig, PruneUnstructuredConfig, prune_structured, prune_unstructured  # noqa: E402
 from compress.sharing import WeightSharingConfig, share_weights  # noqa: E402
 from compress.sparse import CompressedStorageConfig, compressed_storage  # noqa: E402
 from compress.variant import TorchVariant, load_variant  # noqa: E402
 from reports.latency import TimingConfig, time_calls, torch_threads  # noqa: E402
 from zoo.cards import weights_path  # noqa: E402
+from zoo.footprint import module_macs, module_params  # noqa: E402
 
 # Han et al.'s LeNet-5 kept 66/12/8/19 % of conv1/conv2/fc1/fc2; ours follows the sensitivity curves the same way
 DEEP_PRUNE = PruneUnstructuredConfig(sparsity=0.93, epochs=3.0, distill=0.7,
@@ -61,7 +62,8 @@ def deep_compression(out: Path) -> None:
     seconds = time.perf_counter() - start
     accuracy = data.evaluate(reloaded)["accuracy"]
     dense, packed = weights_path("lenet5").stat().st_size, variant.artifact.stat().st_size
-    total, nonzero = count_params(reloaded.module)
+    counts = module_params(reloaded.module)
+    total, nonzero = counts["params"], counts["nonzero_params"]
     ratio, drop = dense / packed, (base - accuracy) * 100
     print("\n## deep-compression on lenet5")
     print(f"{'':24}{'original':>12}{'compressed':>12}")
@@ -86,7 +88,7 @@ def structured(out: Path) -> None:
     for variant in (before, after):
         with torch_threads(timing.threads):
             latency = time_calls(variant, batch, timing)
-        rows.append((count_params(variant.module)[0], count_macs(variant.module, example), latency,
+        rows.append((module_params(variant.module)["params"], module_macs(variant.module, example), latency,
                      data.evaluate(variant)["accuracy"]))
     print(f"\n## prune-structured (ratio {STRUCTURED.ratio}, {STRUCTURED.steps} rounds, {STRUCTURED.epochs} epochs) on resnet-mnist")
     print(f"{'':28}{'original':>12}{'pruned':>12}")

@@ -35,12 +35,13 @@ from torch import nn
 
 from compress.context import CompressionData, data_for
 from compress.recipe import Recipe, RecipeStep, load_recipe
-from compress.results import (SCHEMA, count_macs, count_params, environment, file_sizes, is_float_module, output_parity,
-                              write_results)
+from compress.results import SCHEMA, is_float_module, write_results
 from compress.steps import get_step
 from compress.variant import OnnxVariant, TorchVariant, Variant, build_module
+from zoo.environment import environment
 from zoo.errors import SlimlensError, first_line
-from zoo.metrics import batched_outputs
+from zoo.footprint import disk_bytes, module_macs, module_params
+from zoo.metrics import batched_outputs, output_parity
 
 Progress = Callable[[str], None]
 POINT_METRICS = ("accuracy", "macro_f1", "confident_fraction")  # fractions whose tolerances are given in points
@@ -112,7 +113,7 @@ def _compressed_bytes(variant: Variant) -> int:
     with tempfile.TemporaryDirectory(prefix="slimlens-search-") as tmp:
         saved = copy.copy(variant)  # saving sets the artifact path; keep the candidate's own untouched
         saved.save(tmp)
-        return file_sizes(saved.artifact)[1]
+        return disk_bytes(saved.artifact)["gzip_bytes"]
 
 
 def _search(recipe_step: RecipeStep, module: nn.Module, data: CompressionData, original: nn.Module,
@@ -187,16 +188,15 @@ class _Recorder:
         if isinstance(variant, OnnxVariant):
             variant.threads = torch.get_num_threads()
         variant.save(self.variants_dir)
-        size, gz = file_sizes(variant.artifact)
-        params, nonzero = count_params(output.counted)
+        sizes = disk_bytes(variant.artifact)
+        counts = module_params(output.counted)
         metrics = self.data.evaluate(variant, reference=_forward(self.original))
         if self.base_metrics is None:
             self.base_metrics = metrics
         entry = {
             "name": variant.name, "format": variant.format, "steps": steps,
             "artifact": str(Path(variant.artifact).resolve().relative_to(self.out_dir.resolve())),
-            "size_bytes": size, "gzip_bytes": gz, "params": params, "nonzero_params": nonzero,
-            "macs": count_macs(output.counted, self.example), "metrics": metrics,
+            **sizes, **counts, "macs": module_macs(output.counted, self.example), "metrics": metrics,
             "metric_drop": round(metric_drop_points(self.data, self.base_metrics, metrics), 4) + 0.0,  # no "-0.0"
             "parity": output_parity(self.reference, batched_outputs(variant, self.inputs), self.classifier),
             "seconds": round(seconds, 2), **(extra or {}),
@@ -204,7 +204,7 @@ class _Recorder:
         self.variants.append(variant)
         self.entries.append(entry)
         self.progress(f"  {variant.name}: {self.data.primary_metric} {metrics[self.data.primary_metric]:.4f}, "
-                      f"{size:,} bytes, {params:,} params")
+                      f"{sizes['size_bytes']:,} bytes, {counts['params']:,} params")
         if self.export and isinstance(variant, TorchVariant):
             if type(variant) is TorchVariant and is_float_module(variant.module):
                 self._export(variant, entry)
@@ -431,7 +431,7 @@ def _run_into(out: Path, model: nn.Module, recipe: Recipe, data: CompressionData
         "higher_is_better": data.higher_is_better,
         "recipe": recipe.to_dict(),
         "command": command,
-        "environment": environment(data.seed),
+        "environment": environment(torch.get_num_threads(), data.seed),
         "timings": {"steps": timings, "total_seconds": round(time.perf_counter() - started, 2)},
         "variants": recorder.entries,
         **extra,

@@ -23,6 +23,7 @@ from compress.context import CompressionData
 from compress.finetune import BATCH_SIZE, check_budget, finetune, task_loss, trainable_clone
 from compress.steps import register_step
 from zoo.errors import SlimlensError, first_line
+from zoo.footprint import module_params
 
 Progress = Callable[[str], None]
 PRUNABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
@@ -39,18 +40,6 @@ def output_layer(model: nn.Module) -> nn.Module:
     if not layers:
         raise SlimlensError(f"{type(model).__name__} has no Conv or Linear layer to prune")
     return layers[-1]
-
-
-def count_params(model: nn.Module) -> tuple[int, int]:
-    """(parameters, nonzero parameters) of ``model``."""
-    params = list(model.parameters())
-    return sum(p.numel() for p in params), sum(int(torch.count_nonzero(p)) for p in params)
-
-
-def count_macs(model: nn.Module, example: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass on ``example`` (Torch-Pruning's counter)."""
-    macs, _ = tp.utils.count_ops_and_params(model, example)
-    return int(macs)
 
 
 def _teacher(model: nn.Module, data: CompressionData, original: nn.Module | None) -> nn.Module | None:
@@ -178,7 +167,7 @@ def prune_structured(model: nn.Module, config: PruneStructuredConfig, data: Comp
         except Exception as exc:
             raise SlimlensError(f"Torch-Pruning failed to remove channels from {type(model).__name__} "
                                 f"({first_line(exc, 200)}); prune it with prune-unstructured instead") from None
-        progress(f"structured prune round {step + 1}/{config.steps}: {count_params(pruned)[0]:,} params")
+        progress(f"structured prune round {step + 1}/{config.steps}: {module_params(pruned)['params']:,} params")
         if config.epochs > 0:
             finetune(pruned, data, config.epochs / config.steps, lr=config.lr, teacher=teacher, progress=progress)
     return pruned.eval()
@@ -322,6 +311,6 @@ def prune_unstructured(model: nn.Module, config: PruneUnstructuredConfig, data: 
         finetune(pruned, data, config.epochs, lr=config.lr, teacher=teacher, loss_fn=loss_fn, after_step=after_step, progress=progress)
     masks.update(config.sparsity)  # exact final sparsity, also when there was no fine-tuning
     masks.remove()
-    total, nonzero = count_params(pruned)
-    progress(f"unstructured prune: {1 - nonzero / total:.1%} of all parameters zero")
+    counts = module_params(pruned)
+    progress(f"unstructured prune: {1 - counts['nonzero_params'] / counts['params']:.1%} of all parameters zero")
     return pruned.eval()

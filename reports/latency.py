@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from reports.environment import cpu_model, cuda_device_name, library_versions
+from zoo.environment import cpu_model, cuda_device_name, library_versions
 from reports.errors import ReportError
 from zoo.errors import first_line
 

@@ -11,14 +11,14 @@ from typing import Any, Callable, Sequence
 import torch
 
 import zoo
-from reports.environment import environment
+from zoo.environment import environment
 from reports.errors import DeviceError, ReportError
 from reports.inputs import timing_inputs
 from reports.latency import TimingConfig, cpu_latency, cuda_latency, interleaved_cpu
 from reports.memory import peak_memory
 from reports.results import SCHEMA
-from reports.size import disk_bytes, module_macs, module_params, onnx_macs, onnx_params
-from zoo.metrics import batched_outputs
+from zoo.footprint import disk_bytes, module_macs, module_params, onnx_macs, onnx_params
+from zoo.metrics import batched_outputs, output_parity
 
 DEVICES = ("cpu", "cuda")
 
@@ -93,18 +93,6 @@ def size_figures(variant: Any, example: torch.Tensor) -> dict[str, Any]:
     return figures
 
 
-def parity(outputs: torch.Tensor, reference: torch.Tensor, classifier: bool) -> dict[str, Any]:
-    """How far a variant's outputs are from the original's on the same inputs."""
-    result: dict[str, Any] = {"max_abs_diff": float((outputs - reference).abs().max()), "inputs": len(outputs)}
-    if classifier and outputs.dim() == 2:
-        if outputs.shape[1] == 1:
-            agree = (outputs[:, 0] >= 0.5) == (reference[:, 0] >= 0.5)
-        else:
-            agree = outputs.argmax(1) == reference.argmax(1)
-        result["argmax_agreement"] = float(agree.float().mean())
-    return result
-
-
 def _parity_inputs(model: str) -> tuple[torch.Tensor, bool]:
     spec = zoo.spec(model)
     if spec.task == "generation":
@@ -171,7 +159,7 @@ def measure(
             entry["metrics"] = zoo.evaluate(model, forward=variant, reference=ref_forward)
             entry["metrics_how"] = f"zoo.evaluate({model!r}, forward=variant) on the {spec.dataset} test split" + (
                 "; fidelity against the first variant on the same latents" if ref_forward is not None else "")
-            entry["parity"] = parity(batched_outputs(variant, parity_inputs), reference, is_classifier)
+            entry["parity"] = output_parity(reference, batched_outputs(variant, parity_inputs), is_classifier)
         entry["measure_seconds"] = round(time.perf_counter() - started, 2)
         entries.append(entry)
     started = time.perf_counter()

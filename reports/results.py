@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from zoo.cards import write_atomic
+from compress.results import SCHEMA  # compress writes the schema; reports reads it and adds latency
 from reports.errors import ReportError
+from zoo.cards import write_atomic
 
-SCHEMA = "slimlens.results/1"
 RESULTS_FILE = "results.json"
 REQUIRED_VARIANT_KEYS = ("name",)
 # metric name -> higher is better; the first one a run has leads its summary

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+import reports
 from compress import load_variant
 from compress.pipeline import run
 from compress.recipe import Recipe, list_presets, load_recipe, parse_recipe
-from compress.results import SCHEMA, read_results
+from compress.results import SCHEMA, validate
+from reports.measure import size_figures
 from zoo.errors import SlimlensError
 
 TINY_DISTILL = [{"step": "distill", "width": 0.5, "epochs": 0.1}]
@@ -86,11 +88,12 @@ def test_a_recipe_that_is_not_text_is_one_line(tmp_path: Path):
 
 def test_run_writes_loadable_variants_and_schema_valid_results(tmp_path: Path):
     variants = run("seed-cnn", TINY_DISTILL, out_dir=tmp_path, exporter="legacy")
-    results = read_results(tmp_path / "results.json")
+    results = reports.read_results(tmp_path)
+    validate(results)
     names = [v["name"] for v in results["variants"]]
     assert results["schema"] == SCHEMA and names[:2] == ["original", "original-onnx"]
     assert {"distill", "distill-alone", "distill-onnx"} <= set(names)
-    assert results["recipe"]["steps"][0]["temperature"] == 4.0 and results["environment"]["torch"] == torch.__version__
+    assert results["recipe"]["steps"][0]["temperature"] == 4.0 and results["environment"]["versions"]["torch"] == torch.__version__
     by_name = {v["name"]: v for v in results["variants"]}
     assert by_name["original"]["metrics"]["accuracy"] > 0.97
     assert by_name["original-onnx"]["export_check"]["passed"] and by_name["original-onnx"]["parity"]["argmax_agreement"] == 1.0
@@ -107,6 +110,12 @@ def test_run_writes_loadable_variants_and_schema_valid_results(tmp_path: Path):
         assert (tmp_path / entry["artifact"]).stat().st_size == entry["size_bytes"]
         torch.testing.assert_close(loaded(images), variant(images), atol=1e-4, rtol=1e-4)
     assert json.loads((tmp_path / "results.json").read_text())["model"] == "seed-cnn"
+    # `slimlens bench` re-measuring a PyTorch variant gives the figures `slimlens compress` wrote
+    for entry, variant in zip(results["variants"], variants):
+        if entry["format"] == "torch":
+            again = size_figures(variant, torch.rand(1, 1, 28, 28))
+            assert {k: again[k] for k in ("size_bytes", "gzip_bytes", "params", "nonzero_params", "macs")} == \
+                {k: entry[k] for k in ("size_bytes", "gzip_bytes", "params", "nonzero_params", "macs")}, entry["name"]
 
 
 def test_accuracy_aware_search_records_its_trail(tmp_path: Path):
@@ -203,3 +212,4 @@ def test_run_refuses_a_folder_that_holds_an_earlier_run(tmp_path: Path):
     with pytest.raises(SlimlensError, match="is not empty; give run\\(\\) a new or empty folder"):
         run("simplenet", TINY_DISTILL, out_dir=tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+

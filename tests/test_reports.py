@@ -18,7 +18,7 @@ import zoo
 from compress.variant import OnnxVariant, TorchVariant
 from reports.bench import export_onnx
 from reports.inputs import timing_inputs
-from reports.size import module_macs, onnx_macs
+from zoo.footprint import module_macs, onnx_macs
 
 # Tiny repetition counts: these tests check that figures exist and are sane, not that they are precise.
 FAST = reports.TimingConfig(batch=4, threads=1, warmup=2, min_repetitions=5, max_repetitions=50, min_seconds=0.0, compile=False)

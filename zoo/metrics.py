@@ -31,6 +31,15 @@ def predicted_labels(outputs: torch.Tensor) -> torch.Tensor:
     return outputs.argmax(dim=1)
 
 
+def output_parity(reference: torch.Tensor, outputs: torch.Tensor, classifier: bool) -> dict:
+    """How far ``outputs`` are from ``reference`` on the same inputs: max abs difference and, for classifiers, prediction agreement."""
+    outputs = outputs.reshape(reference.shape)
+    parity: dict = {"max_abs_diff": float((outputs.float() - reference.float()).abs().max()), "samples": len(reference)}
+    if classifier:
+        parity["argmax_agreement"] = float((predicted_labels(outputs) == predicted_labels(reference)).float().mean())
+    return parity
+
+
 def classification_metrics(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
     """Top-1 accuracy, macro-F1, per-class recall and the confusion matrix (rows: true, columns: predicted)."""
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)

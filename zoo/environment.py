@@ -1,10 +1,11 @@
-"""Where a measurement was taken: library versions, CPU model, threads, GPU, seed."""
+"""Where a run or a measurement was taken: library versions, CPU model, threads, GPU, seed, date."""
 
 from __future__ import annotations
 
 import os
 import platform
 import sys
+from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
 
@@ -27,12 +28,18 @@ def cpu_model() -> str:
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that run and measure variants."""
     versions = {"python": sys.version.split()[0], "torch": torch.__version__}
-    for name in ("onnxruntime", "onnx", "numpy", "torchvision"):
-        try:
-            versions[name] = __import__(name).__version__
-        except ImportError:
-            versions[name] = "not installed"
+    for name in ("onnxruntime", "onnx", "numpy", "torchvision", "captum", "torch-pruning"):
+        versions[name] = _version(name)
     return versions
+
+
+def _version(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def cuda_device_name() -> str | None:
@@ -41,7 +48,7 @@ def cuda_device_name() -> str | None:
 
 
 def environment(threads: int, seed: int | None = None) -> dict[str, Any]:
-    """The environment block of results.json."""
+    """The environment block of results.json (the same for ``slimlens compress`` and ``slimlens bench``)."""
     return {
         "versions": library_versions(),
         "platform": platform.platform(),
@@ -50,4 +57,5 @@ def environment(threads: int, seed: int | None = None) -> dict[str, Any]:
         "threads": threads,
         "gpu": cuda_device_name() or "none (no CUDA GPU present)",
         "seed": seed,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -1,4 +1,9 @@
-"""Size figures of a variant: bytes on disk and gzipped, parameters, nonzero parameters, MACs."""
+"""What a model costs: bytes on disk (and gzipped), parameters, nonzero parameters, MACs.
+
+One set of counters for PyTorch modules (float, pruned, quantized) and ONNX files, used by
+``compress`` when it writes results.json and by ``reports`` when it measures a run again, so the two
+can never disagree about the same variant.
+"""
 
 from __future__ import annotations
 
