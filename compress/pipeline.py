@@ -35,7 +35,7 @@ from torch import nn
 
 from compress.context import CompressionData, data_for
 from compress.recipe import Recipe, RecipeStep, load_recipe
-from compress.results import SCHEMA, is_float_module, write_results
+from compress.results import SCHEMA, is_float_module, move_into_place, staging_dir, write_results
 from compress.steps import get_step
 from compress.variant import OnnxVariant, TorchVariant, Variant, build_module
 from zoo.environment import environment
@@ -341,8 +341,10 @@ def run(
 ) -> RunResult:
     """Apply ``recipe`` (a Recipe, preset name, TOML path or list of step dicts) to ``model`` on ``data``.
 
-    Saves every variant under ``out_dir/variants/`` and writes ``out_dir/results.json`` (``out_dir``
-    must be new or empty; when None, a temporary folder that the caller owns and may delete). Returns the variants, original first, with ``.results``.
+    Saves every variant under ``out_dir/variants/`` and writes ``out_dir/results.json``. ``out_dir`` must
+    be new or empty; the run is built in a folder beside it and renamed into place only when complete.
+    When None, a temporary folder that the caller owns and may delete. Returns the variants, original
+    first, with ``.results``.
     ``export`` adds an ONNX export of every PyTorch variant (``exporter``: "auto", "dynamo" or "legacy");
     ``seed`` is used when ``data`` is given as a name.
 
@@ -351,10 +353,31 @@ def run(
     """
     model, recipe, data = _resolve(model, recipe, data, seed)
     check_families(recipe, data)
-    if out_dir is not None and Path(out_dir).is_dir() and any(Path(out_dir).iterdir()):
+    if out_dir is None:
+        return _run_in_workspace(Path(tempfile.mkdtemp(prefix="slimlens-run-")), model, recipe, data, progress, command, export, exporter)
+    out = Path(out_dir)
+    if out.is_dir() and any(out.iterdir()):
         # old variants would mix with the new ones and no longer match results.json
-        raise SlimlensError(f"{out_dir} is not empty; give run() a new or empty folder (slimlens compress --force replaces one)")
-    out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="slimlens-run-"))
+        raise SlimlensError(f"{out} is not empty; give run() a new or empty folder (slimlens compress --force replaces one)")
+    # Built beside out_dir and renamed into place when complete: a run that fails or is interrupted
+    # leaves no half-written out_dir whose results.json and variants disagree.
+    out.resolve().parent.mkdir(parents=True, exist_ok=True)
+    staged = staging_dir(out)
+    try:
+        result = _run_in_workspace(staged, model, recipe, data, progress, command, export, exporter)
+        move_into_place(staged, out)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    for variant in result:
+        if variant.artifact is not None and Path(variant.artifact).is_relative_to(staged):
+            variant.artifact = out / Path(variant.artifact).relative_to(staged)
+    result.out_dir = out
+    return result
+
+
+def _run_in_workspace(out: Path, model: nn.Module, recipe: Recipe, data: CompressionData, progress: Progress,
+                      command: str | None, export: bool, exporter: str) -> RunResult:
     # Steps write intermediate files (ONNX exports, calibration copies) to fresh temporary folders
     # and each variant's save() copies what it needs into out/variants; pointing tempfile at one
     # work folder for the run lets all of that go when the run ends, instead of piling up in /tmp.

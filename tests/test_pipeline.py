@@ -213,3 +213,22 @@ def test_run_refuses_a_folder_that_holds_an_earlier_run(tmp_path: Path):
         run("simplenet", TINY_DISTILL, out_dir=tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
+
+def test_an_interrupted_run_leaves_no_half_written_folder(tmp_path: Path):
+    out = tmp_path / "run"
+
+    def interrupt_after_first_variant(message: str) -> None:
+        if message.startswith("  original:"):  # the original's variant and ONNX export are on disk by now
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run("simplenet", TINY_DISTILL, out_dir=out, progress=interrupt_after_first_variant, export=False)
+    assert list(tmp_path.iterdir()) == []  # neither `run` nor its staging folder
+
+
+def test_a_finished_run_is_renamed_into_place_with_its_variants_pointing_there(tmp_path: Path):
+    out = tmp_path / "nested" / "run"
+    variants = run("simplenet", TINY_DISTILL, out_dir=out, export=False)
+    assert variants.out_dir == out and sorted(p.name for p in (tmp_path / "nested").iterdir()) == ["run"]
+    for variant in variants:
+        assert Path(variant.artifact).parent == out / "variants" and Path(variant.artifact).is_file()
