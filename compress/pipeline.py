@@ -356,6 +356,8 @@ def run(
     if out_dir is None:
         return _run_in_workspace(Path(tempfile.mkdtemp(prefix="slimlens-run-")), model, recipe, data, progress, command, export, exporter)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise SlimlensError(f"{out} is a file; give run() a new or empty folder")
     if out.is_dir() and any(out.iterdir()):
         # old variants would mix with the new ones and no longer match results.json
         raise SlimlensError(f"{out} is not empty; give run() a new or empty folder (slimlens compress --force replaces one)")

@@ -212,6 +212,8 @@ def test_run_refuses_a_folder_that_holds_an_earlier_run(tmp_path: Path):
     with pytest.raises(SlimlensError, match="is not empty; give run\\(\\) a new or empty folder"):
         run("simplenet", TINY_DISTILL, out_dir=tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+    with pytest.raises(SlimlensError, match="is a file; give run\\(\\) a new or empty folder"):
+        run("simplenet", TINY_DISTILL, out_dir=tmp_path / "results.json")
 
 
 def test_an_interrupted_run_leaves_no_half_written_folder(tmp_path: Path):
