@@ -8,7 +8,6 @@ from torch import nn
 
 import zoo
 from compress.context import data_for
-from zoo.footprint import module_macs, module_params
 from compress.prune import (
     PruneStructuredConfig,
     PruneUnstructuredConfig,
@@ -23,6 +22,7 @@ from compress.sparse import CompressedStorageConfig, CompressedVariant, compress
 from compress.steps import get_step
 from compress.variant import TorchVariant, load_variant
 from zoo.errors import SlimlensError
+from zoo.footprint import module_macs, module_params
 
 
 def test_structured_pruning_shrinks_resnet_and_reloads(tmp_path):
