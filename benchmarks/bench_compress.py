@@ -1,6 +1,6 @@
 """The compression benchmark: run each preset on its target model and print the targets side by side.
 
-    .venv/bin/python benchmarks/bench_compress.py                  # all presets (about 20 minutes on 2 idle cores; distill runs three seeds)
+    .venv/bin/python benchmarks/bench_compress.py                  # all presets (about 20 minutes on 2 idle cores; distill runs five seeds)
     .venv/bin/python benchmarks/bench_compress.py --only edge      # one preset
     .venv/bin/python benchmarks/bench_compress.py --keep runs/     # keep every run folder (results.json, variants)
 
@@ -94,7 +94,7 @@ def edge_rows(run: compress.RunResult, threads: int) -> list[Row]:
 
 
 def distill_rows(runs: list[compress.RunResult], threads: int) -> list[Row]:
-    # The seed moves the student's gap to the teacher between 0.3 and 1.1 points (1,000 test images; the
+    # The seed moves the student's gap to the teacher between 0.1 and 1.1 points (1,000 test images; the
     # seed sets the student's initial weights, data order and augmentation), more than the targets
     # themselves, so the targets are judged on the mean of five fixed seeds and every seed is printed.
     per_seed = []

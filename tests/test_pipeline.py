@@ -176,7 +176,7 @@ def test_distill_gives_an_lstm_its_longer_budget_under_the_same_variant_name():
         steps = [s for s in preset.steps if s.families is None or family in s.families]
         assert len(steps) == 1 and steps[0].label == "distill"
     (lstm_step,) = (s for s in preset.steps if "lstm" in s.families)
-    assert lstm_step.config.epochs > 4 * next(s for s in preset.steps if "cnn" in s.families).config.epochs
+    assert lstm_step.config.epochs > 2 * next(s for s in preset.steps if "cnn" in s.families).config.epochs
 
 
 def test_apply_picks_the_step_from_the_config_class():
