@@ -1,6 +1,6 @@
 """The compression benchmark: run each preset on its target model and print the targets side by side.
 
-    .venv/bin/python benchmarks/bench_compress.py                  # all presets (about 20 minutes on 2 idle cores; distill runs five seeds)
+    .venv/bin/python benchmarks/bench_compress.py                  # all presets (about 30 minutes on 2 idle cores; distill runs five seeds)
     .venv/bin/python benchmarks/bench_compress.py --only edge      # one preset
     .venv/bin/python benchmarks/bench_compress.py --keep runs/     # keep every run folder (results.json, variants)
 
