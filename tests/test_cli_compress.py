@@ -56,7 +56,7 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tmp_path: Path, recip
     bad.write_text('[[steps]]\nstep = "distill"\ntemperature = "hot"\n')
     assert f"{bad}: step 1 (distill): setting 'temperature' must be a number" in _fails(["seed-cnn", "--recipe", str(bad), *common], capsys)
     assert "not found" in _fails(["seed-cnn", "--weights", str(tmp_path / "none.safetensors"), "--recipe", str(recipe), *common], capsys)
-    assert "does not fit the architecture" in _fails(
+    assert "does not fit SeedCNN: tensors 6 missing" in _fails(
         ["seed-cnn", "--weights", str(TRAINED_DIR / "lenet5.safetensors"), "--recipe", str(recipe), *common], capsys)
     assert "--data" in _fails(["zoo.models.mlp:SimpleNet", "--recipe", str(recipe), *common], capsys)
     assert "timing setting threads must be a whole number of at least 1" in _fails(

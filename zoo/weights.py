@@ -41,13 +41,21 @@ def read_state_dict(path: Path, expected_sha256: str | None = None) -> dict[str,
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
-    """Load ``state`` into ``model`` strictly, turning a shape or key mismatch into a WeightsError."""
+    """Load ``state`` into ``model`` strictly, turning a shape or key mismatch into a one-line WeightsError."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [f"{k} {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model" for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    problems = [f"{len(keys)} {what} ({', '.join(keys[:3])}{', …' if len(keys) > 3 else ''})"
+                for what, keys in (("missing", missing), ("unexpected", unexpected), ("with another shape", reshaped)) if keys]
+    if problems:
+        raise WeightsError(f"weights file {path} does not fit {type(model).__name__}: tensors {'; '.join(problems)}; "
+                           "pass weights saved from this same architecture")
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:3])
-        raise WeightsError(f"weights file {path} does not fit the architecture: {detail}") from None
+    except RuntimeError as exc:  # e.g. a dtype torch cannot copy
+        detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[:3])
+        raise WeightsError(f"weights file {path} does not fit {type(model).__name__}: {detail}") from None
     return model
 
 
