@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_compress.py                  # all presets (about 30 minutes on 2 idle cores; distill runs five seeds)
     .venv/bin/python benchmarks/bench_compress.py --only edge      # one preset
     .venv/bin/python benchmarks/bench_compress.py --keep runs/     # keep every run folder (results.json, variants)
+    .venv/bin/python benchmarks/bench_compress.py --only distill --distill-model lenet5   # the distill figures for another teacher
 
 Speed figures come from ``reports.latencies`` (warm-up, then single calls timed until a minimum count
 and time, in rounds that interleave the variants; medians), the same test images for every
@@ -102,6 +103,7 @@ def distill_rows(runs: list[compress.RunResult], threads: int) -> list[Row]:
         v = _by_name(run.results)
         teacher, student, alone = v["original"], v["distill"], v["distill-alone"]
         per_seed.append((run.results["environment"]["seed"], teacher, student, alone))
+    model = runs[0].results["model"]
     ratio = per_seed[0][1]["params"] / per_seed[0][2]["params"]
     gaps = [_points(s, t) for _, t, s, _ in per_seed]
     gains = [-_points(s, a) for _, _, s, a in per_seed]
@@ -109,10 +111,10 @@ def distill_rows(runs: list[compress.RunResult], threads: int) -> list[Row]:
     accs = "; ".join(f"seed {seed}: teacher {t['metrics']['accuracy']:.3f}, student {s['metrics']['accuracy']:.3f}, alone {a['metrics']['accuracy']:.3f}"
                      for seed, t, s, a in per_seed)
     seeds = f"mean of {len(runs)} seeds" if len(runs) > 1 else "one seed"
-    return [("distill", "resnet-mnist", "teacher params / student params", ">= 10x", f"{ratio:.1f}x", ratio >= 10),
-            ("distill", "resnet-mnist", f"student gap to teacher, {seeds} ({accs})", "<= 0.5 pt",
+    return [("distill", model, "teacher params / student params", ">= 10x", f"{ratio:.1f}x", ratio >= 10),
+            ("distill", model, f"student gap to teacher, {seeds} ({accs})", "<= 0.5 pt",
              f"{gap:+.2f} pt [{', '.join(f'{g:+.1f}' for g in gaps)}]", gap <= 0.5),
-            ("distill", "resnet-mnist", f"student gain over the same student alone, {seeds}", ">= 0.5 pt",
+            ("distill", model, f"student gain over the same student alone, {seeds}", ">= 0.5 pt",
              f"{gain:+.2f} pt [{', '.join(f'{g:+.1f}' for g in gains)}]", gain >= 0.5)]
 
 
@@ -159,7 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--distill-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], metavar="SEED",
                         help="seeds of the distill runs; its targets are judged on their mean (default: 0 1 2 3 4)")
+    parser.add_argument("--distill-model", default="resnet-mnist", metavar="NAME",
+                        help="the zoo classifier distill runs on, as teacher (default: resnet-mnist, the target's model)")
     args = parser.parse_args(argv)
+    import zoo
+
+    if args.distill_model not in zoo.list_models() or zoo.spec(args.distill_model).task != "classification":
+        parser.error(f"--distill-model {args.distill_model!r} must be a zoo classifier: "
+                     f"{', '.join(m for m in zoo.list_models() if zoo.spec(m).task == 'classification')}")
     torch.set_num_threads(args.threads)
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="slimlens-bench-"))
     start_line = machine(args.threads)
@@ -167,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     for preset, model in CASES:
         if args.only and preset not in args.only:
             continue
+        model = args.distill_model if preset == "distill" else model
         say = (lambda m: None) if args.quiet else (lambda m, p=preset: print(f"[{p}] {m}", file=sys.stderr, flush=True))
         runs, walls = [], []
         for seed in (dict.fromkeys(args.distill_seeds) if preset == "distill" else [0]):
