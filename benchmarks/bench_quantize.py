@@ -69,7 +69,7 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict]:
         size = saved_bytes(variant, work / label)
         metrics = data.evaluate(variant, reference=model)
         rows.append({"model": name, "variant": label, "bytes": size, "ratio": float_bytes / size,
-                     "drop_points": 100 * data.metric_drop(base, metrics), "ms_b8": median_ms(variant, batch, args.reps),
+                     "drop": _drop(data, base, metrics), "ms_b8": median_ms(variant, batch, args.reps),
                      "seconds": seconds})
 
     float_bytes = saved_bytes(TorchVariant("fp32", source=data.source, module=model), work / "fp32")
@@ -104,6 +104,12 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def _drop(data: CompressionData, base: dict, metrics: dict) -> str:
+    """How much worse the primary metric got: accuracy in points, FD or MSE in their own units."""
+    drop = data.metric_drop(base, metrics)
+    return f"{100 * drop:+.2f} pt" if data.primary_metric == "accuracy" else f"{drop:+.3g} {data.primary_metric}"
+
+
 def _static(model: torch.nn.Module, data: CompressionData, **settings) -> Callable[[], object]:
     return lambda: quantize_static_onnx(model, StaticInt8Config(**settings), data)
 
@@ -119,13 +125,13 @@ def main() -> None:
     parser.add_argument("--skip-pt2e", action="store_true")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {args.threads} threads, batch 8, median of {args.reps} calls")
-    print(f"{'model':<14}{'variant':<40}{'bytes':>10}{'x smaller':>10}{'drop pt':>9}{'ms/b8':>9}{'make s':>8}")
+    print(f"{'model':<20}{'variant':<40}{'bytes':>10}{'x smaller':>10}{'drop':>16}{'ms/b8':>9}{'make s':>8}")
     for name in args.models:
         for r in bench_model(name, args):
             if "error" in r:
-                print(f"{r['model']:<14}{r['variant']:<40}  failed: {r['error']}")
+                print(f"{r['model']:<20}{r['variant']:<40}  failed: {r['error']}")
             else:
-                print(f"{r['model']:<14}{r['variant']:<40}{r['bytes']:>10,}{r['ratio']:>10.2f}{r['drop_points']:>9.2f}"
+                print(f"{r['model']:<20}{r['variant']:<40}{r['bytes']:>10,}{r['ratio']:>10.2f}   {r['drop']:>13}"
                       f"{r['ms_b8']:>9.2f}{r['seconds']:>8.1f}", flush=True)
 
 
