@@ -62,12 +62,19 @@ def magnitude_pruned(weight: torch.Tensor, ratio: float) -> torch.Tensor:
     return torch.where(weight.abs() > threshold, weight, torch.zeros_like(weight))
 
 
-def fake_quantized(weight: torch.Tensor, bits: int) -> torch.Tensor:
-    """``weight`` rounded to ``bits``-bit symmetric integers per output channel (row), then scaled back."""
+def fake_quantized(weight: torch.Tensor, bits: int, axis: int = 0) -> torch.Tensor:
+    """``weight`` rounded to ``bits``-bit symmetric integers per slice along ``axis`` (its output channels), then scaled back."""
     levels = 2 ** (bits - 1) - 1
-    rows = weight.reshape(weight.shape[0], -1)
+    moved = weight.movedim(axis, 0)
+    rows = moved.reshape(moved.shape[0], -1)
     scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / max(levels, 1)
-    return ((rows / scale).round().clamp(-levels - 1, levels) * scale).reshape(weight.shape)
+    return ((rows / scale).round().clamp(-levels - 1, levels) * scale).reshape(moved.shape).movedim(0, axis)
+
+
+def output_channel_axis(module: nn.Module) -> int:
+    """The weight axis of ``module``'s output channels: 1 for a transposed convolution (in, out, kH, kW), else 0."""
+    # ONNX Runtime and QAT (compress/quantize/qat.py) quantize a ConvTranspose weight along axis 1 too
+    return 1 if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) else 0
 
 
 def _scorer(data: CompressionData, config: SensitivityConfig) -> tuple[Callable[[nn.Module], float], str]:
@@ -125,7 +132,7 @@ def sensitivity(model: nn.Module, data: CompressionData, config: SensitivityConf
         saved = weight.detach().clone()
         curves = {}
         for key, changes in (("pruning", [magnitude_pruned(saved, r) for r in config.ratios]),
-                             ("quantization", [fake_quantized(saved, b) for b in config.bits])):
+                             ("quantization", [fake_quantized(saved, b, output_channel_axis(module)) for b in config.bits])):
             values = []
             for changed in changes:
                 with torch.no_grad():

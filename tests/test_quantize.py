@@ -191,6 +191,7 @@ def test_pt2e_int8_cnn_is_accurate_smaller_and_reloads(cnn, tmp_path):
 
     model, data, base = cnn
     variant = quantize_pt2e(model, Pt2eInt8Config(samples=32, compile=False), data)  # compiling is timed in the benchmark
+    assert variant.steps[0]["quantized_layers"] == 5  # three convolutions and two linear layers
     assert data.metric_drop(base, data.evaluate(variant)) <= 0.01
     assert _size(variant, tmp_path) < 0.6 * zoo.card("seed-cnn").weights["bytes"]  # int8 weights, not float copies
     loaded = load_variant(tmp_path / f"{variant.name}.variant.json")
@@ -206,9 +207,18 @@ def test_pt2e_int8_quantizes_a_resnet_whose_blocks_call_one_relu_twice():
     variant = quantize_pt2e(zoo.load("resnet-mnist"), Pt2eInt8Config(samples=16, compile=False), data)
     int8_weights = [n for n in variant.program.graph.nodes if "dequantize_per_channel" in str(n.target)]
     assert len(int8_weights) == 16  # all 15 convolutions and the head carry int8 weights
+    assert variant.steps[0]["quantized_layers"] == 16
     x = data.example_input(64)
     agreement = (variant(x).argmax(1) == zoo.load("resnet-mnist")(x).argmax(1)).float().mean()
     assert agreement >= 0.95
+
+
+def test_pt2e_int8_of_a_generator_it_cannot_quantize_is_refused():
+    from compress.quantize import Pt2eInt8Config, quantize_pt2e
+
+    # X86InductorQuantizer has no ConvTranspose2d pattern: dcgan-g would come back all float under an int8 name
+    with pytest.raises(QuantizationError, match=r"quantized no layer of dcgan-g \(family gan\).*use quantize_static_onnx"):
+        quantize_pt2e(zoo.build("dcgan-g"), Pt2eInt8Config(samples=2, compile=False), data_for("dcgan-g"))
 
 
 def test_static_int8_generator_stays_faithful_to_the_original():

@@ -81,6 +81,13 @@ def _split_reused_modules(graph_module: torch.fx.GraphModule) -> None:
                 node.meta["nn_module_stack"] = stack
 
 
+def _quantized_layers(graph_module: torch.fx.GraphModule) -> int:
+    """How many layers carry int8 weights: dequantize ops reading a stored constant rather than an activation."""
+    return sum(node.op == "call_function" and "dequantize" in str(node.target) and node.args
+               and isinstance(node.args[0], torch.fx.Node) and node.args[0].op == "get_attr"
+               for node in graph_module.graph.nodes)
+
+
 def _drop_unused_tensors(graph_module: torch.fx.GraphModule) -> None:
     """Delete parameters the converted graph no longer reads (the float weights its int8 copies replaced)."""
     used = {node.target for node in graph_module.graph.nodes if node.op == "get_attr"}
@@ -149,6 +156,10 @@ def quantize_pt2e(model: nn.Module, config: Pt2eInt8Config, data: CompressionDat
         with torch.no_grad():
             prepared(data.inputs(config.samples))
         converted = convert_pt2e(prepared)
+        layers = _quantized_layers(converted)
+        if layers == 0:  # the quantizer skips ops it has no pattern for; an all-float "int8" model would be mislabelled
+            raise QuantizationError(f"X86InductorQuantizer quantized no layer of {data.model_name} (family {data.family}): "
+                                    "it handles Conv2d and Linear, not ConvTranspose2d; use quantize_static_onnx instead")
         _drop_unused_tensors(converted)
         program = torch.export.export(converted, (example,), dynamic_shapes=shapes)
     module = program.module()
@@ -161,7 +172,8 @@ def quantize_pt2e(model: nn.Module, config: Pt2eInt8Config, data: CompressionDat
         except Exception as exc:  # Inductor raises many types; the reason is what the user needs
             raise QuantizationError(f"torch.compile of the PT2E int8 model failed ({type(exc).__name__}: "
                                     f"{str(exc).splitlines()[0][:200]}); use compile=false or quantize_static_onnx") from None
-    step = step_record("quantize_pt2e", config, backend=f"torchao PT2E X86InductorQuantizer (torchao {_version('torchao')})")
+    step = step_record("quantize_pt2e", config, backend=f"torchao PT2E X86InductorQuantizer (torchao {_version('torchao')})",
+                       quantized_layers=layers)
     return Pt2eVariant(name=config.name, steps=[step], source=dict(data.source), module=module,
                        stand_in=clone(model).eval(), program=program, compiled=config.compile)
 
