@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from typing import Callable, ClassVar
 
 import torch
-import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 from torch_pruning.pruner.function import LSTMPruner
 
 from compress.context import CompressionData
+from compress.distill import soft_target_loss
 from compress.finetune import BATCH_SIZE, check_budget, finetune, task_loss, trainable_clone
 from compress.steps import register_step
 from zoo.errors import SlimlensError, first_line
@@ -139,6 +139,13 @@ def layer_ratios(model: nn.Module, ratio: float, skip: nn.Module, round_to: int 
     return ratios
 
 
+def _require_hidden_layer(model: nn.Module, head: nn.Module, name: str) -> None:
+    """Refuse, before any fine-tuning, a model whose only weighted layer is the output layer (kept whole)."""
+    if not any(isinstance(m, (*PRUNABLE, nn.LSTM)) and m is not head for m in model.modules()):
+        raise SlimlensError(f"prune-structured found no channels to remove in {name}: its only weighted layer is "
+                            "the output layer; use prune-unstructured instead")
+
+
 @register_step("prune-structured", PruneStructuredConfig)
 def prune_structured(model: nn.Module, config: PruneStructuredConfig, data: CompressionData,
                      progress: Progress = lambda message: None, original: nn.Module | None = None) -> nn.Module:
@@ -147,6 +154,8 @@ def prune_structured(model: nn.Module, config: PruneStructuredConfig, data: Comp
     example = data.example_input(2)
     importance = tp.importance.GroupMagnitudeImportance(p=1 if config.importance == "l1" else 2)
     head = output_layer(pruned)
+    _require_hidden_layer(pruned, head, data.model_name)
+    params = module_params(pruned)["params"]
     per_layer = None
     if config.round_to is not None or config.residual_ratio is not None:
         residual = residual_layers(pruned, example, head) if config.residual_ratio is not None else set()
@@ -170,6 +179,9 @@ def prune_structured(model: nn.Module, config: PruneStructuredConfig, data: Comp
         progress(f"structured prune round {step + 1}/{config.steps}: {module_params(pruned)['params']:,} params")
         if config.epochs > 0:
             finetune(pruned, data, config.epochs / config.steps, lr=config.lr, teacher=teacher, progress=progress)
+    if module_params(pruned)["params"] >= params:  # a fine-tuned copy of the same size is not a pruned variant
+        raise SlimlensError(f"prune-structured removed no channels from {data.model_name} at ratio={config.ratio}; "
+                            "raise ratio, or use prune-unstructured instead")
     return pruned.eval()
 
 
@@ -205,7 +217,7 @@ class PruneUnstructuredConfig:
     lr: float = 1e-3
     scope: str = "global"  # "global": one magnitude threshold across layers; "layer": every layer to `sparsity`
     layer_sparsity: tuple[tuple[str, float], ...] = ()  # per-layer targets by module name (Han et al.), overriding scope
-    distill: float = 0.0  # classifiers: weight of the original model's softened outputs in the loss (0: labels only)
+    distill: float = 0.0  # weight of the original model's (softened) outputs in the loss (0: the task loss only)
 
     strength_field: ClassVar[str] = "sparsity"
 
@@ -273,12 +285,11 @@ class _Masks:
 
 
 def self_distill_loss(data: CompressionData, weight: float, temperature: float = 4.0) -> Callable[..., torch.Tensor]:
-    """Task loss mixed with Hinton's T²-scaled KL to the unpruned model's outputs: 4,000 labels alone overfit while pruning."""
+    """Task loss mixed with the soft-target loss to the unpruned model's outputs: 4,000 labels alone overfit while pruning."""
 
     def loss(outputs: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor, teacher_out: torch.Tensor) -> torch.Tensor:
-        soft = F.kl_div(F.log_softmax(outputs / temperature, 1), F.log_softmax(teacher_out / temperature, 1),
-                        reduction="batchmean", log_target=True) * temperature**2
-        return (1 - weight) * task_loss(data, outputs, inputs, labels) + weight * soft
+        soft = soft_target_loss(data, outputs, teacher_out, temperature)  # Hinton's KL, its binary form, or MSE
+        return (1 - weight) * task_loss(data, outputs, inputs, labels, teacher_out) + weight * soft
 
     return loss
 
@@ -296,7 +307,7 @@ def prune_unstructured(model: nn.Module, config: PruneUnstructuredConfig, data: 
     pruned = trainable_clone(model)
     masks = _Masks(pruned, config)
     teacher, loss_fn = _teacher(model, data, original), None
-    if config.distill > 0 and data.task == "classification":
+    if config.distill > 0:  # every task has a soft target: class scores, a probability, or the original's output
         teacher, loss_fn = (original if original is not None else model).eval(), self_distill_loss(data, config.distill)
     total_steps = max(1, math.ceil(config.epochs * len(data.train) / BATCH_SIZE))  # as finetune counts them
     ramp_steps = max(1, int(config.ramp * total_steps))

@@ -17,7 +17,7 @@ from compress.prune import (
     prune_unstructured,
     residual_layers,
 )
-from compress.sensitivity import SensitivityConfig, fake_quantized, sensitivity
+from compress.sensitivity import SensitivityConfig, fake_quantized, output_channel_axis, sensitivity
 from compress.sparse import CompressedStorageConfig, CompressedVariant, compressed_storage, decode_gaps, encode_gaps
 from compress.steps import get_step
 from compress.variant import TorchVariant, load_variant
@@ -84,6 +84,30 @@ def test_structured_pruning_removes_lstm_hidden_units(tmp_path):
     variant = TorchVariant(name="lstm", source=data.source, module=pruned)
     reloaded = load_variant(variant.save(tmp_path))
     assert torch.equal(variant(example), reloaded(example))
+
+
+def test_structured_pruning_of_a_model_with_only_an_output_layer_is_refused():
+    # softmax-regression's one Linear is its output layer, which is kept whole: nothing is left to remove
+    with pytest.raises(SlimlensError, match=r"no channels to remove in softmax-regression.*use prune-unstructured"):
+        prune_structured(zoo.load("softmax-regression"), PruneStructuredConfig(ratio=0.5, steps=1, epochs=0.01),
+                         data_for("softmax-regression"))
+
+
+@pytest.mark.parametrize("name", ["simplenet", "seed-autoencoder"])  # binary-classification, reconstruction
+def test_unstructured_distillation_applies_beyond_multiclass_classifiers(name):
+    data = data_for(name)
+    model = zoo.load(name)
+
+    def changed(distill: float) -> float:
+        config = PruneUnstructuredConfig(sparsity=0.0, epochs=0.02, distill=distill)
+        pruned = prune_unstructured(model, config, data)
+        after = pruned.state_dict()
+        return max(float((after[key] - value).abs().max()) for key, value in model.state_dict().items())
+
+    # with sparsity 0 the student starts as its teacher: the soft-target loss alone has zero gradient,
+    # while the task loss on labels (or pixels) moves the weights
+    assert changed(1.0) == 0.0
+    assert changed(0.0) > 1e-4
 
 
 def test_unstructured_pruning_reaches_sparsity():
@@ -157,3 +181,15 @@ def test_sensitivity_gives_a_curve_per_layer():
 def test_fake_quantization_uses_the_requested_levels():
     weight = torch.randn(6, 50)
     assert all(torch.unique(row).numel() <= 2**3 for row in fake_quantized(weight, 3))
+
+
+def test_fake_quantization_of_a_transposed_convolution_scales_each_output_channel():
+    layer = zoo.load("dcgan-g").net[0]  # ConvTranspose2d weight: (in 64, out 128, 7, 7)
+    weight = layer.weight.detach()
+    axis = output_channel_axis(layer)
+    assert axis == 1 and output_channel_axis(zoo.load("seed-cnn").head) == 0
+    # what ONNX Runtime and QAT do: one symmetric 4-bit scale per output channel, along axis 1
+    scale = weight.abs().amax(dim=(0, 2, 3)) / 7
+    reference = torch.fake_quantize_per_channel_affine(weight, scale, torch.zeros(128, dtype=torch.int32), 1, -8, 7)
+    assert torch.allclose(fake_quantized(weight, 4, axis), reference, atol=1e-6)
+    assert not torch.allclose(fake_quantized(weight, 4), reference, atol=1e-3)  # scales per input channel differ
