@@ -93,6 +93,9 @@ def data_for(model_name: str, data: str | None = None, data_root: str | Path | N
     if model_name in zoo.list_models():
         spec = zoo.spec(model_name)
         dataset_name = spec.dataset
+        if data is not None and data != dataset_name:
+            raise SlimlensError(f"--data {data} does not match zoo model {model_name}, which was trained on {dataset_name}; "
+                                "leave --data out for a zoo model")
         return CompressionData(
             model_name=model_name, task=spec.task, family=spec.family,
             train=zoo.dataset(dataset_name, "train", root=root), test=zoo.dataset(dataset_name, "test", root=root),

@@ -145,6 +145,9 @@ def _search(recipe_step: RecipeStep, module: nn.Module, data: CompressionData, o
             break
     met = best is not None
     output, config, _ = best if met else weakest
+    if not met:  # drops count from the original, so an earlier step's loss counts here too
+        progress(f"warning: {recipe_step.label}: no {field} kept the drop from the original within max_drop "
+                 f"{recipe_step.max_drop}; kept the weakest, {field}={getattr(config, field)} (results.json: timings, search.met = false)")
     return output, config, {"field": field, "max_drop": recipe_step.max_drop, "chosen": getattr(config, field),
                             "met": met, "trail": trail}
 
@@ -263,15 +266,23 @@ def _read_weights(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor]:
         raise WeightsError(f"weights file {path} not found")
     if path.suffix == ".safetensors":
         return read_state_dict(path)
+    not_a_checkpoint = f"{path} is neither safetensors nor a torch checkpoint; pass the file the model's weights were saved to"
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        # Only a pickle naming a Python global (a class, a function) needs full unpickling; torch
+        # raises the same error type for bytes that are no pickle at all.
+        if "global" not in str(exc).lower():
+            raise WeightsError(not_a_checkpoint) from None
         if not trust_pickle:
             raise WeightsError(f"{path} needs full unpickling, which can run arbitrary code; "
                                "re-save it as a state dict or safetensors, or pass --trust-pickle if you trust it") from None
-        loaded = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch.load raises several types for files that are not checkpoints
-        raise WeightsError(f"{path} is neither safetensors nor a torch state dict ({str(exc).splitlines()[0][:200]})") from None
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc2:  # the trusted pickle may still need classes this process cannot import
+            raise WeightsError(f"{path} could not be unpickled: {str(exc2).splitlines()[0][:200]}") from None
+    except Exception:  # torch.load raises several types for files that are not checkpoints
+        raise WeightsError(not_a_checkpoint) from None
     if isinstance(loaded, nn.Module):
         loaded = loaded.state_dict()
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):

@@ -108,8 +108,24 @@ class Recipe:
     def from_steps(cls, steps: list[dict[str, Any]], description: str = "", origin: str = "python",
                    sensitivity: bool | dict[str, Any] = False) -> "Recipe":
         """Build a recipe from ``[{"step": "distill", "epochs": 5}, ...]``, validated like a TOML file."""
-        return cls(tuple(parse_step(s, i, origin) for i, s in enumerate(steps)), description, origin,
-                   parse_sensitivity(sensitivity, origin))
+        parsed = tuple(parse_step(s, i, origin) for i, s in enumerate(steps))
+        _check_names(parsed, origin)
+        return cls(parsed, description, origin, parse_sensitivity(sensitivity, origin))
+
+
+RESERVED_NAMES = ("original", "original-onnx")
+
+
+def _check_names(steps: tuple[RecipeStep, ...], origin: str) -> None:
+    """Refuse a reserved variant name, or one name given to two steps that can run on the same model."""
+    for i, step in enumerate(steps):
+        if step.name in RESERVED_NAMES:
+            raise SlimlensError(f"{origin}: step {i + 1} ({step.step}): name {step.name!r} is the uncompressed model's; choose another")
+        for j, other in enumerate(steps[:i]):
+            overlap = step.families is None or other.families is None or set(step.families) & set(other.families)
+            if step.name is not None and step.name == other.name and overlap:
+                raise SlimlensError(f"{origin}: steps {j + 1} and {i + 1} are both named {step.name!r}; give each its own name "
+                                    "(one name may repeat only across steps for different families)")
 
 
 def _plain(value: Any) -> Any:
