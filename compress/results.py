@@ -73,7 +73,9 @@ def _json_default(value: Any) -> Any:
 
 def staging_dir(out: str | Path, force: bool = False) -> Path:
     """A fresh temporary folder beside ``out`` to build a run in; refuses an ``out`` that would be clobbered."""
-    out = Path(out)
+    out = Path(out).resolve()  # "." or "dir/.." have no name of their own to stage beside
+    if out == Path(out.anchor):
+        raise SlimlensError(f"--out {out} is the file system root; name a folder")
     if out.exists() and not out.is_dir():
         raise SlimlensError(f"--out {out} is a file; name a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
@@ -82,19 +84,29 @@ def staging_dir(out: str | Path, force: bool = False) -> Path:
     if not parent.is_dir():
         raise SlimlensError(f"cannot write {out}: its parent folder {parent} does not exist")
     try:
-        return Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.", suffix=".partial"))
+        staged = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.", suffix=".partial"))
     except OSError as exc:
         raise SlimlensError(f"cannot write {out}: {exc.strerror or exc} in {parent}") from None
+    # mkdtemp makes the folder private (0700); the finished run should get the user's usual mode
+    umask = os.umask(0)
+    os.umask(umask)
+    staged.chmod(0o777 & ~umask)
+    return staged
 
 
 def move_into_place(staged: Path, out: str | Path) -> Path:
     """Rename a finished ``staged`` folder to ``out``, replacing an old ``out`` only once the new one is complete."""
-    out = Path(out)
+    out = Path(out).resolve()
     old = None
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.replace(out, old)
-    os.replace(staged, out)
+    try:
+        os.replace(staged, out)
+    except BaseException:  # an interrupt or failure here must not leave the old run hidden
+        if old is not None:
+            os.replace(old, out)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return out

@@ -221,7 +221,9 @@ def load_variant(path: str | Path, threads: int = 1, trust_code: bool = False) -
         raise VariantError(f"variant metadata {path} has no variant name; it was not written by slimlens")
     source = meta.get("source") or {}
     builder = source.get("builder") if isinstance(source, dict) and "zoo" not in source else None
-    if builder is not None and not str(builder).startswith("zoo.") and not trust_code:
+    # a plain ONNX file runs in ONNX Runtime and never calls the builder
+    calls_builder = not (meta.get("format") == "onnx" and not meta.get("stand_in") and not meta.get("loader"))
+    if builder is not None and calls_builder and not str(builder).startswith("zoo.") and not trust_code:
         raise VariantError(f"{path} rebuilds its architecture by calling {builder}(), code named by the file; "
                            "pass --trust-code (trust_code=True) if you made this run or trust it")
     artifact = path.parent / meta["artifact"] if meta.get("artifact") else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,39 @@ def test_steps_lists_every_step_its_families_and_settings(capsys):
     assert "    width = 0.25" in settings and "    temperature = 4.0" in settings
     assert cli.main(["steps", "shrink"]) == 2
     assert "unknown recipe step 'shrink'" in capsys.readouterr().err
+
+
+def test_more_bad_inputs_fail_in_one_line_and_write_nothing(tmp_path: Path, recipe: Path, capsys):
+    out = tmp_path / "run"
+    common = ["--out", str(out), "--no-latency"]
+    garbage = tmp_path / "notes.pt"
+    garbage.write_bytes(b"these are not weights\n" * 20)  # torch raises the same UnpicklingError as for a real pickle
+    err = _fails(["simplenet", "--weights", str(garbage), "--recipe", str(recipe), *common], capsys)
+    assert "neither safetensors nor a torch checkpoint" in err and "--trust-pickle" not in err
+    err = _fails(["simplenet", "--weights", str(garbage), "--trust-pickle", "--recipe", str(recipe), *common], capsys)
+    assert "neither safetensors nor a torch checkpoint" in err
+    assert "does not match zoo model simplenet, which was trained on mnist-ge5" in _fails(
+        ["simplenet", "--data", "mnist", "--recipe", str(recipe), *common], capsys)
+    twice = tmp_path / "twice.toml"
+    twice.write_text('[[steps]]\nstep = "distill"\nname = "small"\n[[steps]]\nstep = "prune-structured"\nname = "small"\n')
+    assert "steps 1 and 2 are both named 'small'" in _fails(["seed-cnn", "--recipe", str(twice), *common], capsys)
+    twice.write_text('[[steps]]\nstep = "distill"\nname = "original"\n')
+    assert "name 'original' is the uncompressed model's" in _fails(["seed-cnn", "--recipe", str(twice), *common], capsys)
+    tiny = tmp_path / "tiny.toml"
+    tiny.write_text('[[steps]]\nstep = "distill"\nwidth = 0.01\nepochs = 0.1\n')
+    # found when the step runs (after the original is measured), and still one line with nothing left behind
+    assert "width=0.01 derives no smaller student from simplenet" in _fails(["simplenet", "--recipe", str(tiny), *common, "--quiet"], capsys)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["fast.toml", "notes.pt", "tiny.toml", "twice.toml"]
+
+
+def test_out_dot_replaces_the_current_folder_and_keeps_the_usual_mode(tmp_path: Path, recipe: Path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "old.txt").write_text("an earlier run")
+    monkeypatch.chdir(work)
+    assert cli.main(["compress", "simplenet", "--recipe", str(recipe), "--out", ".", "--force", "--no-latency", "--no-report", "--quiet"]) == 0
+    assert (work / "results.json").is_file() and not (work / "old.txt").exists()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert work.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's private 0700
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fast.toml", "work"]  # no staging or old folder left beside it

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 
 import zoo
 from compress import OnnxVariant, TorchVariant, VariantError, load_variant
+from compress.context import data_for
+from compress.export import ExportOnnxConfig, export_onnx_step
 
 
 def test_torch_variant_round_trip(tmp_path, mnist_test):
@@ -81,3 +84,14 @@ def test_a_user_builder_named_by_variant_metadata_needs_trust(tmp_path):
         load_variant(meta)
     with pytest.raises(VariantError, match="builder os:getcwd returned str, not a torch.nn.Module"):  # trusted, and checked
         load_variant(meta, trust_code=True)
+
+
+def test_a_plain_onnx_variant_of_a_user_model_loads_without_trust(tmp_path):
+    # ONNX Runtime runs the file; the builder it names is never called, so there is nothing to trust
+    data = data_for("softmax-regression")
+    exported = export_onnx_step(zoo.load("softmax-regression"), ExportOnnxConfig(), data)
+    shutil.copy(exported.artifact, tmp_path / "mine.onnx")
+    meta = tmp_path / "mine.variant.json"
+    meta.write_text(json.dumps({"name": "mine", "format": "onnx", "artifact": "mine.onnx", "source": {"builder": "os:getcwd"}}))
+    images = data.test.images[:4]
+    assert torch.allclose(load_variant(meta)(images), exported(images), atol=1e-5)
