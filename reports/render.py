@@ -225,8 +225,28 @@ def run_context(run: dict[str, Any]) -> dict[str, Any]:
         "no_gpu": no_gpu and not gpu_present,
         "busy": busy,
         "failed": run.get("failed_variants") or [],
+        "step_log": _step_log(run.get("timings")),
         "explain": explain_context(run.get("explain"), Path(run.get("_dir", "."))),
     }
+
+
+def _step_log(timings: Any) -> list[dict[str, Any]]:
+    """Each recipe step's outcome as the report lists it: made, skipped (why), or searched (kept, met)."""
+    steps = timings.get("steps") if isinstance(timings, dict) else None
+    log = []
+    for t in steps if isinstance(steps, list) else []:
+        if not isinstance(t, dict):
+            continue
+        search, outcome, warn = t.get("search"), "made its variant", False
+        if t.get("skipped"):
+            outcome = f"skipped: {t['skipped']}"
+        elif isinstance(search, dict):
+            warn = not search.get("met")
+            outcome = (f"searched {search.get('field')}: kept {search.get('chosen')}, "
+                       + (f"within max_drop {search.get('max_drop')}" if not warn else
+                          f"none within max_drop {search.get('max_drop')} of the original, so the weakest was kept"))
+        log.append({"step": t.get("step", "?"), "seconds": t.get("seconds"), "outcome": outcome, "warn": warn})
+    return log
 
 
 def comparison(contexts: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -353,3 +353,17 @@ def test_macs_agree_between_pytorch_int8_and_onnx(name: str, tmp_path: Path) -> 
     int8 = torch.ao.quantization.quantize_dynamic(copy.deepcopy(module), {torch.nn.Linear, torch.nn.LSTM}, dtype=torch.qint8)
     assert module_macs(int8, example) == float_macs
     assert onnx_macs(export_onnx(module, example, tmp_path / "m.onnx"), example) == float_macs
+
+
+def test_recipe_steps_show_skips_and_a_missed_search(results: dict, tmp_path: Path) -> None:
+    run = copy.deepcopy(results)
+    run["_dir"] = str(tmp_path)
+    assert "Recipe steps" not in reports.render([run], tmp_path / "plain.html").read_text()  # a bench run has no recipe
+    run["timings"] = {"steps": [  # compress/pipeline.py's layout
+        {"step": "quantize_static_onnx", "seconds": 0.0, "skipped": "runs on cnn models only, not lstm"},
+        {"step": "prune-structured", "seconds": 3.2, "search": {"field": "ratio", "max_drop": 0.0, "chosen": 0.5, "met": False, "trail": []}},
+        {"step": "distill", "seconds": 9.0}]}
+    html = reports.render([run], tmp_path / "steps.html").read_text()
+    assert "Recipe steps" in html and "skipped: runs on cnn models only, not lstm" in html
+    assert '<td class="l bad">searched ratio: kept 0.5, none within max_drop 0.0 of the original' in html
+    assert "made its variant" in html
