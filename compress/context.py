@@ -79,6 +79,11 @@ class CompressionData:
         if self.task == "generation":
             return latents(n, seed=self.seed if seed is None else seed)
         pool = self.train if split == "train" else self.test
+        if self.task == "discrimination" and n > 1:
+            # what a discriminator judges, so what it is calibrated on: real digits and its generator's, half each
+            half = n // 2
+            real = pool.images[torch.randperm(len(pool), generator=gen)[:half]]
+            return torch.cat([real, self.generated(n - half, gen)])
         idx = torch.randperm(len(pool), generator=gen)[:n]
         return pool.images[idx]
 

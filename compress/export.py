@@ -131,12 +131,14 @@ def check_parity(
     rtol: float = 1e-4,
     min_agreement: float = 1.0,
     batch_size: int = 256,
+    threshold: float = 0.5,
 ) -> dict[str, Any]:
     """Compare ``variant``'s outputs with ``reference``'s on ``inputs`` (e.g. the test split).
 
     Passes when ``max_abs_diff <= atol + rtol * max|reference|`` (skipped with ``atol=None``, as for
     lossy int8 variants) and, for classifier outputs (batch, classes), when the fraction of
-    inputs whose predicted class agrees is at least ``min_agreement``.
+    inputs whose predicted class agrees is at least ``min_agreement`` (a single output column decides
+    at ``threshold``: see ``zoo.metrics.decision_threshold``).
     """
     ref = metrics.batched_outputs(reference, inputs, batch_size)
     out = metrics.batched_outputs(variant, inputs, batch_size)
@@ -157,7 +159,7 @@ def check_parity(
         if result["max_abs_diff"] > bound:
             failures.append(f"max abs diff {result['max_abs_diff']:.3g} > {bound:.3g}")
     if ref.dim() == 2:  # classifier logits or a single probability column
-        agreement = float((metrics.predicted_labels(ref) == metrics.predicted_labels(out)).double().mean())
+        agreement = float((metrics.predicted_labels(ref, threshold) == metrics.predicted_labels(out, threshold)).double().mean())
         result["argmax_agreement"] = agreement
         if agreement < min_agreement:
             failures.append(f"argmax agreement {agreement:.4f} < {min_agreement}")
@@ -168,10 +170,14 @@ def check_parity(
 
 
 def parity_inputs(data: CompressionData, n: int | None = None) -> torch.Tensor:
-    """The inputs a parity check uses: the test split (or its first ``n``), or fixed latents for a generator."""
+    """The inputs a parity check uses: the test split (or its first ``n``), fixed latents for a generator,
+    and for a discriminator the test digits plus as many of its generator's (what its metric judges)."""
     if data.task == "generation":
         return data.inputs(n or 256, seed=0)
-    return data.test.images if n is None else data.test.images[:n]
+    real = data.test.images if n is None else data.test.images[:n]
+    if data.task == "discrimination":
+        return torch.cat([real, data.generated(len(real), torch.Generator().manual_seed(0))])
+    return real
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from compress.variant import OnnxVariant, TorchVariant, Variant, build_module
 from zoo.environment import environment
 from zoo.errors import SlimlensError, first_line
 from zoo.footprint import disk_bytes, module_macs, module_params
-from zoo.metrics import batched_outputs, output_parity
+from zoo.metrics import batched_outputs, decision_threshold, output_parity
 
 Progress = Callable[[str], None]
 POINT_METRICS = ("accuracy", "macro_f1", "confident_fraction")  # fractions whose tolerances are given in points
@@ -201,7 +201,8 @@ class _Recorder:
             "artifact": str(Path(variant.artifact).resolve().relative_to(self.out_dir.resolve())),
             **sizes, **counts, "macs": module_macs(output.counted, self.example), "metrics": metrics,
             "metric_drop": round(metric_drop_points(self.data, self.base_metrics, metrics), 4) + 0.0,  # no "-0.0"
-            "parity": output_parity(self.reference, batched_outputs(variant, self.inputs), self.classifier),
+            "parity": output_parity(self.reference, batched_outputs(variant, self.inputs), self.classifier,
+                                    decision_threshold(self.data.task)),
             "seconds": round(seconds, 2), **(extra or {}),
         }
         self.variants.append(variant)
@@ -230,7 +231,7 @@ class _Recorder:
             return
         seconds = time.perf_counter() - start
         onnx_variant = OnnxVariant(name=name, source=dict(variant.source), artifact=path, threads=torch.get_num_threads())
-        check = check_parity(variant, onnx_variant, self.inputs)
+        check = check_parity(variant, onnx_variant, self.inputs, threshold=decision_threshold(self.data.task))
         entry["onnx_export"] = {"exported": True, "variant": name, "passed": check["passed"]}
         steps = variant.steps + [{"step": "export_onnx", "exported_with": onnx_exporter(path)}]
         self.add(_Output(onnx_variant, variant.module, chains=False), name, steps, seconds, {"export_check": check})

@@ -18,7 +18,7 @@ from reports.latency import TimingConfig, cpu_latency, cuda_latency, interleaved
 from reports.memory import peak_memory
 from reports.results import SCHEMA
 from zoo.footprint import disk_bytes, module_macs, module_params, onnx_macs, onnx_params
-from zoo.metrics import batched_outputs, output_parity
+from zoo.metrics import batched_outputs, decision_threshold, output_parity
 
 DEVICES = ("cpu", "cuda")
 
@@ -159,7 +159,8 @@ def measure(
             entry["metrics"] = zoo.evaluate(model, forward=variant, reference=ref_forward)
             entry["metrics_how"] = f"zoo.evaluate({model!r}, forward=variant) on the {spec.dataset} test split" + (
                 "; fidelity against the first variant on the same latents" if ref_forward is not None else "")
-            entry["parity"] = output_parity(reference, batched_outputs(variant, parity_inputs), is_classifier)
+            entry["parity"] = output_parity(reference, batched_outputs(variant, parity_inputs), is_classifier,
+                                            decision_threshold(spec.task))
         entry["measure_seconds"] = round(time.perf_counter() - started, 2)
         entries.append(entry)
     started = time.perf_counter()

@@ -72,3 +72,18 @@ def test_unknown_exporter_is_refused(tmp_path):
 def test_onnx_variant_of_a_missing_file_is_an_error(tmp_path):
     with pytest.raises(zoo.SlimlensError, match="no ONNX file"):
         OnnxVariant("ghost", artifact=tmp_path / "missing.onnx").save(tmp_path)
+
+
+def test_a_discriminators_agreement_is_judged_where_its_logit_decides():
+    from zoo.metrics import decision_threshold, output_parity
+
+    data = data_for("dcgan-d")
+    with torch.no_grad():
+        logits = zoo.load("dcgan-d")(data.test.images[:500])
+    shifted = logits + 0.3  # moves every decision whose logit lies in (-0.3, 0)
+    parity = output_parity(logits, shifted, classifier=True, threshold=decision_threshold("discrimination"))
+    expected = float(((logits > 0) == (shifted > 0)).float().mean())
+    assert parity["argmax_agreement"] == pytest.approx(expected) and expected < 1.0
+    check = check_parity(lambda x: zoo.load("dcgan-d")(x), lambda x: zoo.load("dcgan-d")(x) + 0.3, data.test.images[:500],
+                         atol=None, min_agreement=0.0, threshold=0.0)
+    assert check["argmax_agreement"] == pytest.approx(expected)

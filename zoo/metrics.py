@@ -24,19 +24,25 @@ def batched_outputs(forward: Forward, inputs: torch.Tensor, batch_size: int = 25
     return torch.cat(outs)
 
 
-def predicted_labels(outputs: torch.Tensor) -> torch.Tensor:
-    """Class indices from logits (batch, C), or from a single probability column (batch, 1) thresholded at 0.5."""
+def decision_threshold(task: str) -> float:
+    """Where a single output column decides: 0 for a discriminator's logit, 0.5 for a binary classifier's probability."""
+    return 0.0 if task == "discrimination" else 0.5
+
+
+def predicted_labels(outputs: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Class indices from logits (batch, C), or from a single column (batch, 1) compared with ``threshold``."""
     if outputs.dim() == 2 and outputs.shape[1] == 1:
-        return (outputs[:, 0] >= 0.5).long()
+        return (outputs[:, 0] >= threshold).long()
     return outputs.argmax(dim=1)
 
 
-def output_parity(reference: torch.Tensor, outputs: torch.Tensor, classifier: bool) -> dict:
+def output_parity(reference: torch.Tensor, outputs: torch.Tensor, classifier: bool, threshold: float = 0.5) -> dict:
     """How far ``outputs`` are from ``reference`` on the same inputs: max abs difference and, for classifiers, prediction agreement."""
     outputs = outputs.reshape(reference.shape)
     parity: dict = {"max_abs_diff": float((outputs.float() - reference.float()).abs().max()), "samples": len(reference)}
     if classifier:
-        parity["argmax_agreement"] = float((predicted_labels(outputs) == predicted_labels(reference)).float().mean())
+        agree = predicted_labels(outputs, threshold) == predicted_labels(reference, threshold)
+        parity["argmax_agreement"] = float(agree.float().mean())
     return parity
 
 
@@ -100,8 +106,9 @@ def generator_metrics(
 
 def discriminator_metrics(discriminate: Forward, real_images: torch.Tensor, fake_images: torch.Tensor) -> dict:
     """Accuracy of a real-vs-generated discriminator (logit > 0 means real) on balanced real and fake sets."""
-    real_hits = (batched_outputs(discriminate, real_images)[:, 0] > 0).float()
-    fake_hits = (batched_outputs(discriminate, fake_images)[:, 0] <= 0).float()
+    threshold = decision_threshold("discrimination")
+    real_hits = (batched_outputs(discriminate, real_images)[:, 0] > threshold).float()
+    fake_hits = (batched_outputs(discriminate, fake_images)[:, 0] <= threshold).float()
     return {
         "accuracy": float(torch.cat([real_hits, fake_hits]).mean()),
         "real_recall": float(real_hits.mean()),
