@@ -180,9 +180,15 @@ def _add_zoo(sub: argparse._SubParsersAction) -> None:
 def _compress_command(args: argparse.Namespace) -> str:
     import shlex
 
-    parts = ["slimlens", "compress", args.model, "--recipe", args.recipe, "--out", args.out, "--seed", str(args.seed)]
+    # absolute paths, so the command reproduces the run from any folder
+    recipe = str(Path(args.recipe).resolve()) if Path(args.recipe).is_file() else args.recipe
+    parts = ["slimlens", "compress", args.model, "--recipe", recipe, "--out", str(Path(args.out).resolve()), "--seed", str(args.seed)]
     for flag, value in (("--weights", args.weights), ("--data", args.data), ("--data-root", args.data_root)):
-        parts += [flag, str(value)] if value is not None else []
+        resolved = str(Path(value).resolve()) if value is not None and flag != "--data" else value
+        parts += [flag, str(resolved)] if value is not None else []
+    parts += ["--trust-pickle"] if args.trust_pickle else []
+    parts += ["--no-latency"] if not args.latency else []
+    parts += ["--no-report"] if not args.report else []
     parts += ["--threads", str(args.threads)] if args.threads != 2 else []
     parts += ["--rounds", str(args.rounds)] if args.rounds != 3 else []
     return shlex.join(parts + (["--onnx-exporter", args.onnx_exporter] if args.onnx_exporter != "auto" else []))
