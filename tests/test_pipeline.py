@@ -126,6 +126,9 @@ def test_accuracy_aware_search_records_its_trail(tmp_path: Path):
     assert search["field"] == "width" and search["trail"][0]["width"] == 0.5
     # With a 3-batch budget the student cannot be within half a point: the search stops and says so.
     assert not search["met"] and len(search["trail"]) == 1 and search["chosen"] == 0.5
+    said: list[str] = []
+    run("simplenet", recipe, out_dir=tmp_path / "again", export=False, progress=said.append)
+    assert any(m.startswith("warning: distill: no width kept the drop from the original within max_drop 0.5") for m in said)
 
 
 def test_terminal_variants_end_their_branch_and_optional_steps_skip(tmp_path: Path):
@@ -163,6 +166,13 @@ def test_edge_picks_the_steps_that_fit_each_family():
     assert runs_on("lstm") == ["prune-structured", "distill", "quantize_dynamic_onnx"]
     cnn_prune, lstm_prune = (s.config for s in edge.steps if s.step == "prune-structured")
     assert (cnn_prune.round_to, lstm_prune.ratio) == (8, 0.5)
+
+
+def test_int8_calibrates_gans_at_a_percentile_and_the_rest_at_minmax():
+    static = [s for s in load_recipe("int8").steps if s.step == "quantize_static_onnx"]
+    by_family = {family: s.config.calibration for s in static for family in s.families}
+    assert by_family["gan"] == "percentile" and by_family["cnn"] == by_family["autoencoder"] == "minmax"
+    assert sum("gan" in s.families for s in static) == 1 and all(s.optional for s in static)
 
 
 def test_a_failing_step_names_itself():
@@ -226,6 +236,29 @@ def test_an_interrupted_run_leaves_no_half_written_folder(tmp_path: Path):
     with pytest.raises(KeyboardInterrupt):
         run("simplenet", TINY_DISTILL, out_dir=out, progress=interrupt_after_first_variant, export=False)
     assert list(tmp_path.iterdir()) == []  # neither `run` nor its staging folder
+
+
+def test_a_rename_that_fails_puts_the_earlier_run_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import os
+
+    from compress import results as results_module
+
+    out, staged = tmp_path / "run", tmp_path / ".run.partial"
+    out.mkdir()
+    (out / "results.json").write_text("the earlier run")
+    staged.mkdir()
+    real_replace = os.replace
+
+    def interrupted(src, dst):  # the earlier run is moved aside, then the new one's rename is interrupted
+        if Path(src) == staged:
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(results_module.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        results_module.move_into_place(staged, out)
+    assert (out / "results.json").read_text() == "the earlier run"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.partial", "run"]  # the CLI removes the staged folder
 
 
 def test_a_finished_run_is_renamed_into_place_with_its_variants_pointing_there(tmp_path: Path):
