@@ -31,6 +31,7 @@ from compress.finetune import finetune, task_loss
 from compress.steps import register_step
 from compress.variant import TorchVariant
 from zoo.errors import SlimlensError
+from zoo.footprint import module_params
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,7 @@ def _student(config: DistillConfig, model: nn.Module, data: CompressionData) -> 
         return copy.deepcopy(model), dict(data.source)
     if config.student == "auto":
         student, shape = slimmer(model, config.width, data.example_input(2))
-        if sum(p.numel() for p in student.parameters()) >= sum(p.numel() for p in model.parameters()):
+        if module_params(student)["params"] >= module_params(model)["params"]:
             # Torch-Pruning leaves a layer whole when the width would keep less than one channel of it
             raise SlimlensError(f"width={config.width} derives no smaller student from {data.model_name}: "
                                 "it would keep less than one channel per layer; choose a larger width, e.g. 0.25")

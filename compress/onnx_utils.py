@@ -40,7 +40,8 @@ class TensorCalibrationReader(CalibrationDataReader):
         array = np.ascontiguousarray(inputs.detach().cpu().numpy(), dtype=np.float32)
         # The histogram calibrators stack every batch's outputs into one array, so a short last
         # batch breaks them: use the largest batch size that divides the inputs evenly.
-        batch_size = max(d for d in range(1, max(1, min(batch_size, len(array))) + 1) if len(array) % d == 0) if len(array) else 1
+        n = len(array)
+        batch_size = next((d for d in range(min(batch_size, n), 0, -1) if n % d == 0), 1)
         self._batches = iter([{input_name: array[i : i + batch_size]} for i in range(0, len(array), batch_size)])
 
     def get_next(self) -> dict[str, np.ndarray] | None:

@@ -27,6 +27,7 @@ from torch import nn
 from compress.context import CompressionData
 from compress.finetune import clone
 from compress.prune import prunable_weights
+from compress.quantize.common import output_channel_axis
 import zoo
 from zoo import metrics
 
@@ -69,12 +70,6 @@ def fake_quantized(weight: torch.Tensor, bits: int, axis: int = 0) -> torch.Tens
     rows = moved.reshape(moved.shape[0], -1)
     scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / max(levels, 1)
     return ((rows / scale).round().clamp(-levels - 1, levels) * scale).reshape(moved.shape).movedim(0, axis)
-
-
-def output_channel_axis(module: nn.Module) -> int:
-    """The weight axis of ``module``'s output channels: 1 for a transposed convolution (in, out, kH, kW), else 0."""
-    # ONNX Runtime and QAT (compress/quantize/qat.py) quantize a ConvTranspose weight along axis 1 too
-    return 1 if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) else 0
 
 
 def _scorer(data: CompressionData, config: SensitivityConfig) -> tuple[Callable[[nn.Module], float], str]:

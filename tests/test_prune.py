@@ -17,7 +17,8 @@ from compress.prune import (
     prune_unstructured,
     residual_layers,
 )
-from compress.sensitivity import SensitivityConfig, fake_quantized, output_channel_axis, sensitivity
+from compress.quantize.common import output_channel_axis
+from compress.sensitivity import SensitivityConfig, fake_quantized, sensitivity
 from compress.sparse import CompressedStorageConfig, CompressedVariant, compressed_storage, decode_gaps, encode_gaps
 from compress.steps import get_step
 from compress.variant import TorchVariant, load_variant

@@ -20,6 +20,11 @@ Progress = Callable[[str], None]
 STATIC_FAMILIES = ("cnn", "gan", "mlp", "autoencoder", "custom")
 
 
+def output_channel_axis(module: nn.Module) -> int:
+    """The weight axis ONNX Runtime quantizes per channel: 1 for a transposed convolution (in, out, kH, kW), else 0."""
+    return 1 if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) else 0
+
+
 class QuantizationError(SlimlensError):
     """A quantization step does not apply to this model, or its settings are invalid."""
 

@@ -15,6 +15,7 @@ from compress.quantize.common import (
     Progress,
     QuantizationError,
     no_progress,
+    output_channel_axis,
     require_static_family,
     resolve_reduce_range,
     step_record,
@@ -108,8 +109,7 @@ def _attach_fake_quant(model: nn.Module, qmax: int) -> list[Any]:
 
     handles = []
     for layer in [m for m in model.modules() if isinstance(m, QAT_LAYERS)]:
-        axis = 1 if isinstance(layer, nn.ConvTranspose2d) else 0  # the output-channel axis ONNX Runtime quantizes along
-        parametrize.register_parametrization(layer, "weight", _WeightFakeQuant(axis, qmax))
+        parametrize.register_parametrization(layer, "weight", _WeightFakeQuant(output_channel_axis(layer), qmax))
         layer.input_fake_quant = _ActivationFakeQuant()
         handles.append(layer.register_forward_pre_hook(lambda mod, args: (mod.input_fake_quant(args[0]), *args[1:])))
     return handles
