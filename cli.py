@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -177,6 +178,23 @@ def _add_zoo(sub: argparse._SubParsersAction) -> None:
 # ---- compress --------------------------------------------------------------------------------------
 
 
+def _builder_path(model: str) -> str | None:
+    """The folder a user's ``package.module:function`` was imported from, when it needs PYTHONPATH to be found again."""
+    import importlib.util
+    import sysconfig
+
+    if ":" not in model:
+        return None
+    found = importlib.util.find_spec(model.partition(":")[0].split(".")[0])
+    if found is None or not found.origin or found.origin in ("built-in", "frozen"):
+        return None
+    origin = Path(found.origin).resolve()
+    root = origin.parent.parent if found.submodule_search_locations else origin.parent
+    # found without help: installed, or one of slimlens's own packages (zoo.models...)
+    known = {Path(sysconfig.get_paths()[key]).resolve() for key in ("purelib", "platlib")} | {Path(__file__).resolve().parent}
+    return None if root in known else str(root)
+
+
 def _compress_command(args: argparse.Namespace) -> str:
     import shlex
 
@@ -191,7 +209,13 @@ def _compress_command(args: argparse.Namespace) -> str:
     parts += ["--no-report"] if not args.report else []
     parts += ["--threads", str(args.threads)] if args.threads != 2 else []
     parts += ["--rounds", str(args.rounds)] if args.rounds != 3 else []
-    return shlex.join(parts + (["--onnx-exporter", args.onnx_exporter] if args.onnx_exporter != "auto" else []))
+    command = shlex.join(parts + (["--onnx-exporter", args.onnx_exporter] if args.onnx_exporter != "auto" else []))
+    builder_path = _builder_path(args.model)
+    if builder_path is None:
+        return command
+    # the builder's folder first, then the rest of the caller's PYTHONPATH its module may import from
+    entries = [builder_path] + [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return f"PYTHONPATH={shlex.quote(os.pathsep.join(dict.fromkeys(entries)))} {command}"
 
 
 def cmd_compress(args: argparse.Namespace) -> int:

@@ -149,3 +149,15 @@ def test_out_dot_replaces_the_current_folder_and_keeps_the_usual_mode(tmp_path: 
     os.umask(umask)
     assert work.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's private 0700
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fast.toml", "work"]  # no staging or old folder left beside it
+
+
+def test_reproduce_command_carries_the_builders_folder(tmp_path: Path, monkeypatch):
+    (tmp_path / "mynets.py").write_text("import torch\n\ndef build():\n    return torch.nn.Linear(784, 10)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}extra")
+    args = cli.build_parser().parse_args(["compress", "mynets:build", "--data", "mnist", "--recipe", "int8", "--out", "run"])
+    # the user's module is found from the folder it was imported from, then the rest of their PYTHONPATH
+    assert cli._compress_command(args).startswith(f"PYTHONPATH={tmp_path}{os.pathsep}{Path('extra').resolve()} slimlens compress mynets:build")
+    # slimlens's own packages are found without help
+    args = cli.build_parser().parse_args(["compress", "zoo.models.mlp:SimpleNet", "--data", "mnist-ge5", "--recipe", "int8", "--out", "run"])
+    assert cli._compress_command(args).startswith("slimlens compress zoo.models.mlp:SimpleNet")
