@@ -64,3 +64,19 @@ def test_quick_training_leaves_the_global_rng_usable(tmp_path):
     train("simplenet", out=tmp_path, quick=True)
     torch.manual_seed(123)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_fit_trains_a_zoo_architecture_on_a_subset_without_touching_the_callers_rng():
+    from zoo.datasets import DigitDataset
+    from zoo.training import fit
+
+    train_split, test = zoo.dataset("mnist", "train"), zoo.dataset("mnist", "test")
+    subset = DigitDataset(train_split.images[:300], train_split.labels[:300], "mnist", "subset", train_split.source)
+    state = torch.random.get_rng_state()
+    model = fit("softmax-regression", subset)
+    assert torch.equal(state, torch.random.get_rng_state())
+    with torch.no_grad():
+        accuracy = (model(test.images).argmax(1) == test.labels).float().mean()
+    assert not model.training and accuracy > 0.75  # 300 digits already teach a linear classifier most of the task
+    with pytest.raises(ValueError, match="GAN pair"):
+        fit("dcgan-g", subset)

@@ -173,6 +173,18 @@ def train(name: str, out: str | Path | None = None, quick: bool = False, data_ro
         return _train(name, out, quick, data_root, progress)
 
 
+def fit(name: str, data: DigitDataset, progress: Progress = lambda message: None) -> nn.Module:
+    """A fresh classifier or autoencoder ``name`` trained with its zoo recipe on ``data`` (e.g. a subset), nothing written."""
+    model_spec = spec(name)
+    if model_spec.family == "gan":
+        raise ValueError(f"{name} trains as a GAN pair; use train()")
+    with torch.random.fork_rng():
+        torch.manual_seed(model_spec.recipe.seed)
+        model = build(name)
+        _train_supervised(model, model_spec, data, model_spec.recipe.epochs, progress)
+    return model.eval()
+
+
 def _train(name: str, out: str | Path | None, quick: bool, data_root: str | Path | None, progress: Progress) -> list[ModelCard]:
     model_spec = spec(name)
     out = Path(out) if out is not None else None
