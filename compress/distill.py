@@ -48,6 +48,7 @@ class DistillConfig:
     lr: float = 3e-3
     batch_size: int = 64
     augment: bool = True
+    mixup: float = 0.0  # mixup's Beta concentration for both students (0: off); the teacher labels the blended images
 
     strength_field: ClassVar[str] = "width"
     search_values: ClassVar[tuple] = (0.5, 0.375, 0.25, 0.125)
@@ -59,6 +60,8 @@ class DistillConfig:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.mixup < 0:
+            raise ValueError(f"mixup must be 0 (off) or a positive Beta concentration such as 0.4, got {self.mixup}")
         if self.hint_weight < 0 or self.epochs <= 0 or self.lr <= 0 or self.batch_size < 1:
             raise ValueError("hint_weight must be >= 0; epochs, lr and batch_size must be positive")
 
@@ -211,7 +214,7 @@ def distill(model: nn.Module, config: DistillConfig, data: CompressionData, prog
     hint = config.hint_weight > 0
     student_feats, teacher_feats = (_Features(student), _Features(teacher)) if hint else (None, None)
     hinted = _Hinted(student, nn.Linear(student_feats.dim, teacher_feats.dim) if hint else nn.Identity())
-    budget = {"epochs": config.epochs, "lr": config.lr, "batch_size": config.batch_size, "augment": config.augment}
+    budget = {"epochs": config.epochs, "lr": config.lr, "batch_size": config.batch_size, "augment": config.augment, "mixup": config.mixup}
     progress(f"distill: teacher {sum(p.numel() for p in teacher.parameters()):,} params → student {sum(p.numel() for p in student.parameters()):,}")
     start = time.perf_counter()
     finetune(hinted, data, teacher=teacher, loss_fn=_kd_loss(data, config, hinted, student_feats, teacher_feats),

@@ -6,6 +6,7 @@ import copy
 import math
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,6 +41,17 @@ def task_loss(data: CompressionData, outputs: torch.Tensor, inputs: torch.Tensor
     return F.mse_loss(outputs, teacher_outputs)  # a generator's images, a discriminator's logits
 
 
+def mix(inputs: torch.Tensor, labels: torch.Tensor, lam: float, num_classes: int | None,
+        gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup (Zhang et al., 2018): blend the batch with a shuffled copy by ``lam``, the labels into the same blend of targets.
+
+    ``num_classes`` one-hot encodes class labels; None keeps 0/1 labels of a binary task as probabilities.
+    """
+    perm = torch.randperm(len(inputs), generator=gen)
+    targets = F.one_hot(labels, num_classes).float() if num_classes else labels.float()
+    return lam * inputs + (1 - lam) * inputs[perm], lam * targets + (1 - lam) * targets[perm]
+
+
 def finetune(
     model: nn.Module,
     data: CompressionData,
@@ -50,6 +62,7 @@ def finetune(
     loss_fn: Callable[..., torch.Tensor] | None = None,
     after_step: Callable[[nn.Module], None] | None = None,
     augment: bool = True,
+    mixup: float = 0.0,
     progress: Callable[[str], None] = lambda message: None,
 ) -> nn.Module:
     """Train ``model`` in place for ``epochs`` (fractions allowed) on the task, then return it in eval mode.
@@ -61,6 +74,8 @@ def finetune(
     clipped as the model's own training recipe clipped them (``data.clip_grad_norm``).
     """
     gen = torch.Generator().manual_seed(data.seed)
+    mix_rng = np.random.default_rng(data.seed)  # mixup's blend weights: torch has no seeded Beta sampler
+    num_classes = int(data.train.labels.max()) + 1 if data.task == "classification" else None
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
     n = len(data.train)
@@ -83,6 +98,8 @@ def finetune(
                 inputs = data.train.images[idx]
                 if augment and data.task in ("classification", "binary-classification"):
                     inputs = random_affine(inputs, gen)
+                if mixup > 0 and data.task in ("classification", "binary-classification"):
+                    inputs, labels = mix(inputs, labels, float(mix_rng.beta(mixup, mixup)), num_classes, gen)
                 if data.task == "discrimination":  # what a discriminator judges: real digits and its generator's
                     half = len(idx) // 2
                     inputs = torch.cat([inputs[:half], data.generated(len(idx) - half, gen)])

@@ -85,3 +85,24 @@ def test_a_distilled_lstm_student_learns_the_task():
 def test_fine_tuning_clips_gradients_as_the_model_was_trained():
     assert data_for("seed-lstm").clip_grad_norm == zoo.spec("seed-lstm").recipe.extra["clip_grad_norm"] == 1.0
     assert data_for("resnet-mnist").clip_grad_norm is None
+
+
+def test_mixup_blends_images_and_targets_alike():
+    from compress.finetune import mix
+
+    images, labels = torch.rand(6, 1, 28, 28), torch.tensor([0, 1, 2, 3, 4, 5])
+    mixed, targets = mix(images, labels, 0.7, 10, torch.Generator().manual_seed(0))
+    partner = torch.randperm(6, generator=torch.Generator().manual_seed(0))  # the shuffle mix draws first
+    assert torch.allclose(mixed, 0.7 * images + 0.3 * images[partner])
+    expected = 0.7 * torch.nn.functional.one_hot(labels, 10) + 0.3 * torch.nn.functional.one_hot(labels[partner], 10)
+    assert torch.allclose(targets, expected) and torch.allclose(targets.sum(1), torch.ones(6))
+    _, binary = mix(images, torch.tensor([0, 1, 0, 1, 0, 1]), 0.7, None, torch.Generator().manual_seed(0))
+    assert binary.shape == (6,) and all(min(abs(b - v) for v in (0.0, 0.3, 0.7, 1.0)) < 1e-6 for b in binary.tolist())
+
+
+def test_distill_with_mixup_trains_both_students_on_blends():
+    data = data_for("seed-cnn")
+    out = distill(zoo.load("seed-cnn"), DistillConfig(width=0.5, epochs=1.0, mixup=0.4), data)
+    plain = distill(zoo.load("seed-cnn"), DistillConfig(width=0.5, epochs=1.0), data)
+    assert not torch.equal(out["alone"].module.head.weight, plain["alone"].module.head.weight)
+    assert data.evaluate(out["student"])["accuracy"] > 0.7 and data.evaluate(out["alone"])["accuracy"] > 0.7
