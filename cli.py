@@ -186,10 +186,16 @@ def _builder_path(model: str) -> str | None:
     if ":" not in model:
         return None
     found = importlib.util.find_spec(model.partition(":")[0].split(".")[0])
-    if found is None or not found.origin or found.origin in ("built-in", "frozen"):
+    if found is None or found.origin in ("built-in", "frozen"):
         return None
-    origin = Path(found.origin).resolve()
-    root = origin.parent.parent if found.submodule_search_locations else origin.parent
+    if found.origin is None:  # a namespace package (no __init__.py): its folder's parent is on the path
+        locations = list(found.submodule_search_locations or [])
+        if not locations:
+            return None
+        root = Path(locations[0]).resolve().parent
+    else:
+        origin = Path(found.origin).resolve()
+        root = origin.parent.parent if found.submodule_search_locations else origin.parent
     # found without help: installed, or one of slimlens's own packages (zoo.models...)
     known = {Path(sysconfig.get_paths()[key]).resolve() for key in ("purelib", "platlib")} | {Path(__file__).resolve().parent}
     return None if root in known else str(root)

@@ -2,8 +2,9 @@
 
 The 4,000 training digits are split once (seed 1234) into 3,000 to train on and 1,000 to validate on.
 A resnet-mnist teacher is trained on the 3,000 with the zoo's own recipe, so it has never seen the
-validation digits either; then, for each setting and seed, the quarter-width student is distilled and
-trained alone on the same 3,000 and both are scored on the 1,000. The test split is not read.
+validation digits either; then, for each setting and seed, the preset's student (or the setting's) is
+distilled and trained alone on the same 3,000, and both are scored on the 1,000. No figure comes from
+the test split.
 
     .venv/bin/python benchmarks/bench_distill_val.py --seeds 0 1 2 --setting base --setting mixup=0.4
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,11 +55,18 @@ def teacher(digits: DigitDataset, cache: Path) -> torch.nn.Module:
 
 
 def parse_setting(text: str) -> tuple[str, dict]:
-    """'base' or 'key=value,key=value' over the distill preset."""
+    """'base' or 'key=value,key=value' over the distill preset, each value of its DistillConfig field's type."""
     if text == "base":
         return text, {}
-    pairs = dict(item.split("=") for item in text.split(","))
-    return text, {k: (type(PRESET.get(k, 0.0))(v)) for k, v in pairs.items()}
+    defaults = DistillConfig()
+    overrides = {}
+    for item in text.split(","):
+        key, _, value = item.partition("=")
+        if not hasattr(defaults, key):
+            raise SystemExit(f"bench_distill_val: {key!r} is not a distill setting (see `slimlens steps distill`)")
+        kind = type(getattr(defaults, key))
+        overrides[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return text, overrides
 
 
 def main() -> None:
@@ -65,11 +74,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--setting", action="append", default=[], help="'base' or overrides such as mixup=0.4,alpha=0.9")
-    ap.add_argument("--cache", default="/tmp/slimlens-val-teacher.pt", help="the teacher's weights, trained once and reused")
+    ap.add_argument("--cache", default=None, help="where the teacher's weights are kept for reuse (default: the temp folder, "
+                    "named by the split and torch version)")
     args = ap.parse_args()
     base = data_for("resnet-mnist")
     fit_digits, val = split(base.train)
-    t = teacher(fit_digits, Path(args.cache))
+    cache = Path(args.cache or Path(tempfile.gettempdir()) / f"slimlens-val-teacher-{len(val)}-seed1234-torch{torch.__version__}.pt")
+    t = teacher(fit_digits, cache)
     print(f"teacher (fit on {len(fit_digits)}): validation accuracy {accuracy(t, val):.4f}")
     for name, overrides in map(parse_setting, args.setting or ["base"]):
         config = DistillConfig(**{**PRESET, **overrides})

@@ -60,7 +60,7 @@ class DistillConfig:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
-        if self.mixup < 0:
+        if not self.mixup >= 0:
             raise ValueError(f"mixup must be 0 (off) or a positive Beta concentration such as 0.4, got {self.mixup}")
         if self.hint_weight < 0 or self.epochs <= 0 or self.lr <= 0 or self.batch_size < 1:
             raise ValueError("hint_weight must be >= 0; epochs, lr and batch_size must be positive")

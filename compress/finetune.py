@@ -41,15 +41,16 @@ def task_loss(data: CompressionData, outputs: torch.Tensor, inputs: torch.Tensor
     return F.mse_loss(outputs, teacher_outputs)  # a generator's images, a discriminator's logits
 
 
-def mix(inputs: torch.Tensor, labels: torch.Tensor, lam: float, num_classes: int | None,
-        gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mixup (Zhang et al., 2018): blend the batch with a shuffled copy by ``lam``, the labels into the same blend of targets.
-
-    ``num_classes`` one-hot encodes class labels; None keeps 0/1 labels of a binary task as probabilities.
-    """
+def mix(inputs: torch.Tensor, lam: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup (Zhang et al., 2018): the batch blended by ``lam`` with a shuffled copy of itself, and that shuffle."""
     perm = torch.randperm(len(inputs), generator=gen)
+    return lam * inputs + (1 - lam) * inputs[perm], perm
+
+
+def mixed_targets(labels: torch.Tensor, perm: torch.Tensor, lam: float, num_classes: int | None) -> torch.Tensor:
+    """The labels blended as ``mix`` blended their images: one-hot over ``num_classes``, or 0/1 probabilities if None."""
     targets = F.one_hot(labels, num_classes).float() if num_classes else labels.float()
-    return lam * inputs + (1 - lam) * inputs[perm], lam * targets + (1 - lam) * targets[perm]
+    return lam * targets + (1 - lam) * targets[perm]
 
 
 def finetune(
@@ -74,8 +75,11 @@ def finetune(
     clipped as the model's own training recipe clipped them (``data.clip_grad_norm``).
     """
     gen = torch.Generator().manual_seed(data.seed)
-    mix_rng = np.random.default_rng(data.seed)  # mixup's blend weights: torch has no seeded Beta sampler
-    num_classes = int(data.train.labels.max()) + 1 if data.task == "classification" else None
+    mixing = mixup > 0 and data.task in ("classification", "binary-classification")
+    if mixup > 0 and not mixing:
+        raise SlimlensError(f"mixup blends labelled digits; a {data.task} model has none: set mixup = 0")
+    # mixup's blend weights: torch has no seeded Beta sampler, and NumPy's seed must not be negative
+    mix_rng = np.random.default_rng(data.seed % 2**32) if mixing else None
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
     n = len(data.train)
@@ -98,8 +102,9 @@ def finetune(
                 inputs = data.train.images[idx]
                 if augment and data.task in ("classification", "binary-classification"):
                     inputs = random_affine(inputs, gen)
-                if mixup > 0 and data.task in ("classification", "binary-classification"):
-                    inputs, labels = mix(inputs, labels, float(mix_rng.beta(mixup, mixup)), num_classes, gen)
+                if mixing:
+                    lam = float(mix_rng.beta(mixup, mixup))
+                    inputs, perm = mix(inputs, lam, gen)
                 if data.task == "discrimination":  # what a discriminator judges: real digits and its generator's
                     half = len(idx) // 2
                     inputs = torch.cat([inputs[:half], data.generated(len(idx) - half, gen)])
@@ -108,6 +113,8 @@ def finetune(
                 with torch.no_grad():
                     teacher_out = teacher(inputs)
             outputs = model(inputs)
+            if mixing:
+                labels = mixed_targets(labels, perm, lam, outputs.shape[1] if data.task == "classification" else None)
             if loss_fn is not None:
                 loss = loss_fn(outputs, inputs, labels, teacher_out)
             else:

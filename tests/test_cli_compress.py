@@ -157,7 +157,11 @@ def test_reproduce_command_carries_the_builders_folder(tmp_path: Path, monkeypat
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}extra")
     args = cli.build_parser().parse_args(["compress", "mynets:build", "--data", "mnist", "--recipe", "int8", "--out", "run"])
     # the user's module is found from the folder it was imported from, then the rest of their PYTHONPATH
-    assert cli._compress_command(args).startswith(f"PYTHONPATH={tmp_path}{os.pathsep}{Path('extra').resolve()} slimlens compress mynets:build")
+    assert cli._compress_command(args).startswith(f"PYTHONPATH={tmp_path.resolve()}{os.pathsep}{Path('extra').resolve()} slimlens compress mynets:build")
+    (tmp_path / "nsnets").mkdir()  # a namespace package: no __init__.py
+    (tmp_path / "nsnets" / "nets.py").write_text((tmp_path / "mynets.py").read_text())
+    args = cli.build_parser().parse_args(["compress", "nsnets.nets:build", "--data", "mnist", "--recipe", "int8", "--out", "run"])
+    assert cli._compress_command(args).startswith(f"PYTHONPATH={tmp_path.resolve()}{os.pathsep}")
     # slimlens's own packages are found without help
     args = cli.build_parser().parse_args(["compress", "zoo.models.mlp:SimpleNet", "--data", "mnist-ge5", "--recipe", "int8", "--out", "run"])
     assert cli._compress_command(args).startswith("slimlens compress zoo.models.mlp:SimpleNet")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import zoo
 from compress.context import data_for
 from compress.distill import DistillConfig, distill, slimmer
 from compress.finetune import finetune
+from zoo.errors import SlimlensError
 from zoo.models.lstm import RowLSTM
 from zoo.models.resnet import ResNetMNIST
 
@@ -88,15 +90,16 @@ def test_fine_tuning_clips_gradients_as_the_model_was_trained():
 
 
 def test_mixup_blends_images_and_targets_alike():
-    from compress.finetune import mix
+    from compress.finetune import mix, mixed_targets
 
     images, labels = torch.rand(6, 1, 28, 28), torch.tensor([0, 1, 2, 3, 4, 5])
-    mixed, targets = mix(images, labels, 0.7, 10, torch.Generator().manual_seed(0))
-    partner = torch.randperm(6, generator=torch.Generator().manual_seed(0))  # the shuffle mix draws first
-    assert torch.allclose(mixed, 0.7 * images + 0.3 * images[partner])
-    expected = 0.7 * torch.nn.functional.one_hot(labels, 10) + 0.3 * torch.nn.functional.one_hot(labels[partner], 10)
+    mixed, perm = mix(images, 0.7, torch.Generator().manual_seed(0))
+    assert torch.equal(perm, torch.randperm(6, generator=torch.Generator().manual_seed(0)))
+    assert torch.allclose(mixed, 0.7 * images + 0.3 * images[perm])
+    targets = mixed_targets(labels, perm, 0.7, 10)
+    expected = 0.7 * torch.nn.functional.one_hot(labels, 10) + 0.3 * torch.nn.functional.one_hot(labels[perm], 10)
     assert torch.allclose(targets, expected) and torch.allclose(targets.sum(1), torch.ones(6))
-    _, binary = mix(images, torch.tensor([0, 1, 0, 1, 0, 1]), 0.7, None, torch.Generator().manual_seed(0))
+    binary = mixed_targets(torch.tensor([0, 1, 0, 1, 0, 1]), perm, 0.7, None)
     assert binary.shape == (6,) and all(min(abs(b - v) for v in (0.0, 0.3, 0.7, 1.0)) < 1e-6 for b in binary.tolist())
 
 
@@ -106,3 +109,5 @@ def test_distill_with_mixup_trains_both_students_on_blends():
     plain = distill(zoo.load("seed-cnn"), DistillConfig(width=0.5, epochs=1.0), data)
     assert not torch.equal(out["alone"].module.head.weight, plain["alone"].module.head.weight)
     assert data.evaluate(out["student"])["accuracy"] > 0.7 and data.evaluate(out["alone"])["accuracy"] > 0.7
+    with pytest.raises(SlimlensError, match="set mixup = 0"):  # an autoencoder's digits carry no labels to blend
+        distill(zoo.load("seed-autoencoder"), DistillConfig(width=0.5, epochs=0.1, mixup=0.4), data_for("seed-autoencoder"))
