@@ -314,7 +314,7 @@ def _resolve(model: nn.Module | str, recipe: Recipe | str | Path | list, data: C
 
 
 def check_families(recipe: Recipe, data: CompressionData) -> None:
-    """Refuse, before any work, a step that cannot compress this model's family and that the recipe neither skips nor marks optional."""
+    """Refuse, before any work, a step that cannot compress this model's family (unless skipped or optional), or asks it for mixup without labels."""
     for index, recipe_step in enumerate(recipe.steps):
         if recipe_step.optional or (recipe_step.families is not None and data.family not in recipe_step.families):
             continue
@@ -323,6 +323,9 @@ def check_families(recipe: Recipe, data: CompressionData) -> None:
             raise SlimlensError(f"step {index + 1} ({recipe_step.step}) does not apply to {data.model_name} (family {data.family}): "
                                 f"it compresses {', '.join(supported)} models; mark it optional = true, "
                                 f"or give it families = [...] in the recipe")
+        if getattr(recipe_step.config, "mixup", 0) > 0 and data.task not in ("classification", "binary-classification"):
+            raise SlimlensError(f"step {index + 1} ({recipe_step.step}): mixup blends labelled digits and {data.model_name} is a "
+                                f"{data.task} model with none; set mixup = 0, or give the step families = [...] in the recipe")
 
 
 def check_fits(model: nn.Module, data: CompressionData) -> None:

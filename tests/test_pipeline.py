@@ -159,6 +159,12 @@ def test_a_step_for_other_families_is_skipped_before_any_work(tmp_path: Path):
     assert variants.results["recipe"]["steps"][0]["families"] == ["cnn"]
 
 
+def test_mixup_without_labels_is_refused_before_any_work(tmp_path: Path):
+    with pytest.raises(SlimlensError, match=r"step 1 \(distill\): mixup blends labelled digits and seed-autoencoder is a reconstruction model"):
+        run("seed-autoencoder", [{"step": "distill", "mixup": 0.4, "epochs": 0.1}], out_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_edge_picks_the_steps_that_fit_each_family():
     edge = load_recipe("edge")
     runs_on = lambda family: [s.step for s in edge.steps if s.families is None or family in s.families]  # noqa: E731
