@@ -23,10 +23,15 @@ import torch
 import zoo
 from compress.context import data_for
 from compress.distill import DistillConfig, distill
+from compress.recipe import load_recipe
 from zoo.datasets import DigitDataset
 from zoo.training import fit
 
-PRESET = {"width": 0.25, "temperature": 4.0, "alpha": 0.5, "epochs": 16.0, "lr": 0.003}
+
+
+def preset_config() -> DistillConfig:
+    """The `distill` preset's step for CNNs, the one the target is judged on."""
+    return next(s.config for s in load_recipe("distill").steps if s.families is None or "cnn" in s.families)
 
 
 def split(train: DigitDataset, held_out: int = 1000, seed: int = 1234) -> tuple[DigitDataset, DigitDataset]:
@@ -35,12 +40,6 @@ def split(train: DigitDataset, held_out: int = 1000, seed: int = 1234) -> tuple[
     keep, val = order[held_out:], order[:held_out]
     return (DigitDataset(train.images[keep], train.labels[keep], train.name, "fit", train.source),
             DigitDataset(train.images[val], train.labels[val], train.name, "validation", train.source))
-
-
-def accuracy(model: torch.nn.Module, data: DigitDataset) -> float:
-    """Top-1 accuracy of ``model`` on ``data``."""
-    with torch.no_grad():
-        return float((model.eval()(data.images).argmax(1) == data.labels).float().mean())
 
 
 def teacher(digits: DigitDataset, cache: Path) -> torch.nn.Module:
@@ -58,7 +57,7 @@ def parse_setting(text: str) -> tuple[str, dict]:
     """'base' or 'key=value,key=value' over the distill preset, each value of its DistillConfig field's type."""
     if text == "base":
         return text, {}
-    defaults = DistillConfig()
+    defaults = preset_config()
     overrides = {}
     for item in text.split(","):
         key, _, value = item.partition("=")
@@ -81,19 +80,22 @@ def main() -> None:
     fit_digits, val = split(base.train)
     cache = Path(args.cache or Path(tempfile.gettempdir()) / f"slimlens-val-teacher-{len(val)}-seed1234-torch{torch.__version__}.pt")
     t = teacher(fit_digits, cache)
-    print(f"teacher (fit on {len(fit_digits)}): validation accuracy {accuracy(t, val):.4f}")
+    # with no zoo source, evaluate() scores on its `test` digits: here the held-out ones
+    held_out = dataclasses.replace(base, train=fit_digits, test=val, source={})
+    teacher_accuracy = held_out.evaluate(t)["accuracy"]
+    print(f"teacher (fit on {len(fit_digits)}): validation accuracy {teacher_accuracy:.4f}")
     for name, overrides in map(parse_setting, args.setting or ["base"]):
-        config = DistillConfig(**{**PRESET, **overrides})
+        config = dataclasses.replace(preset_config(), **overrides)
         rows = []
         for seed in args.seeds:
-            data = dataclasses.replace(base, train=fit_digits, test=val, source={}, seed=seed)
+            data = dataclasses.replace(held_out, seed=seed)
             start = time.perf_counter()
             out = distill(t, config, data, original=t)
-            d, a = accuracy(out["student"].module, val), accuracy(out["alone"].module, val)
+            d, a = data.evaluate(out["student"])["accuracy"], data.evaluate(out["alone"])["accuracy"]
             rows.append((d, a))
             print(f"{name} seed {seed}: distilled {d:.4f} alone {a:.4f} gain {100 * (d - a):+.1f} pt ({time.perf_counter() - start:.0f} s)", flush=True)
         md, ma = statistics.mean(r[0] for r in rows), statistics.mean(r[1] for r in rows)
-        print(f"== {name}: distilled {md:.4f} alone {ma:.4f} gain {100 * (md - ma):+.2f} pt gap to teacher {100 * (accuracy(t, val) - md):.2f} pt", flush=True)
+        print(f"== {name}: distilled {md:.4f} alone {ma:.4f} gain {100 * (md - ma):+.2f} pt gap to teacher {100 * (teacher_accuracy - md):.2f} pt", flush=True)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,11 @@ class CompressionData:
         return self.task in ("generation", "discrimination")
 
     @property
+    def labelled(self) -> bool:
+        """Whether the training digits carry the labels the task learns (a classifier's): what augmentation and mixup apply to."""
+        return self.task in ("classification", "binary-classification")
+
+    @property
     def _opponent_name(self) -> str | None:
         return zoo.spec(self.source["zoo"]).trained_with if self.source.get("zoo") and self.task == "discrimination" else None
 

@@ -75,7 +75,7 @@ def finetune(
     clipped as the model's own training recipe clipped them (``data.clip_grad_norm``).
     """
     gen = torch.Generator().manual_seed(data.seed)
-    mixing = mixup > 0 and data.task in ("classification", "binary-classification")
+    mixing = mixup > 0 and data.labelled
     if mixup > 0 and not mixing:
         raise SlimlensError(f"mixup blends labelled digits; a {data.task} model has none: set mixup = 0")
     # mixup's blend weights: torch has no seeded Beta sampler, and NumPy's seed must not be negative
@@ -100,7 +100,7 @@ def finetune(
                 inputs = torch.randn(len(idx), data.input_shape[0], generator=gen)
             else:
                 inputs = data.train.images[idx]
-                if augment and data.task in ("classification", "binary-classification"):
+                if augment and data.labelled:
                     inputs = random_affine(inputs, gen)
                 if mixing:
                     lam = float(mix_rng.beta(mixup, mixup))

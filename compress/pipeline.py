@@ -323,7 +323,7 @@ def check_families(recipe: Recipe, data: CompressionData) -> None:
             raise SlimlensError(f"step {index + 1} ({recipe_step.step}) does not apply to {data.model_name} (family {data.family}): "
                                 f"it compresses {', '.join(supported)} models; mark it optional = true, "
                                 f"or give it families = [...] in the recipe")
-        if getattr(recipe_step.config, "mixup", 0) > 0 and data.task not in ("classification", "binary-classification"):
+        if getattr(recipe_step.config, "mixup", 0) > 0 and not data.labelled:
             raise SlimlensError(f"step {index + 1} ({recipe_step.step}): mixup blends labelled digits and {data.model_name} is a "
                                 f"{data.task} model with none; set mixup = 0, or give the step families = [...] in the recipe")
 

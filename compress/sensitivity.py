@@ -77,7 +77,7 @@ def _scorer(data: CompressionData, config: SensitivityConfig) -> tuple[Callable[
     n = len(data.test) if config.subset <= 0 else min(config.subset, len(data.test))
     if data.task == "generation" and data.primary_metric == "fd":
         return _fd_scorer(data, n, config.seed), f"Fréchet distance of {n} generated digits (latent seed {config.seed}) to {len(data.test)} test images"
-    classifier = data.task in ("classification", "binary-classification") and data.primary_metric == "accuracy"
+    classifier = data.labelled and data.primary_metric == "accuracy"
     if not classifier:
         return (lambda module: float(data.evaluate(_forward(module))[data.primary_metric])), f"the full {data.task} test metric"
     pick = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(config.seed))[:n]
