@@ -111,11 +111,17 @@ def distill_rows(runs: list[compress.RunResult], threads: int) -> list[Row]:
     accs = "; ".join(f"seed {seed}: teacher {t['metrics']['accuracy']:.3f}, student {s['metrics']['accuracy']:.3f}, alone {a['metrics']['accuracy']:.3f}"
                      for seed, t, s, a in per_seed)
     seeds = f"mean of {len(runs)} seeds" if len(runs) > 1 else "one seed"
+
+    def spread(values: list[float]) -> str:
+        # the standard error of the mean says how far five seeds' mean can be from the target by chance alone
+        se = f" ± {statistics.stdev(values) / len(values) ** 0.5:.2f} s.e." if len(values) > 1 else ""
+        return f"{se} [{', '.join(f'{v:+.1f}' for v in values)}]"
+
     return [("distill", model, "teacher params / student params", ">= 10x", f"{ratio:.1f}x", ratio >= 10),
             ("distill", model, f"student gap to teacher, {seeds} ({accs})", "<= 0.5 pt",
-             f"{gap:+.2f} pt [{', '.join(f'{g:+.1f}' for g in gaps)}]", gap <= 0.5),
+             f"{gap:+.2f} pt{spread(gaps)}", gap <= 0.5),
             ("distill", model, f"student gain over the same student alone, {seeds}", ">= 0.5 pt",
-             f"{gain:+.2f} pt [{', '.join(f'{g:+.1f}' for g in gains)}]", gain >= 0.5)]
+             f"{gain:+.2f} pt{spread(gains)}", gain >= 0.5)]
 
 
 def int8_rows(run: compress.RunResult, threads: int) -> list[Row]:
