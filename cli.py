@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
@@ -418,20 +420,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a cancelled CI job), raised like Ctrl-C so every temporary folder is removed."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``slimlens`` with ``argv``; user errors become one line on stderr and exit code 2."""
     from zoo.errors import SlimlensError
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Python's default SIGTERM ends the process without running `finally`, leaving the hidden
+    # .partial folder of an unfinished run beside --out; as an exception it is cleaned up on the way out.
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         return args.func(args)
     except SlimlensError as exc:
         print(f"slimlens: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Terminated:
+        print("slimlens: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("slimlens: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

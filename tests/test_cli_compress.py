@@ -165,3 +165,26 @@ def test_reproduce_command_carries_the_builders_folder(tmp_path: Path, monkeypat
     # slimlens's own packages are found without help
     args = cli.build_parser().parse_args(["compress", "zoo.models.mlp:SimpleNet", "--data", "mnist-ge5", "--recipe", "int8", "--out", "run"])
     assert cli._compress_command(args).startswith("slimlens compress zoo.models.mlp:SimpleNet")
+
+
+def test_a_terminated_run_removes_its_unfinished_folder(tmp_path: Path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    slow = tmp_path / "slow.toml"
+    slow.write_text('[[steps]]\nstep = "distill"\nstudent = "self"\nepochs = 50.0\n')
+    cmd = [sys.executable, "-m", "cli", "compress", "seed-cnn", "--recipe", str(slow), "--out", str(out), "--no-latency", "--no-report"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=Path(cli.__file__).parent)
+    try:
+        deadline = time.monotonic() + 120
+        # terminate it once the original's files are staged, as `timeout` or a cancelled CI job would
+        while not any(tmp_path.glob(".*.partial/**/original.safetensors")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert any(tmp_path.glob(".*.partial/**/original.safetensors")), "the run never staged its original"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM and err.strip().endswith("slimlens: terminated")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["slow.toml"]  # no run, no hidden .partial folder
