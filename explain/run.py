@@ -146,9 +146,31 @@ def prepare(request: Request) -> Plan:
             inputs = torch.cat([inputs, fakes])
             labels = [1] * len(indices) + [0] * len(indices)
             sources += [f"generated #{i}" for i in range(len(indices))]  # latents: zoo.latents(n, seed)
+    if request.variant is not None:
+        _check_variant_fits(request, model, inputs)
     shape = tuple(inputs.shape[1:])
     options = {m: default_options(m, shape) for m in methods}
     return Plan(request, model, card, kind, inputs, labels, sources, notes, methods, options, partner)
+
+
+def _check_variant_fits(request: Request, model: Any, inputs: torch.Tensor) -> None:
+    """Refuse a variant made from another model: its maps would be compared with the wrong original."""
+    variant, path = request.variant, request.variant_path or getattr(request.variant, "name", "the variant")
+    made_from = (getattr(variant, "source", None) or {}).get("zoo")
+    if made_from and made_from != request.model:
+        raise ExplainError(f"{path} was made from {made_from}, not {request.model}; "
+                           f"run `slimlens explain {made_from} --variant {path}`")
+    # a variant of a user's own builder names no zoo model: its outputs on this model's inputs must fit
+    probe = inputs[:2]
+    try:
+        with torch.no_grad():
+            got, expected = variant(probe), model(probe)
+    except Exception as exc:  # any failure here means it cannot take this model's inputs
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ExplainError(f"{path} cannot take {request.model}'s inputs ({reason}); explain it beside the model it was compressed from") from None
+    if tuple(got.shape) != tuple(expected.shape):
+        raise ExplainError(f"{path} gives outputs of shape {tuple(got.shape)} where {request.model} gives {tuple(expected.shape)}; "
+                           "explain it beside the model it was compressed from")
 
 
 def _exists(name: str) -> bool:

@@ -110,3 +110,17 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, int8_
     code = cli.main(["explain", "seed-cnn", "--out", str(taken), "--quiet"])
     assert code == 2 and "not an explain output folder" in capsys.readouterr().err
     assert [p.name for p in taken.iterdir()] == ["notes.txt"]
+
+
+def test_a_variant_of_another_model_is_refused(tmp_path, capsys, int8_onnx):
+    out = tmp_path / "never"
+    # seed-cnn's variant beside lenet5: its drift would be measured against the wrong original
+    _bad(["lenet5", "--methods", "occlusion", "--variant", str(int8_onnx)], capsys, out,
+         f"was made from seed-cnn, not lenet5; run `slimlens explain seed-cnn --variant {int8_onnx}`")
+    # a variant that names no zoo model (a user's builder) is judged by its outputs on the model's inputs
+    autoencoder = tmp_path / "autoencoder.onnx"
+    torch.onnx.export(zoo.load("seed-autoencoder"), torch.zeros(1, 1, 28, 28), autoencoder, dynamo=False, input_names=["input"],
+                      output_names=["image"], dynamic_axes={"input": {0: "batch"}, "image": {0: "batch"}})
+    saved = OnnxVariant(name="mine", artifact=autoencoder, source={}, steps=[]).save(tmp_path)
+    _bad(["seed-cnn", "--methods", "occlusion", "--variant", str(saved)], capsys, out,
+         "gives outputs of shape (2, 1, 28, 28) where seed-cnn gives (2, 10)")
