@@ -193,9 +193,15 @@ def _student(config: DistillConfig, model: nn.Module, data: CompressionData) -> 
     if config.student == "auto":
         student, shape = slimmer(model, config.width, data.example_input(2))
         if module_params(student)["params"] >= module_params(model)["params"]:
+            weighted = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d | nn.ConvTranspose2d)]
+            if len(weighted) <= 1:  # the output layer keeps its classes, so nothing is left to narrow
+                raise SlimlensError(f"distill derives no smaller student from {data.model_name}: its only weighted layer is the output "
+                                    "layer, which keeps its classes; name a smaller zoo model as student, or distill a model with hidden layers")
             # Torch-Pruning leaves a layer whole when the width would keep less than one channel of it
-            raise SlimlensError(f"width={config.width} derives no smaller student from {data.model_name}: "
-                                "it would keep less than one channel per layer; choose a larger width, e.g. 0.25")
+            narrowest = min(m.weight.shape[1 if isinstance(m, nn.ConvTranspose2d) else 0] for m in weighted[:-1])
+            raise SlimlensError(f"width={config.width} derives no smaller student from {data.model_name}: its narrowest layer has "
+                                f"{narrowest} channels, of which it would keep less than one; choose a larger width, "
+                                f"e.g. {min(1.0, 2 / narrowest):.3g}")
         return student, {**data.source, "student": shape}
     import zoo
 

@@ -134,7 +134,10 @@ def test_more_bad_inputs_fail_in_one_line_and_write_nothing(tmp_path: Path, reci
     tiny = tmp_path / "tiny.toml"
     tiny.write_text('[[steps]]\nstep = "distill"\nwidth = 0.01\nepochs = 0.1\n')
     # found when the step runs (after the original is measured), and still one line with nothing left behind
-    assert "width=0.01 derives no smaller student from simplenet" in _fails(["simplenet", "--recipe", str(tiny), *common, "--quiet"], capsys)
+    assert ("width=0.01 derives no smaller student from simplenet: its narrowest layer has 10 channels, of which it would keep less "
+            "than one; choose a larger width, e.g. 0.2") in _fails(["simplenet", "--recipe", str(tiny), *common, "--quiet"], capsys)
+    # a single linear layer has no hidden width to narrow, whatever the width
+    assert "its only weighted layer is the output layer" in _fails(["softmax-regression", "--recipe", "distill", *common, "--quiet"], capsys)
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["fast.toml", "notes.pt", "tiny.toml", "twice.toml"]
 
 
