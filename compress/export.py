@@ -12,7 +12,9 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +34,21 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 EXPORTERS = ("dynamo", "legacy")
 EXPORTER_KEY = "slimlens.exporter"  # metadata_props entry naming the exporter that wrote the file
 INPUT_NAME, OUTPUT_NAME = "input", "output"
+MIN_OPSET = 13  # per-channel QDQ quantization needs 13; both exporters write it
+
+
+def check_opset(opset: int) -> None:
+    """Raise a one-line SlimlensError for an ONNX opset the exporters and the installed onnx cannot write."""
+    newest = onnx.defs.onnx_opset_version()
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise SlimlensError(f"opset={opset} is outside what slimlens can export ({MIN_OPSET} to {newest} with onnx {onnx.__version__}); "
+                            "e.g. opset = 18")
+
+
+def written_opset(path: str | Path) -> int:
+    """The default-domain opset an .onnx file declares."""
+    model = onnx.load(str(path), load_external_data=False)
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 class ExportError(SlimlensError):
@@ -77,8 +94,12 @@ def export_onnx(
             try:
                 _EXPORT[name](model, example.contiguous(), partial, opset)
                 onnx.checker.check_model(str(partial))
+                got = written_opset(partial)
             except Exception as exc:  # exporters raise many unrelated types; each reason is kept and reported
                 attempts[name] = first_line(exc)
+                continue
+            if got != opset:  # the dynamo exporter falls back to its own opset when it cannot convert down
+                attempts[name] = f"wrote opset {got}, not the requested {opset}"
                 continue
             _tag_exporter(partial, name, attempts)
             partial.replace(path)
@@ -94,9 +115,24 @@ def onnx_exporter(path: str | Path) -> dict[str, str]:
     return {k.removeprefix("slimlens."): v for k, v in props.items() if k.startswith("slimlens.")}
 
 
+@contextlib.contextmanager
+def _quiet_loggers(*names: str) -> Any:
+    # The dynamo exporter logs a version-conversion traceback when it cannot write an older opset;
+    # export_onnx reports that case in one line, so the traceback is noise on the user's terminal.
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def _export_dynamo(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
     batch = torch.export.Dim("batch")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_loggers("torch.onnx", "onnxscript"):
         warnings.simplefilter("ignore")  # deprecation chatter from torch internals, not about this model
         torch.onnx.export(
             model, (example,), str(path), dynamo=True, opset_version=opset, verbose=False, external_data=False,
@@ -187,6 +223,9 @@ class ExportOnnxConfig:
     opset: int = 18
     name: str = "fp32-onnx"
     exporter: str = "auto"  # "dynamo", "legacy" or "auto" (dynamo, falling back to legacy)
+
+    def __post_init__(self) -> None:
+        check_opset(self.opset)
 
 
 @register_step("export_onnx", ExportOnnxConfig)

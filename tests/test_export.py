@@ -87,3 +87,22 @@ def test_a_discriminators_agreement_is_judged_where_its_logit_decides():
     check = check_parity(lambda x: zoo.load("dcgan-d")(x), lambda x: zoo.load("dcgan-d")(x) + 0.3, data.test.images[:500],
                          atol=None, min_agreement=0.0, threshold=0.0)
     assert check["argmax_agreement"] == pytest.approx(expected)
+
+
+def test_the_file_has_the_opset_asked_for_or_the_export_fails(tmp_path, capfd):
+    from compress.export import onnx_exporter, written_opset
+    from compress.quantize import StaticInt8Config
+    from zoo.errors import SlimlensError
+
+    # the dynamo exporter cannot write opset 13 and falls back to its own 18; legacy can, and says why it was used
+    path = export_onnx(zoo.load("seed-cnn"), torch.zeros(2, 1, 28, 28), tmp_path / "m.onnx", opset=13)
+    assert written_opset(path) == 13
+    assert onnx_exporter(path) == {"exporter": "legacy", "dynamo_failed": "wrote opset 18, not the requested 13"}
+    assert "Traceback" not in capfd.readouterr().err  # the exporter's own version-conversion traceback stays off the terminal
+    with pytest.raises(ExportError, match="dynamo: wrote opset 18, not the requested 13"):
+        export_onnx(zoo.load("seed-cnn"), torch.zeros(2, 1, 28, 28), tmp_path / "d.onnx", opset=13, exporter="dynamo")
+    for bad in (5, 99):
+        with pytest.raises(SlimlensError, match=f"opset={bad} is outside what slimlens can export"):
+            StaticInt8Config(opset=bad)
+        with pytest.raises(SlimlensError, match=f"opset={bad} is outside"):
+            ExportOnnxConfig(opset=bad)

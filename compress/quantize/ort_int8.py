@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from compress.context import CompressionData
+from compress.export import check_opset
 from compress.finetune import clone
 from compress.onnx_utils import (
     CALIBRATION_METHODS,
@@ -39,6 +40,9 @@ class OrtDynamicInt8Config:
     per_channel: bool = False
     opset: int = 18
     name: str = "int8-dynamic-onnx"
+
+    def __post_init__(self) -> None:
+        check_opset(self.opset)
 
 
 @register_step("quantize_dynamic_onnx", OrtDynamicInt8Config)
@@ -95,6 +99,7 @@ class StaticInt8Config:
         for role, value in (("activations", self.activations), ("weights", self.weights)):
             if value not in QUANT_TYPES:
                 raise QuantizationError(f"{role}={value!r} must be one of {', '.join(QUANT_TYPES)}")
+        check_opset(self.opset)
 
 
 @register_step("quantize_static_onnx", StaticInt8Config, families=STATIC_FAMILIES)

@@ -52,7 +52,7 @@ class QatConfig:
         if not self.epochs > 0:
             raise QuantizationError(f"epochs={self.epochs} must be positive")
         check_budget(self.epochs, self.lr)
-        StaticInt8Config(calibration=self.calibration, samples=self.samples)  # same checks as static int8
+        StaticInt8Config(calibration=self.calibration, samples=self.samples, opset=self.opset)  # same checks as static int8
 
 
 class _WeightFakeQuant(nn.Module):
