@@ -304,6 +304,8 @@ def _resolve(model: nn.Module | str, recipe: Recipe | str | Path | list, data: C
     if isinstance(model, str):
         data = data if data is not None else model
         model = zoo.load(model)
+    else:
+        model = copy.deepcopy(model)  # the caller's module keeps its mode and weights, whatever the steps do
     if data is None:
         raise SlimlensError("pass data: a CompressionData (compress.context.data_for) or a zoo model name")
     if isinstance(data, str):
@@ -330,10 +332,10 @@ def check_families(recipe: Recipe, data: CompressionData) -> None:
 
 def check_fits(model: nn.Module, data: CompressionData) -> None:
     """Fail in one line, before any work, when a user's model cannot take the data's inputs or give its outputs."""
-    shape = (2, *data.input_shape)
+    shape = (8, *data.input_shape)
     try:
         with torch.inference_mode():
-            out = model(data.example_input(2))
+            out = model(data.example_input(8))
     except Exception as exc:
         raise SlimlensError(f"{data.model_name} cannot take {data.train.name} "
                             f"inputs of shape {shape}: {first_line(exc, 200)}; give a model for 1x28x28 digits") from None
@@ -341,6 +343,10 @@ def check_fits(model: nn.Module, data: CompressionData) -> None:
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != classes:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise SlimlensError(f"{data.model_name} returns {got} for inputs {shape}; {data.task} on this data needs (batch, {classes})")
+    if data.task == "binary-classification" and not bool(((out >= 0) & (out <= 1)).all()):
+        # scoring thresholds the output at 0.5 and fine-tuning uses binary cross-entropy: both need a probability
+        raise SlimlensError(f"{data.model_name} returns values from {out.min().item():.3g} to {out.max().item():.3g}; binary classification "
+                            f"on {data.train.name} needs the probability of the positive class: end the model with torch.sigmoid")
 
 
 def run(

@@ -91,7 +91,7 @@ def test_a_model_that_does_not_fit_the_data_or_the_recipe_fails_in_one_line(tmp_
     out = tmp_path / "run"
     common = ["--recipe", str(recipe), "--out", str(out), "--no-latency"]
     err = _fails(["zoo.models.mlp:SimpleNet", "--data", "mnist", *common], capsys)  # one probability, not 10 class scores
-    assert "returns (2, 1)" in err and "needs (batch, 10)" in err
+    assert "returns (8, 1)" in err and "needs (batch, 10)" in err
     err = _fails(["zoo.models.resnet:BasicBlock", "--data", "mnist", *common], capsys)  # needs constructor arguments
     assert "zoo.models.resnet:BasicBlock() failed: TypeError" in err and "no arguments" in err
     static = tmp_path / "static.toml"
@@ -99,6 +99,15 @@ def test_a_model_that_does_not_fit_the_data_or_the_recipe_fails_in_one_line(tmp_
     err = _fails(["seed-lstm", "--recipe", str(static), "--out", str(out), "--no-latency"], capsys)  # refused before any work
     assert "step 1 (quantize_static_onnx) does not apply to seed-lstm (family lstm)" in err and "optional = true" in err
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".run.")]
+
+
+def test_a_binary_model_that_outputs_logits_is_refused(tmp_path: Path, recipe: Path, capsys, monkeypatch):
+    # scored at 0.5 and trained with binary cross-entropy, a logit would be mis-scored and mis-trained
+    (tmp_path / "logits.py").write_text("from torch import nn\n\ndef build():\n"
+                                        "    return nn.Sequential(nn.Flatten(), nn.Linear(784, 1))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    err = _fails(["logits:build", "--data", "mnist-ge5", "--recipe", str(recipe), "--out", str(tmp_path / "run"), "--no-latency"], capsys)
+    assert "binary classification on mnist-ge5 needs the probability of the positive class: end the model with torch.sigmoid" in err
 
 
 def test_steps_lists_every_step_its_families_and_settings(capsys):

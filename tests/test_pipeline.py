@@ -273,3 +273,12 @@ def test_a_finished_run_is_renamed_into_place_with_its_variants_pointing_there(t
     assert variants.out_dir == out and sorted(p.name for p in (tmp_path / "nested").iterdir()) == ["run"]
     for variant in variants:
         assert Path(variant.artifact).parent == out / "variants" and Path(variant.artifact).is_file()
+
+
+def test_run_leaves_the_callers_module_as_it_was(tmp_path: Path):
+    import zoo
+
+    model = zoo.load("simplenet").train()  # a user may hand over a module straight from training
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    run(model, [{"step": "distill", "student": "self", "epochs": 0.1}], data="simplenet", out_dir=tmp_path / "run", export=False)
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
