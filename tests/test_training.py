@@ -80,3 +80,10 @@ def test_fit_trains_a_zoo_architecture_on_a_subset_without_touching_the_callers_
     assert not model.training and accuracy > 0.75  # 300 digits already teach a linear classifier most of the task
     with pytest.raises(ValueError, match="GAN pair"):
         fit("dcgan-g", subset)
+
+
+def test_evaluate_scores_a_module_in_training_mode_without_changing_it():
+    model = zoo.load("resnet-mnist").train()  # BatchNorm in training mode would move its statistics and score per batch
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert zoo.evaluate("resnet-mnist", forward=model)["accuracy"] == zoo.card("resnet-mnist").metrics["accuracy"]
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -33,7 +34,7 @@ def evaluate(
     if forward is None:
         forward = load(name, weights_root)
     data = dataset(model_spec.dataset, split, root=data_root)
-    with torch.inference_mode():
+    with torch.inference_mode(), _scored_in_eval_mode(forward):
         if model_spec.task in ("classification", "binary-classification"):
             outputs = metrics.batched_outputs(forward, data.images)
             return metrics.classification_metrics(metrics.predicted_labels(outputs), data.labels, len(model_spec.class_names))
@@ -46,3 +47,17 @@ def evaluate(
             fake = metrics.batched_outputs(load("dcgan-g", weights_root), z)
             return metrics.discriminator_metrics(forward, data.images, fake)
     raise ValueError(f"no metric for task {model_spec.task!r}")
+
+
+@contextmanager
+def _scored_in_eval_mode(forward: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    # A module handed over straight from training would score with dropout on and its BatchNorm
+    # statistics moving; score it in eval mode and give it back in the mode it came in.
+    training = isinstance(forward, torch.nn.Module) and forward.training
+    if training:
+        forward.eval()
+    try:
+        yield
+    finally:
+        if training:
+            forward.train()
