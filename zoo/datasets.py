@@ -57,11 +57,11 @@ def _torchvision_arrays(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]
     from torchvision.datasets import MNIST
 
     if not root.is_dir():
-        raise DataError(f"--data-root {root} is not a folder; point it at a folder holding MNIST/raw (torchvision layout); nothing is downloaded")
+        raise DataError(f"data root {root} is not a folder; point it at a folder holding MNIST/raw (torchvision layout); nothing is downloaded")
     try:
         ds = MNIST(str(root), train=(split == "train"), download=False)
-    except RuntimeError as exc:  # torchvision says "Dataset not found"
-        raise DataError(f"no torchvision MNIST under {root} ({exc}); expected {root}/MNIST/raw/*-ubyte files; nothing is downloaded") from None
+    except RuntimeError:  # torchvision's "Dataset not found. You can use download=True" would point at a download
+        raise DataError(f"no torchvision MNIST under {root}: expected {root}/MNIST/raw/*-ubyte files; nothing is downloaded") from None
     return ds.data.numpy(), ds.targets.numpy()
 
 
