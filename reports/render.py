@@ -18,6 +18,8 @@ from reports.results import check_comparable, primary_metric, read_results
 
 TEMPLATES = Path(__file__).parent / "templates"
 MAX_CONFUSIONS = 8
+NOT_TIMED = "not measured (--no-latency)"
+MEMORY_STEP_MB = 0.1  # the summary table shows memory to one decimal
 
 
 def _num(value: Any) -> float | None:
@@ -35,6 +37,26 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
+def _memory_cell(memory: Any, missing: str | None) -> dict[str, Any]:
+    """The summary table's memory cell: the figure, why there is none, or that it is under the column's step."""
+    memory = memory if isinstance(memory, dict) else {}
+    value = _num(memory.get("inference_mb"))
+    if value is None:
+        return {"memory_mb": None, "memory_text": "–", "memory_title": memory.get("unavailable") or missing or "not measured"}
+    if value >= MEMORY_STEP_MB / 2:
+        return {"memory_mb": value, "memory_text": f"{value:.1f}", "memory_title": None}
+    page = _num(memory.get("resolution_kb"))
+    # results written before resolution_kb was recorded rounded the figure to 0.01 MiB
+    if value > 0:
+        grew = f"grew by {'' if page else 'about '}{value * 1024:.0f} KiB"
+    else:
+        grew = f"did not grow by a whole {page:.0f} KiB page" if page else "grew by less than 0.01 MiB"
+    reused = ("Memory the process already held is reused and not counted, e.g. ONNX Runtime's arena, "
+              "which keeps what it used while loading the session.")
+    return {"memory_mb": value, "memory_text": f"< {MEMORY_STEP_MB}",
+            "memory_title": f"Measured: the resident set {grew} during the pass, under this column's {MEMORY_STEP_MB} MiB step. {reused}"}
+
+
 def _row(entry: dict[str, Any], original: dict[str, Any], onnx_ref: dict[str, Any] | None, metric: str | None, higher: bool) -> dict[str, Any]:
     value = _num((entry.get("metrics") or {}).get(metric)) if metric else None
     base = _num((original.get("metrics") or {}).get(metric)) if metric else None
@@ -43,6 +65,7 @@ def _row(entry: dict[str, Any], original: dict[str, Any], onnx_ref: dict[str, An
     cuda = _lat(entry, "cuda")
     params, nonzero = _num(entry.get("params")), _num(entry.get("nonzero_params"))
     ort_ref = _lat(onnx_ref, "cpu") if onnx_ref else {}
+    not_timed = None if entry.get("latency") else NOT_TIMED  # compress --no-latency writes no latency at all
     return {
         "name": entry["name"],
         "format": entry.get("format", "?"),
@@ -62,14 +85,14 @@ def _row(entry: dict[str, Any], original: dict[str, Any], onnx_ref: dict[str, An
         "cpu_load": _num(cpu.get("load_average_1min")),
         "cpu_tput": _num(cpu.get("throughput_per_s")),
         "cpu_runtime": cpu.get("runtime"),
-        "cpu_missing": cpu.get("unavailable"),
+        "cpu_missing": cpu.get("unavailable") or not_timed,
         "speedup": _ratio(_num(cpu.get("throughput_per_s")), _num(cpu0.get("throughput_per_s"))),
         "speedup_ort": _ratio(_num(cpu.get("throughput_per_s")), _num(ort_ref.get("throughput_per_s"))) if onnx_ref else None,
         "cuda_p50": _num(cuda.get("batch1_p50_ms")),
         "cuda_tput": _num(cuda.get("throughput_per_s")),
         "cuda_half_p50": _num(_lat(entry, "cuda", "fp16").get("batch1_p50_ms")),
-        "cuda_missing": cuda.get("unavailable"),
-        "memory_mb": _num((cpu.get("peak_memory") or {}).get("inference_mb")),
+        "cuda_missing": cuda.get("unavailable") or not_timed,
+        **_memory_cell(cpu.get("peak_memory"), cpu.get("unavailable") or not_timed),
         "parity": entry.get("parity") or {},
     }
 
@@ -203,6 +226,7 @@ def run_context(run: dict[str, Any]) -> dict[str, Any]:
         "metric": metric,
         "higher": higher,
         "rows": rows,
+        "timed": any(r["cpu_p50"] is not None or r["cpu_tput"] is not None for r in rows),
         "fastest": fastest,
         "smallest": smallest,
         "figures": figures,
@@ -250,7 +274,7 @@ def _step_log(timings: Any) -> list[dict[str, Any]]:
 
 
 def comparison(contexts: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The side-by-side table for several runs, with a warning when their machines or threads differ."""
+    """The side-by-side table for several runs, with a warning when the machines or threads of the timed ones differ."""
     if len(contexts) < 2:
         return None
     rows = []
@@ -258,8 +282,10 @@ def comparison(contexts: list[dict[str, Any]]) -> dict[str, Any] | None:
         best = [r for r in ctx["rows"] if r["pareto_latency"] and r["name"] != "original"]
         fastest = max((r for r in ctx["rows"] if r["speedup"]), key=lambda r: r["speedup"], default=None)
         smallest = max((r for r in ctx["rows"] if r["ratio"]), key=lambda r: r["ratio"], default=None)
-        rows.append({"ctx": ctx, "original": ctx["rows"][0], "fastest": fastest, "smallest": smallest, "pareto": [r["name"] for r in best]})
-    machines = {(c["cpu_name"], c["threads"], c["batch"]) for c in contexts}
+        rows.append({"ctx": ctx, "original": ctx["rows"][0], "fastest": fastest, "smallest": smallest, "pareto": [r["name"] for r in best],
+                     "not_timed": None if ctx["timed"] else NOT_TIMED})
+    # an untimed run has no batch and no milliseconds to compare, so it cannot make the others incomparable
+    machines = {(c["cpu_name"], c["threads"], c["batch"]) for c in contexts if c["timed"]}
     warning = None
     if len(machines) > 1:
         warning = "These runs were timed on different CPUs, thread counts or batch sizes: compare their speed-ups, not their milliseconds."
@@ -271,7 +297,7 @@ def _environment() -> Environment:
     env.filters.update(
         ms=lambda v: "–" if v is None else (f"{v:.3f}" if v < 1 else f"{v:.2f}" if v < 100 else f"{v:.0f}"),
         kib=lambda v: "–" if v is None else (f"{v / 1024:.1f} KiB" if v < 1024**2 else f"{v / 1024**2:.2f} MiB"),
-        x=lambda v: "–" if v is None else f"{v:.2f}×",
+        x=lambda v: "–" if v is None else f"{v:.2g}×" if v < 0.01 else f"{v:.2f}×",  # 0.0045× must not read as 0.00×
         num=lambda v, d=4: "–" if v is None else f"{v:.{d}f}",
         int=lambda v: "–" if v is None else f"{int(v):,}",
         si=lambda v: "–" if v is None else (f"{v / 1e9:.2f} G" if v >= 1e9 else f"{v / 1e6:.2f} M" if v >= 1e6 else f"{v / 1e3:.1f} K" if v >= 1e3 else f"{v:.0f}"),
@@ -289,7 +315,7 @@ def render_html(runs: Sequence[dict[str, Any]]) -> str:
     for i, ctx in enumerate(contexts):
         ctx["anchor"] = f"run-{i + 1}"
     return _environment().get_template("report.html.j2").render(
-        runs=contexts, comparison=comparison(contexts), generated=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        runs=contexts, comparison=comparison(contexts), generated=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"), memory_step=MEMORY_STEP_MB,
     )
 
 

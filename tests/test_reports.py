@@ -367,3 +367,68 @@ def test_recipe_steps_show_skips_and_a_missed_search(results: dict, tmp_path: Pa
     assert "Recipe steps" in html and "skipped: runs on cnn models only, not lstm" in html
     assert '<td class="l bad">searched ratio: kept 0.5, none within max_drop 0.0 of the original' in html
     assert "made its variant" in html
+
+
+def _untimed(run: dict) -> dict:
+    """The run as `slimlens compress --no-latency` writes it: no latency for any variant and no timing."""
+    run = copy.deepcopy(run)
+    run["_dir"] = f"{run.get('_dir', 'run')}-untimed"  # the same folder may not be named twice
+    run.pop("timing", None)
+    for entry in run["variants"]:
+        entry.pop("latency", None)
+    return run
+
+
+def test_an_untimed_run_does_not_make_timed_runs_incomparable(results: dict, tmp_path: Path) -> None:
+    """Runs from one machine side by side with a --no-latency run: no 'different CPUs' warning, the untimed run says why it has no figures."""
+    warning = "timed on different CPUs"
+    html = reports.render([results, _untimed(results)], tmp_path / "mixed.html").read_text()
+    assert "Runs side by side" in html and warning not in html
+    side = html[html.index("Runs side by side"):html.index('<section id="run-1"')]
+    assert side.count('<td class="l na">not measured (--no-latency)</td>') == 1  # Pareto (latency) of run-2, not a bare dash
+    untimed = html[html.index('<section id="run-2"'):]
+    assert '<td class="mem na" title="not measured (--no-latency)">–</td>' in untimed  # not a bare dash: the reason on hover
+    other = copy.deepcopy(results)  # a timed run on another thread count still warns
+    other["_dir"] = str(tmp_path / "other")
+    for entry in other["variants"]:
+        entry["latency"]["cpu"]["threads"] = FAST.threads + 1
+    assert warning in reports.render([results, other, _untimed(results)], tmp_path / "threads.html").read_text()
+
+
+def test_peak_memory_keeps_kib_and_states_its_resolution() -> None:
+    """A real forward pass that touches 64 KiB more than its input: the figure keeps the kernel's kB and names the page size."""
+    class Touches(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.sum() + torch.ones(16 * 1024).sum()  # 64 KiB of float32, written so the pages become resident
+
+    import os
+
+    from reports.memory import peak_memory
+
+    variant, x = TorchVariant(name="touches", module=Touches()), timing_inputs(MODEL, FAST.batch)
+    variant(x)  # as after the timings: the kernels' code is already resident, so only the tensor's pages are new
+    figures = peak_memory(variant, x, FAST.threads)
+    page = os.sysconf("SC_PAGE_SIZE") / 1024
+    assert figures["resolution_kb"] == page
+    assert 64 - page <= figures["inference_mb"] * 1024 <= 64 + 4 * page
+
+
+@pytest.mark.parametrize("memory, shown, title", [
+    ({"inference_mb": 0.008, "resolution_kb": 4}, "&lt; 0.1", "grew by 8 KiB during the pass"),  # lenet5's int8-static-onnx
+    ({"inference_mb": 0.0, "resolution_kb": 4}, "&lt; 0.1", "did not grow by a whole 4 KiB page"),
+    ({"inference_mb": 0.01}, "&lt; 0.1", "grew by about 10 KiB"),  # written before resolution_kb, rounded to 0.01 MiB
+    ({"unavailable": "cannot read the resident-set high-water mark here"}, "–", "cannot read the resident-set high-water mark here"),
+    ({"inference_mb": 0.86, "resolution_kb": 4}, "0.9", None),
+])
+def test_memory_under_the_columns_step_is_not_shown_as_zero(results: dict, tmp_path: Path, memory: dict, shown: str, title: str | None) -> None:
+    """A pass whose resident growth rounds to 0.0 MiB reads '< 0.1' with the measured figure on hover; a missing one gives its reason."""
+    run = copy.deepcopy(results)
+    run["variants"][1]["latency"]["cpu"]["peak_memory"] = memory
+    html = reports.render([run], tmp_path / "mem.html").read_text()
+    row = re.search(r'<td>onnx-fp32 <span class="fmt">.*?</tr>', html, re.S).group(0)
+    cell = re.search(r'<td class="mem[^>]*>[^<]*</td>', row).group(0)
+    assert cell.endswith(f">{shown}</td>")
+    if title is None:
+        assert "title=" not in cell
+    else:
+        assert title in cell
