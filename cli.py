@@ -30,13 +30,14 @@ def cmd_zoo_list(args: argparse.Namespace) -> int:
     """Print the zoo as a table (or JSON): name, family, params, size, metric."""
     import zoo
 
-    rows = []
-    for name in zoo.list_models():
-        card = zoo.card(name, args.weights_root)
-        rows.append((name, card.family, f"{card.params:,}", f"{card.weights['bytes'] / 1024:,.0f} KiB", _metric_text(card)))
-    if args.json:
-        print(json.dumps([dict(zip(("name", "family", "params", "size", "metric"), r)) for r in rows], indent=2))
+    cards = [zoo.card(name, args.weights_root) for name in zoo.list_models()]
+    if args.json:  # for machines: raw numbers, and only the scalar metrics (`zoo info` has the per-class lists)
+        print(json.dumps([{"name": c.name, "family": c.family, "params": c.params, "size_bytes": c.weights["bytes"],
+                           "primary_metric": c.primary_metric,
+                           "metrics": {k: v for k, v in c.metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}}
+                          for c in cards], indent=2))
         return 0
+    rows = [(c.name, c.family, f"{c.params:,}", f"{c.weights['bytes'] / 1024:,.0f} KiB", _metric_text(c)) for c in cards]
     header = ("name", "family", "params", "size", "metric (bundled test split)")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     for row in [header] + rows:
@@ -84,6 +85,9 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
     import zoo
     from zoo.training import train
 
+    if args.all == (args.name is not None):  # before any training: either one is a clear request, both or neither is not
+        raise zoo.SlimlensError("name a zoo model or pass --all, not both" if args.all
+                                else "name a zoo model to train (`slimlens zoo list` shows them) or pass --all")
     names = zoo.list_models() if args.all else [args.name]
     if args.all:  # the GAN's judge is seed-cnn, and each GAN half trains with the other
         names = [n for n in names if zoo.spec(n).task != "discrimination"]
@@ -170,7 +174,7 @@ def _add_zoo(sub: argparse._SubParsersAction) -> None:
 
     p = zsub.add_parser("samples", help="draw a grid of a generator's samples as a PNG")
     p.add_argument("name", nargs="?", default="dcgan-g")
-    p.add_argument("--out", default="dcgan-samples.png")
+    p.add_argument("--out", default="dcgan-samples.png", help="the PNG file to write (default: ./dcgan-samples.png)")
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights-root", help=root_help)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 
 import pytest
 
+import cli
 import zoo
 from zoo.cards import weights_path
 from zoo.weights import sha256_file
@@ -116,3 +119,85 @@ def test_loaded_model_predicts_a_test_digit(mnist_test):
     image, label = mnist_test[0]
     logits = zoo.load("resnet-mnist")(image[None])
     assert logits.shape == (1, 10) and int(logits.argmax()) == label
+
+
+def _bad_outs(tmp_path):
+    """Three --out paths that cannot be written: a folder given for a file, a parent that is a file, a missing parent."""
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    return {"folder": folder, "parent-is-file": blocker / "x.png", "missing-parent": tmp_path / "nowhere" / "x.png"}
+
+
+@pytest.mark.parametrize("case", ["folder", "parent-is-file", "missing-parent"])
+def test_cli_zoo_samples_refuses_an_unwritable_out_in_one_line(tmp_path, capsys, case):
+    out = _bad_outs(tmp_path)[case]
+    before = sorted(tmp_path.rglob("*"))
+    assert cli.main(["zoo", "samples", "--out", str(out), "--n", "4"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("slimlens: error: ") and str(out) in lines[0]
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written, not even a temporary file
+
+
+def test_cli_zoo_samples_refuses_a_device_as_out(capsys):
+    # os.replace would otherwise swap /dev/null itself for a PNG when run as root
+    assert cli.main(["zoo", "samples", "--out", "/dev/null", "--n", "4"]) == 2
+    assert "/dev/null is not a regular file" in capsys.readouterr().err
+
+
+def test_cli_zoo_samples_writes_a_png(tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert cli.main(["zoo", "samples", "--out", str(out), "--n", "4"]) == 0
+    assert out.read_bytes().startswith(b"\x89PNG") and [p.name for p in tmp_path.iterdir()] == ["grid.png"]
+
+
+def test_cli_zoo_samples_reports_a_failed_write_in_one_line(tmp_path):
+    """A write that fails after the up-front checks (here: a 1 KB file-size limit) is one line, not a traceback."""
+    import resource
+
+    out = tmp_path / "grid.png"
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))  # noqa: E731 - Python ignores SIGXFSZ, so write() fails with EFBIG
+    result = subprocess.run([sys.executable, "-m", "cli", "zoo", "samples", "--out", str(out)], capture_output=True, text=True,
+                            preexec_fn=limit, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"cannot write {out}" in lines[0] and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("case", ["parent-is-file", "missing-parent"])
+def test_cli_zoo_train_refuses_a_bad_out_before_training(tmp_path, capsys, case):
+    out = _bad_outs(tmp_path)[case].with_suffix("")
+    assert cli.main(["zoo", "train", "seed-cnn", "--quick", "--out", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    # one line and no "epoch" progress line: the error came before any training
+    assert len(lines) == 1 and lines[0].startswith("slimlens: error: cannot write") and str(out) in lines[0]
+
+
+def test_cli_zoo_train_refuses_a_file_as_out(tmp_path, capsys):
+    out = tmp_path / "a-file"
+    out.write_text("keep me")
+    assert cli.main(["zoo", "train", "seed-cnn", "--quick", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == f"slimlens: error: --out {out} is a file; name a folder"
+    assert out.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("argv", [[], ["seed-cnn", "--all"]])
+def test_cli_zoo_train_needs_one_name_or_all(tmp_path, capsys, argv):
+    assert cli.main(["zoo", "train", *argv, "--out", str(tmp_path / "zoo")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "name a zoo model" in err and "--all" in err and "None" not in err
+    assert not (tmp_path / "zoo").exists()
+
+
+def test_cli_zoo_list_json_gives_raw_numbers(capsys):
+    assert cli.main(["zoo", "list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == ALL
+    for row in rows:
+        card = zoo.card(row["name"])
+        assert row["params"] == card.params and isinstance(row["params"], int)
+        assert row["size_bytes"] == card.weights["bytes"] and isinstance(row["size_bytes"], int)
+        assert row["metrics"][row["primary_metric"]] == card.metrics[card.primary_metric]
+        assert all(isinstance(v, int | float) for v in row["metrics"].values())

@@ -13,6 +13,7 @@ from zoo.errors import SlimlensError
 from zoo.loading import load
 from zoo.models.dcgan import latents
 from zoo.registry import spec
+from zoo.training import check_out
 
 
 def save_sample_grid(name: str, out: Path, n: int = 64, seed: int = 0, weights_root: str | Path | None = None) -> Path:
@@ -21,11 +22,14 @@ def save_sample_grid(name: str, out: Path, n: int = 64, seed: int = 0, weights_r
         raise SlimlensError(f"{name} is not a generator; try dcgan-g")
     if n < 1:
         raise SlimlensError(f"--n must be at least 1, got {n}")
+    out = check_out(out, folder=False)
     generator = load(name, weights_root)
     with torch.inference_mode():
         images = generator(latents(n, seed))
     buffer = io.BytesIO()
     save_image(images, buffer, format="png", nrow=max(1, int(n**0.5)), padding=2, pad_value=1.0)
-    out = Path(out)
-    write_atomic(out, buffer.getvalue())
+    try:
+        write_atomic(out, buffer.getvalue())
+    except OSError as exc:  # the disk can still fill up or vanish after check_out
+        raise SlimlensError(f"cannot write {out}: {exc.strerror or exc}; make room or name another --out") from None
     return out

@@ -7,8 +7,12 @@ reproduces the committed card's metrics within run-to-run float noise.
 from __future__ import annotations
 
 import math
+import os
 import platform
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,14 +22,48 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.cards import ModelCard, weights_path, write_card
+from zoo.cards import ModelCard, card_path, weights_path, write_card
 from zoo.datasets import DigitDataset, dataset
+from zoo.errors import SlimlensError
 from zoo.evaluate import evaluate
 from zoo.registry import MNIST_MEAN, MNIST_STD, ModelSpec, TrainRecipe, build, spec
 from zoo.weights import save_state_dict
 
 QUICK_TRAIN_IMAGES = 512
 Progress = Callable[[str], None]
+
+
+def check_out(out: str | Path, folder: bool) -> Path:
+    """Raise a one-line SlimlensError if ``out`` (a folder to fill, or else a file) cannot be written; return it as a Path."""
+    out = Path(out)
+    if folder and out.exists() and not out.is_dir():
+        raise SlimlensError(f"--out {out} is a file; name a folder")
+    if not folder and out.is_dir():
+        raise SlimlensError(f"--out {out} is a folder; name a file to write, e.g. {out / 'samples.png'}")
+    if not folder and out.exists() and not out.is_file():
+        # os.replace would swap a device or pipe (e.g. /dev/null) for a regular file
+        raise SlimlensError(f"--out {out} is not a regular file; name a file to write")
+    where = out if folder and out.is_dir() else out.parent
+    if not where.is_dir():
+        problem = "is not a folder; name an --out inside a folder" if where.exists() else "does not exist; create it first or name another --out"
+        raise SlimlensError(f"cannot write {out}: {where} {problem}")
+    # A real file is the only reliable test (root ignores permission bits, read-only mounts, /proc); it is removed at once.
+    try:
+        fd, probe = tempfile.mkstemp(dir=where, prefix=".slimlens-probe-")
+    except OSError as exc:
+        raise SlimlensError(f"cannot write {out}: {exc.strerror or exc} in {where}; name an --out in a folder you can write to") from None
+    os.close(fd)
+    os.unlink(probe)
+    return out
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    # The disk can still fill up or vanish after check_out; report that in one line, not a traceback.
+    try:
+        yield
+    except OSError as exc:
+        raise SlimlensError(f"cannot write {path}: {exc.strerror or exc}; make room or name another --out") from None
 
 
 def random_affine(images: torch.Tensor, gen: torch.Generator, degrees: float = 10.0, shift_px: float = 2.0, scale: float = 0.1) -> torch.Tensor:
@@ -192,6 +230,7 @@ def _train(name: str, out: str | Path | None, quick: bool, data_root: str | Path
         from zoo.cards import TRAINED_DIR
 
         out = TRAINED_DIR
+    check_out(out, folder=True)  # before training: a bad --out must not cost minutes of work first
     torch.manual_seed(model_spec.recipe.seed)
     data = dataset(model_spec.dataset, "train", root=data_root)
     test_size = len(dataset(model_spec.dataset, "test", root=data_root))
@@ -209,7 +248,8 @@ def _train(name: str, out: str | Path | None, quick: bool, data_root: str | Path
         cards = []
         for s, m in ((g_spec, g_model), (d_spec, d_model)):
             path = weights_path(s.name, out)
-            sha = save_state_dict(m.eval(), path)
+            with _writing(path):
+                sha = save_state_dict(m.eval(), path)
             cards.append((s, m, path, sha))
         written = []
         for s, m, path, sha in cards:  # the discriminator's metric needs the new generator on disk
@@ -230,7 +270,8 @@ def _train(name: str, out: str | Path | None, quick: bool, data_root: str | Path
                 extra["judge"] = "seed-cnn (features: its 64-unit penultimate layer)"
                 extra["samples_command"] = "slimlens zoo samples dcgan-g --out dcgan-samples.png"
             model_card = _make_card(s, m, data, test_size, metrics, sha, path, seconds, epochs, quick, extra)
-            write_card(model_card, out)
+            with _writing(card_path(s.name, out)):
+                write_card(model_card, out)
             written.append(model_card)
         return written
 
@@ -240,8 +281,10 @@ def _train(name: str, out: str | Path | None, quick: bool, data_root: str | Path
     seconds = time.perf_counter() - start
     model.eval()
     path = weights_path(name, out)
-    sha = save_state_dict(model, path)
+    with _writing(path):
+        sha = save_state_dict(model, path)
     metrics = _rounded(evaluate(name, model, data_root=data_root))
     model_card = _make_card(model_spec, model, data, test_size, metrics, sha, path, seconds, epochs, quick)
-    write_card(model_card, out)
+    with _writing(card_path(name, out)):
+        write_card(model_card, out)
     return [model_card]
