@@ -346,7 +346,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=3,
                    help="interleaved timing rounds over the variants; their calls are pooled (default: 3; 1 times each variant in one go)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (it costs tens of seconds per variant)")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probe (a child process per variant)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probe (one extra forward pass per variant)")
     p.add_argument("--no-html", action="store_true", help="write results.json only")
     p.add_argument("--out", help="folder to write results.json and report.html into (default: ./bench-MODEL)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")

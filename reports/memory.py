@@ -10,25 +10,20 @@ an ONNX variant gets a fresh session, opened before the baseline, and ONNX Runti
 pages it used while loading the session, so a small model's activations fit there and the figure can
 be near zero (lenet5's static int8 graph at batch 8: about 10 KiB, against some 200 KiB with the arena
 switched off). The kernel counts whole pages, so growth under ``resolution_kb`` does not show.
-``isolated=True`` does the same in a fresh child process (slower: the child imports torch); there the
-first pass also faults in library code and starts thread pools, which this figure then includes.
+A fresh child process per variant would not be fairer: its first pass also faults in library code
+and starts thread pools (lenet5 eager: 10 to 14 MiB cold against about 1.4 MiB warm), and it costs
+seconds per variant.
 tracemalloc would miss all of it, since torch and ONNX Runtime allocate outside Python's heap.
 """
 
 from __future__ import annotations
 
 import copy
-import io
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent  # the folder holding the reports, compress and zoo packages
 METHOD = ("/proc/self/status VmHWM after one forward pass at the throughput batch, minus VmRSS before it; high-water mark reset "
           "and malloc_trim just before it; memory the process already held and reused (e.g. ONNX Runtime's arena) is not counted")
 
@@ -39,16 +34,6 @@ def _status_kb(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise OSError(f"{field} not in /proc/self/status")
-
-
-def _payload(variant: Any, batch: torch.Tensor, threads: int) -> bytes:
-    light = copy.copy(variant)
-    if hasattr(light, "_session"):
-        light._session = None  # sessions do not pickle; the child opens its own
-    light.stand_in = None
-    buffer = io.BytesIO()
-    torch.save({"variant": light, "batch": batch, "threads": threads}, buffer)
-    return buffer.getvalue()
 
 
 def _trim() -> None:
@@ -78,41 +63,15 @@ def _forward_peak(variant: Any, batch: torch.Tensor, threads: int) -> dict[str, 
             "resolution_kb": os.sysconf("SC_PAGE_SIZE") // 1024}
 
 
-def peak_memory(variant: Any, batch: torch.Tensor, threads: int, isolated: bool = False, timeout: float = 120.0) -> dict[str, Any]:
-    """Peak resident memory of one forward pass of ``variant`` on ``batch`` (see the module docstring)."""
-    if not isolated:
+def peak_memory(variant: Any, batch: torch.Tensor, threads: int) -> dict[str, Any]:
+    """Peak resident memory of one forward pass of ``variant`` on ``batch`` in this process (see the module docstring)."""
+    try:
+        with_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
         try:
-            with_threads = torch.get_num_threads()
-            torch.set_num_threads(threads)
-            try:
-                figures = _forward_peak(variant, batch, threads)
-            finally:
-                torch.set_num_threads(with_threads)
-        except OSError as exc:  # no /proc (not Linux) or clear_refs not writable
-            return {"unavailable": f"cannot read the resident-set high-water mark here: {exc}"}
-        return {**figures, "batch": len(batch), "method": METHOD + " (this process)"}
-    try:
-        payload = _payload(variant, batch, threads)
-    except Exception as exc:  # noqa: BLE001 - a module that cannot be pickled is reported, not fatal
-        return {"unavailable": f"cannot hand the variant to a child process: {type(exc).__name__}: {str(exc)[:200]}"}
-    try:
-        # Run this file as a script, not ``-m reports.memory``: importing the reports package would load
-        # matplotlib and jinja2 into the child, and that is not the variant's memory.
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-        done = subprocess.run([sys.executable, __file__], input=payload, capture_output=True, timeout=timeout, check=False, env=env)
-    except subprocess.TimeoutExpired:
-        return {"unavailable": f"memory probe took longer than {timeout:.0f} s"}
-    if done.returncode != 0:
-        tail = done.stderr.decode(errors="replace").strip().splitlines()
-        return {"unavailable": f"memory probe failed: {tail[-1] if tail else 'exit ' + str(done.returncode)}"[:300]}
-    return {**json.loads(done.stdout.decode().strip().splitlines()[-1]), "batch": len(batch), "method": METHOD + " (fresh child process)"}
-
-
-def _child() -> None:
-    data = torch.load(io.BytesIO(sys.stdin.buffer.read()), weights_only=False)
-    torch.set_num_threads(data["threads"])
-    print(json.dumps(_forward_peak(data["variant"], data["batch"], data["threads"])))
-
-
-if __name__ == "__main__":
-    _child()
+            figures = _forward_peak(variant, batch, threads)
+        finally:
+            torch.set_num_threads(with_threads)
+    except OSError as exc:  # no /proc (not Linux) or clear_refs not writable
+        return {"unavailable": f"cannot read the resident-set high-water mark here: {exc}"}
+    return {**figures, "batch": len(batch), "method": METHOD + " (this process)"}
