@@ -62,9 +62,9 @@ def cmd_zoo_eval(args: argparse.Namespace) -> int:
     """Recompute zoo metrics now and compare them with the cards; exit 1 on a mismatch."""
     import zoo
 
+    if args.all == (args.name is not None):  # as zoo train: one model or all of them, and nothing silently ignored
+        raise zoo.SlimlensError("name a zoo model or pass --all, not both" if args.all else "name a zoo model or pass --all")
     names = zoo.list_models() if args.all else [args.name]
-    if not names or names == [None]:
-        raise zoo.SlimlensError("name a zoo model or pass --all")
     failures = 0
     for name in names:
         card = zoo.card(name, args.weights_root)

@@ -191,6 +191,13 @@ def test_cli_zoo_train_needs_one_name_or_all(tmp_path, capsys, argv):
     assert not (tmp_path / "zoo").exists()
 
 
+@pytest.mark.parametrize("argv", [[], ["seed-cnn", "--all"]])
+def test_cli_zoo_eval_needs_one_name_or_all(capsys, argv):
+    assert cli.main(["zoo", "eval", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "name a zoo model or pass --all" in err
+
+
 def test_cli_zoo_list_json_gives_raw_numbers(capsys):
     assert cli.main(["zoo", "list", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
