@@ -35,6 +35,7 @@ from zoo.errors import SlimlensError, first_line
 from zoo.weights import read_state_dict, save_state_dict
 
 METADATA_SUFFIX = ".variant.json"
+MODEL_FILE_SUFFIXES = (".onnx", ".safetensors", ".pt", ".pth", ".bin")  # what a variant's artifact may be, never its metadata
 
 
 class VariantError(SlimlensError):
@@ -198,6 +199,28 @@ def _rebuild_module(source: dict[str, Any]) -> nn.Module:
     raise VariantError(f"variant metadata names no architecture to rebuild (source={source})")
 
 
+def _metadata_naming(path: Path) -> Path | None:
+    """The ``*.variant.json`` beside ``path`` that names it as its artifact or stand-in, if any."""
+    for candidate in sorted(path.parent.glob(f"*{METADATA_SUFFIX}")):
+        try:
+            meta = json.loads(candidate.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(meta, dict) and path.name in (meta.get("artifact"), meta.get("stand_in")):
+            return candidate
+    return None
+
+
+def _not_metadata(path: Path) -> str:
+    """One line for a model (or other binary) file passed where its ``.variant.json`` belongs, naming that file when it is there."""
+    what = "a model file" if path.suffix.lower() in MODEL_FILE_SUFFIXES else "a binary file"
+    found = _metadata_naming(path)
+    if found is not None:
+        return f"{path} is {what}, not variant metadata; pass the {METADATA_SUFFIX} beside it: {found}"
+    return (f"{path} is {what}, not variant metadata; pass the <name>{METADATA_SUFFIX} that slimlens compress "
+            f"wrote beside the model file (none in {path.parent} names {path.name})")
+
+
 def load_variant(path: str | Path, threads: int = 1, trust_code: bool = False) -> Variant:
     """Load a saved variant from its ``<name>.variant.json`` (or from a folder holding exactly one).
 
@@ -211,10 +234,14 @@ def load_variant(path: str | Path, threads: int = 1, trust_code: bool = False) -
         if len(found) != 1:
             raise VariantError(f"{path} holds {len(found)} variant metadata files; name one *{METADATA_SUFFIX} file")
         path = found[0]
+    if path.suffix.lower() in MODEL_FILE_SUFFIXES and path.is_file():
+        raise VariantError(_not_metadata(path))
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise VariantError(f"variant metadata {path} not found") from None
+    except UnicodeDecodeError:  # a binary file: some model or weights file rather than its metadata
+        raise VariantError(_not_metadata(path)) from None
     except json.JSONDecodeError as exc:
         raise VariantError(f"variant metadata {path} is not valid JSON ({exc})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):

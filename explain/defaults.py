@@ -3,7 +3,8 @@
 ``required_options`` fills only the arguments a Captum method cannot run without, so
 ``explain.attribute`` otherwise matches Captum's defaults. ``default_options`` is the CLI's fuller
 choice for 1x28x28 inputs in [0, 1]: a black baseline (the digits' background), a 4x4 occlusion
-window with stride 2, 4x4-pixel feature groups for the surrogate and ablation methods.
+window with stride 2, 4x4-pixel feature groups for the surrogate and ablation methods. A vector
+input (a GAN latent) has no neighbourhoods: occlusion and ablation perturb one element at a time.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ def patch_mask(shape: tuple[int, ...], patch: int = PATCH) -> torch.Tensor:
 
 
 def _window(shape: tuple[int, ...], size: int) -> tuple[int, ...]:
-    # Occlusion's window spans every channel and `size` pixels in each of the last two dimensions.
-    return (*shape[:-2], size, size) if len(shape) >= 2 else (size,)
+    # Occlusion's window spans every channel and `size` pixels in each of the last two dimensions;
+    # a vector's elements (a GAN latent's units) have no neighbours, so each is occluded alone.
+    return (*shape[:-2], size, size) if len(shape) >= 2 else (1,) * len(shape)
 
 
 def _strides(shape: tuple[int, ...], step: int) -> tuple[int, ...]:
-    return (*(1 for _ in shape[:-2]), step, step) if len(shape) >= 2 else (step,)
+    return (*(1 for _ in shape[:-2]), step, step) if len(shape) >= 2 else (1,) * len(shape)
 
 
 def required_options(method: str, shape: tuple[int, ...]) -> dict[str, Any]:
@@ -55,8 +57,8 @@ def default_options(method: str, shape: tuple[int, ...] = (1, 28, 28)) -> dict[s
         return {"baselines": torch.zeros(1, *shape), "n_samples": 20, "stdevs": 0.1}
     if name == "gradcam":
         return {"relu_attributions": True}
-    if name == "occlusion":
-        return {**required_options("occlusion", shape), "baselines": 0.0, "perturbations_per_eval": 32}
+    if name == "occlusion":  # on a vector: one element at a time (see _window)
+        return {**required_options("occlusion", shape), "baselines": 0.0, "perturbations_per_eval": 32 if len(shape) >= 2 else 64}
     if len(shape) < 2 and name in ("feature_ablation", "lime", "kernel_shap"):
         # a vector (e.g. a GAN latent): every element is its own feature
         return {"baselines": 0.0, "perturbations_per_eval": 64} | ({"n_samples": 200} if name != "feature_ablation" else {})

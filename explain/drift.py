@@ -104,6 +104,11 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, absolute: bool = True, window: int
     return value.reshape(len(x), -1).mean(1)
 
 
+def metric_names(k: float = 0.1) -> list[str]:
+    """The names :func:`compare` gives its three similarities for top-``k`` fraction ``k``."""
+    return ["spearman", f"top{int(round(k * 100))}_iou", "ssim"]
+
+
 def compare(
     original: torch.Tensor,
     variant: torch.Tensor,
@@ -122,10 +127,11 @@ def compare(
         >>> drift.compare(maps, maps)["mean"]["spearman"]
         1.0
     """
+    spearman, iou, structural = metric_names(k)
     per_sample = {
-        "spearman": rank_correlation(original, variant, absolute=absolute),
-        f"top{int(round(k * 100))}_iou": topk_iou(original, variant, k=k, absolute=absolute),
-        "ssim": ssim(original, variant, absolute=absolute),
+        spearman: rank_correlation(original, variant, absolute=absolute),
+        iou: topk_iou(original, variant, k=k, absolute=absolute),
+        structural: ssim(original, variant, absolute=absolute),
     }
     result: dict[str, Any] = {
         "settings": {"absolute": absolute, "top_k_fraction": k, "ssim_window": 7},

@@ -63,6 +63,9 @@ def draw_map(ax, image: np.ndarray | None, attribution: np.ndarray, vmax: float 
         ax.contour(image, levels=[level], colors="0.35", linewidths=0.8)
     ax.set_xticks([])
     ax.set_yticks([])
+    if not np.any(attribution):  # a blank map would otherwise read as "nothing here matters"
+        ax.text(0.5, 0.5, "all zero", transform=ax.transAxes, ha="center", va="center", fontsize=8, color="0.2",
+                bbox={"boxstyle": "round,pad=0.25", "facecolor": "white", "edgecolor": "0.6", "linewidth": 0.6})
     return artist
 
 
@@ -222,6 +225,31 @@ def panel(images: torch.Tensor, maps: torch.Tensor, *, labels: Sequence[str], ti
         bar = fig.colorbar(artist, ax=axes.tolist(), orientation="horizontal", fraction=0.5 / (rows + 3), aspect=40)
         bar.ax.tick_params(labelsize=6)
         bar.set_label("relative attribution (one scale for all maps)" if shared_scale else "relative attribution (per map)", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def image_panel(images: torch.Tensor, *, labels: Sequence[str], title: str | None = None, columns: int = 8) -> Figure:
+    """Images themselves (e.g. a generator's digits) in a labelled grid, in grey with a pixel-value bar: no attribution is drawn."""
+    n = len(images)
+    cols = min(columns, n)
+    rows = (n + cols - 1) // cols
+    fig = Figure(figsize=(1.3 * cols + 0.2, 1.4 * rows + 0.6), dpi=DPI, layout="constrained")
+    axes = np.asarray(fig.subplots(rows, cols, squeeze=False)).ravel()
+    artist = None
+    for i, ax in enumerate(axes):
+        if i >= n:
+            ax.axis("off")
+            continue
+        artist = ax.imshow(to_image(images[i]), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(labels[i], fontsize=7)
+    if artist is not None:
+        bar = fig.colorbar(artist, ax=axes.tolist(), orientation="horizontal", fraction=0.5 / (rows + 3), aspect=40)
+        bar.ax.tick_params(labelsize=6)
+        bar.set_label("pixel value (the images themselves, not attributions)", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig

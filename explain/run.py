@@ -9,6 +9,7 @@ beside ``out`` and renames it into place only when everything is written.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -33,6 +34,7 @@ from explain.methods import METHODS, StandInWarning, attribute, canonical_name, 
 DEFAULT_METHODS = ("integrated_gradients", "gradcam", "occlusion")
 GRADIENT_FREE_DEFAULTS = ("occlusion", "feature_ablation")
 TRUST_SAMPLES = 6  # sensitivity and randomisation cost a full explanation per perturbation or layer
+GRID_MAX_ROWS = 32  # grid.png draws at most this many samples: 32 rows take ~9 s and ~1 MB, 200 rows ~1 min and 7 MB
 
 
 @dataclass
@@ -82,10 +84,19 @@ def _kind(card: Any) -> str:
 
 
 def _check_out(out: Path) -> None:
+    """Refuse an --out that the final write could not create, before any computation."""
     if out.exists() and not out.is_dir():
         raise ExplainError(f"--out {out} is a file; name a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / "explain.json").is_file():
         raise ExplainError(f"--out {out} exists and is not an explain output folder; choose a new or empty folder")
+    # The output is built beside `out` and renamed into place, so its parent must exist or be creatable, and be writable.
+    ancestor = out.absolute().parent
+    while not ancestor.exists() and not ancestor.is_symlink() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ExplainError(f"--out {out} cannot be created: {ancestor} is not a folder; choose an --out inside a folder you can write to")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ExplainError(f"--out {out} cannot be created: no permission to write in {ancestor}; choose an --out inside a folder you can write to")
 
 
 def _check_method(model: Any, method: str, kind: str, who: str) -> None:
@@ -111,7 +122,7 @@ def prepare(request: Request) -> Plan:
         raise ExplainError(f"--variant compares classifiers' maps; {request.model} is a {card.task} model")
     if request.methods:
         methods = [canonical_name(m) for m in request.methods]
-    elif request.variant is not None and _no_gradients(request.variant):
+    elif request.variant is not None and not _gradients_on_deployed(request.variant):
         methods = list(GRADIENT_FREE_DEFAULTS)
     else:
         methods = [m for m in DEFAULT_METHODS if not (m == "gradcam" and (kind in ("generator", "autoencoder") or card.family not in ("cnn", "gan")))]
@@ -135,6 +146,9 @@ def prepare(request: Request) -> Plan:
         inputs, labels, sources = image[None], [None], [f"image {Path(request.image).name}"]
     else:
         data = zoo.dataset(card.dataset.get("name", "mnist"), "test")
+        if not request.indices and request.samples > len(data):
+            raise ExplainError(f"--samples {request.samples} is more than the {len(data):,} images in the {card.dataset.get('name', 'mnist')} test split; "
+                               f"give at most {len(data)}")
         indices = check_indices(request.indices, len(data)) if request.indices else spread_indices(data.labels, request.samples)
         inputs = data.images[indices]
         labels = [int(data.labels[i]) for i in indices]
@@ -181,12 +195,27 @@ def _exists(name: str) -> bool:
         return False
 
 
-def _no_gradients(variant: Any) -> bool:
+def _gradients_on_deployed(variant: Any) -> bool:
+    """Whether a gradient method would run on the deployed variant itself, not on a float stand-in or not at all."""
     try:
-        resolve(variant, "saliency")
-        return False
+        return resolve(variant, "saliency").note is None
     except ExplainError:
-        return True
+        return False
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two modules hold exactly the same parameters and buffers."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _stand_in_equals(variant: Any, model: nn.Module, method: str) -> bool:
+    """Whether ``method`` would run on a float stand-in of ``variant`` whose weights are ``model``'s own."""
+    try:
+        target = resolve(variant, method)
+    except ExplainError:
+        return False
+    return target.note is not None and isinstance(target.module, nn.Module) and _same_weights(target.module, model)
 
 
 def _attribute_noting(model: Any, inputs: torch.Tensor, target: Any, method: str, options: dict[str, Any]) -> tuple[torch.Tensor, str | None]:
@@ -266,6 +295,17 @@ def _write_folder(out: Path, files: dict[str, bytes]) -> None:
 # ---- families ----------------------------------------------------------------------------------------
 
 
+def _grid_rows(n: int, result: dict[str, Any], say: Callable[[str], None]) -> int:
+    """How many samples grid.png draws (at most GRID_MAX_ROWS), recorded in ``result`` and said when fewer than all."""
+    rows = min(n, GRID_MAX_ROWS)
+    result["grid"] = {"samples": rows, "of": n}
+    if rows < n:
+        note = f"grid.png shows the first {rows} of {n} samples (a larger grid is too slow and too large to read); maps/ holds every sample"
+        result["grid"]["note"] = note
+        say(note)
+    return rows
+
+
 def _predict(forward: Any, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Outputs, predicted index and its score (softmax probability, or the sigmoid of a single output)."""
     with torch.no_grad():
@@ -298,24 +338,51 @@ def _explain_classifier(plan: Plan, result: dict[str, Any], files: dict[str, byt
             "captum": f"NoiseTunnel({base.captum.__name__})" if tunnel else base.captum.__name__,
             "summary": base.summary,
             "settings": describe(plan.options[method]),
-            "target": "the output (one logit or probability)" if single_output else "the predicted class",
+            "target": f"the single output (the score of '{names[-1]}')" if single_output else "the predicted class",
             "ran_on": note or f"{plan.card.name} (float PyTorch)",
             "seconds": round(time.perf_counter() - t, 3),
         }
         if base.layer:
             layer = _layer_name(model, x)
             result["methods"][method]["layer"] = layer
+        blank = ~_nonzero(maps[method])
+        if blank.any():
+            why = _zero_reason(method, result["methods"][method], [names[int(p)] for p in pred[blank]], names if single_output else None)
+            result["methods"][method]["all_zero_maps"] = {"count": int(blank.sum()), "of": len(x), "samples": [s for s, b in zip(plan.sources, blank) if b], "why": why}
+            say(f"{method}: {int(blank.sum())} of {len(x)} maps are all zero ({why})")
         for i, source in enumerate(plan.sources):
             title = f"{method.replace('_', ' ')} · {row_labels[i].splitlines()[1]}"
             fig = heatmaps.row_heatmap(x[i], maps[method][i], title=title) if plan.family == "lstm" else heatmaps.heatmap(x[i], maps[method][i], title=title)
             files[f"maps/{_slug(source)}_{method.replace(':', '-')}.png"] = heatmaps.png_bytes(fig)
-    files["grid.png"] = heatmaps.png_bytes(heatmaps.grid(x, maps, row_labels=row_labels, shared_scale=plan.request.shared_scale))
+    rows = _grid_rows(len(x), result, say)
+    files["grid.png"] = heatmaps.png_bytes(heatmaps.grid(x[:rows], {m: v[:rows] for m, v in maps.items()}, row_labels=row_labels[:rows], shared_scale=plan.request.shared_scale))
     if plan.family == "lstm":
         result["lstm"] = {m: {"per_step_mean": [round(float(v), 6) for v in maps[m].reshape(len(x), 28, 28).sum(2).mean(0)]} for m in maps}
     if plan.request.trust:
         result["trust"], result["trust_settings"] = _trust(plan, maps, target, output_kind, say)
     if plan.request.variant is not None:
         result["variant"], result["drift"] = _drift(plan, maps, target, output_kind, files, say)
+
+
+def _nonzero(maps: torch.Tensor) -> torch.Tensor:
+    """Per sample, whether its map has any non-zero element (an all-zero map ranks no pixel above another)."""
+    return maps.detach().reshape(len(maps), -1).ne(0).any(1)
+
+
+def _zero_reason(method: str, record: dict[str, Any], predicted: list[str], names: list[str] | None) -> str:
+    """Why ``method`` gave all-zero maps, in one clause for explain.json and the progress output."""
+    base, _ = parse_method(method)
+    if base.layer:
+        why = f"Grad-CAM keeps only positive evidence (relu_attributions) for {record['target']}, and layer {record.get('layer', '?')} holds none for these inputs"
+        if names is not None and len(names) > 1 and set(predicted) == {names[0]}:
+            why += f": the model says '{names[0]}' for all of them"
+    else:
+        why = f"{method} gives exactly zero everywhere for these inputs"
+    return why + "; trust metrics leave these maps out"
+
+
+def _subset(target: Any, keep: torch.Tensor) -> Any:
+    return target[keep] if isinstance(target, torch.Tensor) and target.dim() else target
 
 
 def _layer_name(model: nn.Module, x: torch.Tensor) -> str:
@@ -341,8 +408,20 @@ def _trust(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: 
     noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(plan.request.seed))
     random_order = trust.deletion_insertion(model, x, noise, target, output=output_kind)
     report: dict[str, Any] = {"random_order": {"deletion_auc": float(random_order["deletion_auc"].mean()), "insertion_auc": float(random_order["insertion_auc"].mean())}}
+    all_x, all_target = x, target
     for method, m in maps.items():
-        say(f"trust: {method}")
+        keep = _nonzero(m)
+        if not keep.any():
+            reason = f"every {method} map is all zero, so it ranks no pixel above another and any score of it would measure an arbitrary pixel order"
+            say(f"trust: {method} not measured: every map is all zero")
+            report[method] = {**dict.fromkeys(("deletion_auc", "insertion_auc", "infidelity", "sensitivity_max", "randomisation_final_ssim", "randomisation_flagged")),
+                              "not_measured": reason, "randomisation": {"verdict": f"not measured: {reason}", "flagged": False, "final_ssim": None}}
+            continue
+        # scored on the samples whose maps are not blank; the random_order row covers every sample
+        x, m, target = all_x[keep], m[keep], _subset(all_target, keep)
+        few = slice(0, min(TRUST_SAMPLES, len(x)))
+        few_target = target[few] if isinstance(target, torch.Tensor) else target
+        say(f"trust: {method}" + ("" if keep.all() else f" on the {int(keep.sum())} of {len(all_x)} samples whose maps are not all zero"))
         curves = trust.deletion_insertion(model, x, m, target, output=output_kind)
         infidelity = trust.infidelity_score(model, x, m, target)
         sensitivity = trust.sensitivity(model, x[few], few_target, method, n_perturb_samples=3, **plan.options[method])
@@ -355,6 +434,9 @@ def _trust(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: 
             "randomisation_final_ssim": sanity["final_ssim"],
             "randomisation_flagged": sanity["flagged"],
         }
+        if not keep.all():
+            entry["samples"] = [src for src, k in zip(plan.sources, keep) if k]
+            entry["left_out"] = f"{int((~keep).sum())} of {len(all_x)} samples whose {method} maps are all zero"
         if method == "integrated_gradients":
             delta = trust.convergence_delta(model, x, target, **plan.options[method])
             entry["ig_relative_convergence_delta"] = delta["mean_relative_delta"]
@@ -387,19 +469,38 @@ def _drift(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: 
         "path": plan.request.variant_path,
         "agreement_with_original": float((v_pred == pred).float().mean()),
         "predictions": [names[int(p)] for p in v_pred],
+        "gradient_methods_run_on": _gradient_host(variant, plan.model),
     }
     labels = [lab if lab is not None else -1 for lab in plan.labels]
     report: dict[str, Any] = {}
     for method, original in maps.items():
+        if _stand_in_equals(variant, plan.model, method):
+            reason = (f"{method} needs gradients, so it would run on the float stand-in of variant {name}, whose weights equal "
+                      f"{plan.card.name}'s: its maps would equal the original's by construction and say nothing about the deployed variant; "
+                      f"use a gradient-free method ({', '.join(GRADIENT_FREE_DEFAULTS)}) to measure it")
+            say(f"drift: {method} not measured: {reason}")
+            report[method] = _not_measured(reason)
+            continue
         say(f"drift: {method} on {name}")
         changed, note = _attribute_noting(variant, x, target, method, plan.options[method])
-        compared = drift_mod.compare(original, changed, labels, worst=min(5, len(x)))
+        if note:  # the stand-in's weights differ from the original's, but it is still not the deployed arithmetic
+            note += "; this drift measures the stand-in's float weights, not what the deployed variant computes"
+        # two blank maps would "agree" perfectly: only samples where both maps have content are compared
+        kept = (_nonzero(original) & _nonzero(changed)).nonzero().flatten().tolist()
+        if not kept:
+            reason = f"every {method} map of the original or of the variant is all zero, so there is no map to compare"
+            say(f"drift: {method} not measured: {reason}")
+            report[method] = _not_measured(reason)
+            continue
+        compared = drift_mod.compare(original[kept], changed[kept], [labels[i] for i in kept], worst=min(5, len(kept)))
         for item in compared["most_drifting"]:
+            item["position"] = kept[item["position"]]
             item["sample"] = plan.sources[item["position"]]
+        spearman_of = dict(zip(kept, compared["per_sample"]["spearman"]))
         worst = [item["position"] for item in compared["most_drifting"]]
         figure = f"drift_{method.replace(':', '-')}.png"
         files[figure] = heatmaps.png_bytes(
-            heatmaps.drift_figure(x[worst], original[worst], changed[worst], labels=[f"{plan.sources[i]}\nSpearman {compared['per_sample']['spearman'][i]:.2f}" for i in worst],
+            heatmaps.drift_figure(x[worst], original[worst], changed[worst], labels=[f"{plan.sources[i]}\nSpearman {spearman_of[i]:.2f}" for i in worst],
                                   names=("original", f"{name}\n(float stand-in)" if note else name))
         )
         a = trust.deletion_insertion(plan.model, x, original, target, output=output_kind)
@@ -413,6 +514,7 @@ def _drift(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: 
             **compared["mean"],
             "deletion_auc_change": faithfulness["change"]["deletion_auc"],
             "insertion_auc_change": faithfulness["change"]["insertion_auc"],
+            "measured": True,
             "variant_ran_on": note or f"variant {name} itself",
             "figure": figure,
             "per_class": compared.get("per_class"),
@@ -422,7 +524,43 @@ def _drift(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: 
             "min": compared["min"],
             "details": {k: compared[k] for k in ("settings", "per_sample")},
         }
+        if len(kept) < len(x):
+            left_out = [plan.sources[i] for i in range(len(x)) if i not in spearman_of]
+            report[method]["left_out"] = f"{len(left_out)} of {len(x)} samples where a map is all zero: {', '.join(left_out)}"
+            report[method]["details"]["samples"] = [plan.sources[i] for i in kept]
     return info, report
+
+
+def _gradient_host(variant: Any, model: nn.Module) -> str:
+    """What a gradient method runs on for ``variant``, in words for explain.json."""
+    try:
+        target = resolve(variant, "saliency")
+    except ExplainError:
+        return "nothing: the variant has no gradients and no float stand-in, so only gradient-free methods apply"
+    if target.note is None:
+        return "the variant itself"
+    if isinstance(target.module, nn.Module) and _same_weights(target.module, model):
+        return "a float stand-in whose weights equal the original's, so gradient-method drift is not measured"
+    return "a float stand-in with the variant's weights in float, not the deployed variant"
+
+
+def _not_measured(reason: str) -> dict[str, Any]:
+    """A drift entry with every figure left empty (JSON null) and the reason, in the layout of a measured one."""
+    empty = dict.fromkeys(drift_mod.metric_names())
+    return {
+        **empty,
+        "deletion_auc_change": None,
+        "insertion_auc_change": None,
+        "measured": False,
+        "not_measured": reason,
+        "variant_ran_on": f"not measured: {reason}",
+        "figure": None,
+        "per_class": None,
+        "most_drifting": [],
+        "faithfulness": None,
+        "mean": dict(empty),
+        "min": dict(empty),
+    }
 
 
 def _explain_generator(plan: Plan, result: dict[str, Any], files: dict[str, bytes], say: Callable[[str], None]) -> None:
@@ -444,7 +582,10 @@ def _explain_generator(plan: Plan, result: dict[str, Any], files: dict[str, byte
         for i, source in enumerate(plan.sources):
             p = f" · D says real {float(scores[i]):.2f}" if scores is not None else ""
             files[f"maps/{_slug(source)}_{method.replace(':', '-')}.png"] = heatmaps.png_bytes(heatmaps.bars(maps[method][i], title=f"{method.replace('_', ' ')}: {what} by latent unit{p}"))
-    files["grid.png"] = heatmaps.png_bytes(heatmaps.panel(images, images, labels=[f"#{i} D={float(s):.2f}" if scores is not None else f"#{i}" for i, s in enumerate(scores if scores is not None else z)], title="generated digits"))
+    rows = _grid_rows(len(z), result, say)
+    labels = [f"#{i} D={float(scores[i]):.2f}" if scores is not None else f"#{i}" for i in range(rows)]
+    title = "generated digits G(z)" + (" · D = the discriminator's probability of 'real'" if scores is not None else "")
+    files["grid.png"] = heatmaps.png_bytes(heatmaps.image_panel(images[:rows], labels=labels, title=title))
 
 
 def _explain_autoencoder(plan: Plan, result: dict[str, Any], files: dict[str, bytes], say: Callable[[str], None]) -> None:
@@ -465,7 +606,8 @@ def _explain_autoencoder(plan: Plan, result: dict[str, Any], files: dict[str, by
             files[f"maps/{_slug(source)}_{method.replace(':', '-')}.png"] = heatmaps.png_bytes(heatmaps.panel(x[i:i + 1], per_unit[i], labels=labels, title=f"{method.replace('_', ' ')}: code units ← pixels ({source})", columns=5))
     result["inputs"]["strongest_code_unit"] = [int(u) for u in codes.argmax(1)]
     row_labels = [f"{s}\nstrongest unit {int(codes[i].argmax())}" for i, s in enumerate(plan.sources)]
-    files["grid.png"] = heatmaps.png_bytes(heatmaps.grid(x, grid_maps, row_labels=row_labels, shared_scale=plan.request.shared_scale))
+    rows = _grid_rows(len(x), result, say)
+    files["grid.png"] = heatmaps.png_bytes(heatmaps.grid(x[:rows], {m: v[:rows] for m, v in grid_maps.items()}, row_labels=row_labels[:rows], shared_scale=plan.request.shared_scale))
 
 
 __all__ = ["DEFAULT_METHODS", "METHODS", "Plan", "Request", "prepare", "run"]

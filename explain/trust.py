@@ -23,6 +23,12 @@ from explain.methods import Model, attribute, eval_mode, predicted_target
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
+def _predicted(forward: Forward, inputs: torch.Tensor) -> torch.Tensor | int | None:
+    """The target ``explain.attribute`` defaults to: the predicted class, output 0 for one output."""
+    with eval_mode(forward if isinstance(forward, nn.Module) else None):
+        return predicted_target(forward, inputs)
+
+
 def _target_index(target: Any, n: int) -> torch.Tensor:
     if target is None:
         return torch.zeros(n, dtype=torch.long)
@@ -57,7 +63,8 @@ def deletion_insertion(
     Deletion replaces the top-ranked fraction of pixels with ``baseline`` (a good map makes the
     target's score fall fast: low AUC); insertion starts from ``baseline`` and restores them (a good
     map makes it rise fast: high AUC). Both are integrated over the fraction 0..1 by the trapezoid
-    rule. ``forward`` may be any callable, e.g. an ONNX Runtime variant.
+    rule. ``forward`` may be any callable, e.g. an ONNX Runtime variant. ``target`` defaults, as in
+    ``explain.attribute``, to the class ``forward`` predicts for each input (output 0 for one output).
 
     Returns ``fractions`` (steps+1,), ``deletion`` and ``insertion`` (N, steps+1), ``deletion_auc``
     and ``insertion_auc`` (N,).
@@ -65,7 +72,7 @@ def deletion_insertion(
     n = len(inputs)
     flat = inputs.detach().reshape(n, -1)
     d = flat.shape[1]
-    target = _target_index(target, n)
+    target = _target_index(_predicted(forward, inputs) if target is None else target, n)
     # rank[b, i] = position of element i when image b's elements are sorted by attribution, highest first
     order = attributions.detach().reshape(n, -1).float().argsort(dim=1, descending=True, stable=True)
     rank = torch.empty_like(order)
@@ -101,8 +108,10 @@ def infidelity_score(forward: Forward, inputs: torch.Tensor, attributions: torch
     """Captum's infidelity (Yeh et al., 2019) per sample under Gaussian pixel noise of std ``noise``; lower is better.
 
     Attributions are rescaled optimally first (``normalize=True``), so methods with different
-    units compare.
+    units compare. ``target`` defaults to the predicted class, as in ``explain.attribute``.
     """
+    if target is None:
+        target = _predicted(forward, inputs)
 
     generator = torch.Generator().manual_seed(seed)
 

@@ -124,3 +124,91 @@ def test_a_variant_of_another_model_is_refused(tmp_path, capsys, int8_onnx):
     saved = OnnxVariant(name="mine", artifact=autoencoder, source={}, steps=[]).save(tmp_path)
     _bad(["seed-cnn", "--methods", "occlusion", "--variant", str(saved)], capsys, out,
          "gives outputs of shape (2, 1, 28, 28) where seed-cnn gives (2, 10)")
+
+
+@pytest.fixture(scope="module")
+def int8_onnx_with_stand_in(int8_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The int8 ONNX variant saved with seed-cnn itself as its float stand-in, as `slimlens compress` saves int8-static-onnx."""
+    folder = tmp_path_factory.mktemp("stand-in")
+    variant = OnnxVariant(name="int8-onnx-si", artifact=int8_onnx.parent / "int8.onnx", source={"zoo": "seed-cnn"},
+                          stand_in=zoo.load("seed-cnn"), steps=[{"step": "quantize-dynamic-onnx"}])
+    return variant.save(folder)
+
+
+def test_an_onnx_variant_gets_gradient_free_defaults(tmp_path, int8_onnx_with_stand_in, capsys):
+    out = tmp_path / "defaults"
+    assert cli.main(["explain", "seed-cnn", "--variant", str(int8_onnx_with_stand_in), "--samples", "2", "--no-trust", "--out", str(out), "--quiet"]) == 0
+    result = json.loads((out / "explain.json").read_text())
+    assert list(result["methods"]) == ["occlusion", "feature_ablation"]  # not gradients of a stand-in equal to the original
+    assert all(d["measured"] and d["variant_ran_on"] == "variant int8-onnx-si itself" for d in result["drift"].values())
+
+
+def test_gradient_drift_on_a_stand_in_equal_to_the_original_is_not_measured(tmp_path, int8_onnx_with_stand_in, capsys):
+    out = tmp_path / "asked"
+    code = cli.main(["explain", "seed-cnn", "--variant", str(int8_onnx_with_stand_in), "--methods", "saliency,occlusion", "--samples", "2", "--no-trust", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0 and "drift: saliency not measured" in err
+    result = json.loads((out / "explain.json").read_text())
+    d = result["drift"]["saliency"]
+    assert d["measured"] is False and d["spearman"] is None and d["mean"] == {"spearman": None, "top10_iou": None, "ssim": None}
+    assert d["variant_ran_on"].startswith("not measured:") and "weights equal seed-cnn's" in d["variant_ran_on"] and d["figure"] is None
+    assert result["drift"]["occlusion"]["measured"] and result["drift"]["occlusion"]["spearman"] is not None
+    assert "equal the original's" in result["variant"]["gradient_methods_run_on"]
+
+
+def test_gradient_drift_on_a_different_stand_in_says_what_it_measures(tmp_path, int8_onnx):
+    from explain.run import Request, run
+
+    stand_in = zoo.load("seed-cnn")
+    with torch.no_grad():
+        first = next(stand_in.parameters())  # weights that differ from the original's, as a dequantized copy's do
+        first.add_(0.05 * torch.randn(first.shape, generator=torch.Generator().manual_seed(0)))
+    variant = OnnxVariant(name="int8-onnx", artifact=int8_onnx.parent / "int8.onnx", source={"zoo": "seed-cnn"}, stand_in=stand_in)
+    result = run(Request(model="seed-cnn", out=tmp_path / "out", methods=["saliency"], samples=2, variant=variant, trust=False))
+    d = result["drift"]["saliency"]
+    assert d["measured"] and 0 < d["spearman"] < 1
+    assert "float stand-in" in d["variant_ran_on"] and "not what the deployed variant computes" in d["variant_ran_on"]
+
+
+def test_too_many_samples_a_model_file_as_variant_and_an_unwritable_out_are_refused_up_front(tmp_path, capsys, int8_onnx):
+    out = tmp_path / "never"
+    _bad(["seed-cnn", "--samples", "1001"], capsys, out, "--samples 1001 is more than the 1,000 images in the mnist test split; give at most 1000")
+    _bad(["seed-cnn", "--variant", str(int8_onnx.parent / "int8-onnx.onnx")], capsys, out, f"pass the .variant.json beside it: {int8_onnx}")
+    (tmp_path / "a-file").write_text("")
+    _bad(["seed-cnn"], capsys, tmp_path / "a-file" / "out", "cannot be created")
+    _bad(["seed-cnn"], capsys, tmp_path / "a-file" / "deeper" / "out", f"{tmp_path / 'a-file'} is not a folder")
+
+
+def test_the_grid_is_capped_and_says_so(tmp_path, capsys, monkeypatch):
+    import explain.run as run_mod
+
+    monkeypatch.setattr(run_mod, "GRID_MAX_ROWS", 2)  # the real cap (32 rows) takes seconds to draw
+    out = tmp_path / "capped"
+    assert cli.main(["explain", "seed-cnn", "--methods", "saliency", "--samples", "3", "--no-trust", "--out", str(out)]) == 0
+    assert "grid.png shows the first 2 of 3 samples" in capsys.readouterr().err
+    result = json.loads((out / "explain.json").read_text())
+    assert result["grid"]["samples"] == 2 and result["grid"]["of"] == 3 and len(list((out / "maps").glob("*.png"))) == 3
+
+
+def test_all_zero_gradcam_maps_are_flagged_and_not_scored(tmp_path, capsys):
+    out = tmp_path / "discriminator"
+    assert cli.main(["explain", "dcgan-d", "--methods", "gradcam,saliency", "--samples", "1", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    result = json.loads((out / "explain.json").read_text())
+    zero = result["methods"]["gradcam"]["all_zero_maps"]
+    assert zero["count"] == zero["of"] == 2 and "relu_attributions" in zero["why"] and "gradcam: 2 of 2 maps are all zero" in err
+    assert result["trust"]["gradcam"]["deletion_auc"] is None and "all zero" in result["trust"]["gradcam"]["not_measured"]
+    assert result["trust"]["saliency"]["deletion_auc"] is not None and "all_zero_maps" not in result["methods"]["saliency"]
+
+
+def test_drift_leaves_out_all_zero_maps(tmp_path):
+    from compress import TorchVariant
+    from explain.run import Request, run
+
+    dead = zoo.load("seed-cnn")
+    with torch.no_grad():
+        dead.head.weight.zero_()  # no gradient reaches any pixel: every map of this variant is blank
+    variant = TorchVariant(name="dead", module=dead, source={"zoo": "seed-cnn"})
+    result = run(Request(model="seed-cnn", out=tmp_path / "out", methods=["saliency"], samples=2, variant=variant, trust=False))
+    d = result["drift"]["saliency"]
+    assert d["measured"] is False and d["spearman"] is None and "all zero" in d["not_measured"]

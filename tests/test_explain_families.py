@@ -57,3 +57,24 @@ def test_autoencoder_code_units_to_pixels(digits):
     assert maps.shape == (2, 3, 1, 28, 28)
     full = explain.code_attribution(model, digits[:1], method="input_x_gradient")
     assert full.shape == (1, 20, 1, 28, 28)
+
+
+def test_latent_occlusion_perturbs_one_unit_at_a_time():
+    generator, discriminator = _model("dcgan-g"), _model("dcgan-d")
+    z = zoo.latents(2, seed=3)
+    options = explain.default_options("occlusion", tuple(z.shape[1:]))
+    assert options["sliding_window_shapes"] == (1,) and options["strides"] == (1,)
+    maps = explain.latent_attribution(generator, z, discriminator, method="occlusion", **options)
+    with torch.no_grad():
+        full = discriminator(generator(z))[:, 0]
+        for unit in (0, 17, 63):
+            blanked = z.clone()
+            blanked[:, unit] = 0.0
+            assert torch.allclose(maps[:, unit], full - discriminator(generator(blanked))[:, 0], atol=1e-4)
+
+
+def test_generated_digits_are_drawn_as_images_not_attributions():
+    images = _model("dcgan-g")(zoo.latents(3)).detach()
+    fig = heatmaps.image_panel(images, labels=["a", "b", "c"], title="generated digits")
+    bar = fig.axes[-1]
+    assert "pixel value" in bar.get_xlabel() and "attribution" not in bar.get_xlabel().replace("not attributions", "")

@@ -43,6 +43,18 @@ def test_deletion_and_insertion_curves(cnn, digits):
     assert curves["insertion_auc"].mean() > noise["insertion_auc"].mean() + 0.2
 
 
+def test_trust_metrics_default_to_the_predicted_class_as_attribute_does(cnn, digits):
+    x = digits[0][1:4]  # digits 1, 2, 3: class 0 is the wrong target for every one
+    with torch.no_grad():
+        predicted = cnn(x).argmax(1)
+    maps = explain.attribute(cnn, x, method="integrated_gradients", baselines=0.0, n_steps=20)
+    assert torch.equal(maps, explain.attribute(cnn, x, predicted, "integrated_gradients", baselines=0.0, n_steps=20))
+    default, explicit = trust.deletion_insertion(cnn, x, maps, steps=8), trust.deletion_insertion(cnn, x, maps, predicted, steps=8)
+    assert torch.equal(default["insertion_auc"], explicit["insertion_auc"])
+    assert default["insertion_auc"].mean() > trust.deletion_insertion(cnn, x, maps, 0, steps=8)["insertion_auc"].mean() + 0.4
+    assert torch.equal(trust.infidelity_score(cnn, x, maps, n_perturb_samples=4), trust.infidelity_score(cnn, x, maps, predicted, n_perturb_samples=4))
+
+
 def test_captum_metrics_and_completeness(cnn, digits):
     x, y = digits[0][:3], digits[1][:3]
     maps = explain.attribute(cnn, x, y, "saliency")

@@ -95,3 +95,15 @@ def test_a_plain_onnx_variant_of_a_user_model_loads_without_trust(tmp_path):
     meta.write_text(json.dumps({"name": "mine", "format": "onnx", "artifact": "mine.onnx", "source": {"builder": "os:getcwd"}}))
     images = data.test.images[:4]
     assert torch.allclose(load_variant(meta)(images), exported(images), atol=1e-5)
+
+
+def test_a_model_file_given_for_its_metadata_names_the_metadata(tmp_path):
+    saved = TorchVariant(name="fp32", module=zoo.load("seed-cnn"), source={"zoo": "seed-cnn"}).save(tmp_path)
+    with pytest.raises(VariantError, match=f"fp32.safetensors is a model file, not variant metadata; pass the .variant.json beside it: {saved}"):
+        load_variant(tmp_path / "fp32.safetensors")
+    shutil.copy(tmp_path / "fp32.safetensors", tmp_path / "orphan.safetensors")  # binary, and no metadata names it
+    with pytest.raises(VariantError, match="none in .* names orphan.safetensors"):
+        load_variant(tmp_path / "orphan.safetensors")
+    (tmp_path / "odd.variant.json").write_bytes(bytes(range(256)))
+    with pytest.raises(VariantError, match="odd.variant.json is a binary file, not variant metadata"):
+        load_variant(tmp_path / "odd.variant.json")
