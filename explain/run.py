@@ -403,7 +403,7 @@ def _trust(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: 
                                "read": "deletion AUC: lower is better; insertion AUC: higher is better; compare with the random_order row"},
         "infidelity": {"noise_std": 0.1, "n_perturb_samples": 10, "normalize": True, "read": "lower is better"},
         "sensitivity_max": {"perturb_radius": 0.02, "n_perturb_samples": 3, "samples": few.stop, "read": "lower is steadier"},
-        "randomisation": {"cascade": "top layer first", "samples": few.stop, "flag": "final SSIM of |maps| > 0.3 (Adebayo et al., 2018)"},
+        "randomisation": {"cascade": "top layer first", "samples": few.stop, "flag": "final SSIM of |maps| > 0.3 (Adebayo et al., 2018) and more than 0.1 above noise confined to the input's non-zero pixels (else inconclusive)"},
     }
     noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(plan.request.seed))
     random_order = trust.deletion_insertion(model, x, noise, target, output=output_kind)
@@ -433,6 +433,7 @@ def _trust(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: 
             "sensitivity_max": float(sensitivity.mean()),
             "randomisation_final_ssim": sanity["final_ssim"],
             "randomisation_flagged": sanity["flagged"],
+            "randomisation_inconclusive": sanity["inconclusive"],
         }
         if not keep.all():
             entry["samples"] = [src for src, k in zip(plan.sources, keep) if k]

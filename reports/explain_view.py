@@ -72,6 +72,7 @@ def _trust_rows(trust: dict[str, Any]) -> list[dict[str, Any]]:
         if "randomisation_final_ssim" in entry:  # explain's headline scalars, when the details are absent
             rand.setdefault("final_ssim", entry["randomisation_final_ssim"])
             rand.setdefault("flagged", entry.get("randomisation_flagged"))
+            rand.setdefault("inconclusive", entry.get("randomisation_inconclusive"))
         rows.append({
             "method": "random order (baseline)" if method == "random_order" else method,
             "deletion_auc": _mean(entry.get("deletion_auc")),
@@ -79,8 +80,9 @@ def _trust_rows(trust: dict[str, Any]) -> list[dict[str, Any]]:
             "infidelity": _mean(entry.get("infidelity")),
             "sensitivity_max": _mean(entry.get("sensitivity_max")),
             "randomised_ssim": _mean(rand.get("final_ssim")),
-            "verdict": (rand.get("verdict") or ("flagged" if rand.get("flagged") else "passes")) if rand else "",
+            "verdict": (rand.get("verdict") or ("flagged" if rand.get("flagged") else "inconclusive" if rand.get("inconclusive") else "passes")) if rand else "",
             "flagged": bool(rand.get("flagged")),
+            "inconclusive": bool(rand.get("inconclusive")),
         })
     return rows
 

@@ -72,7 +72,17 @@ def test_randomisation_passes_saliency_and_flags_guided_backprop(cnn, digits):
     assert saliency["layers"][0] == "head"  # cascading from the top layer
     assert not saliency["flagged"] and guided["flagged"], (saliency["ssim"], guided["ssim"])
     assert "edge detector" in guided["verdict"]
+    assert guided["final_ssim"] > guided["chance_ssim"] + trust.CHANCE_MARGIN  # structure beyond the digit's outline
     assert all(torch.equal(before[k], v) for k, v in cnn.state_dict().items())  # a copy was randomised
+
+
+def test_randomisation_of_maps_that_only_keep_the_digits_outline_is_inconclusive(cnn, digits):
+    # occlusion with a black baseline is zero off the digit for any weights: its randomised maps keep the
+    # outline, and noise confined to the digit's pixels scores about as high, so the test cannot tell
+    x, y = digits[0][:6], digits[1][:6]
+    occlusion = trust.randomisation_test(cnn, x, y, "occlusion")
+    assert occlusion["final_ssim"] > occlusion["threshold"] and occlusion["inconclusive"] and not occlusion["flagged"], occlusion
+    assert f"{occlusion['chance_ssim']:.2f}" in occlusion["verdict"] and "cannot tell" in occlusion["verdict"]
 
 
 def test_drift_with_itself_is_perfect_and_with_a_randomised_copy_low(cnn, digits):
