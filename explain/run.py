@@ -118,8 +118,9 @@ def prepare(request: Request) -> Plan:
         raise ExplainError("use --image or --indices, not both")
     if request.samples < 1:
         raise ExplainError(f"--samples must be at least 1, got {request.samples}")
-    if request.variant is not None and kind != "classifier" and kind != "lstm":
-        raise ExplainError(f"--variant compares classifiers' maps; {request.model} is a {card.task} model")
+    if request.variant is not None and kind not in ("classifier", "lstm", "discriminator"):
+        raise ExplainError(f"--variant compares the maps of a classifier or discriminator, and {request.model} is a {card.task} model; "
+                           f"explain it without --variant")
     if request.methods:
         methods = [canonical_name(m) for m in request.methods]
     elif request.variant is not None and not _gradients_on_deployed(request.variant):

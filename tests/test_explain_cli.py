@@ -212,3 +212,16 @@ def test_drift_leaves_out_all_zero_maps(tmp_path):
     result = run(Request(model="seed-cnn", out=tmp_path / "out", methods=["saliency"], samples=2, variant=variant, trust=False))
     d = result["drift"]["saliency"]
     assert d["measured"] is False and d["spearman"] is None and "all zero" in d["not_measured"]
+
+
+def test_a_discriminators_variant_is_compared_like_a_classifiers(tmp_path, capsys):
+    onnx_file = tmp_path / "d.onnx"
+    torch.onnx.export(zoo.load("dcgan-d"), torch.zeros(1, 1, 28, 28), onnx_file, dynamo=False, input_names=["input"],
+                      output_names=["logit"], dynamic_axes={"input": {0: "batch"}, "logit": {0: "batch"}})
+    saved = OnnxVariant(name="d-onnx", artifact=onnx_file, source={"zoo": "dcgan-d"}, steps=[]).save(tmp_path)
+    out = tmp_path / "ex"
+    assert cli.main(["explain", "dcgan-d", "--variant", str(saved), "--samples", "2", "--no-trust", "--out", str(out), "--quiet"]) == 0
+    result = json.loads((out / "explain.json").read_text())
+    assert result["variant"]["agreement_with_original"] == 1.0  # the same network in ONNX Runtime
+    assert set(result["drift"]) == {"occlusion", "feature_ablation"} and result["drift"]["occlusion"]["spearman"] > 0.99
+    _bad(["seed-autoencoder", "--variant", str(saved)], capsys, tmp_path / "never", "explain it without --variant")
