@@ -107,6 +107,14 @@ def heatmap(
     return fig
 
 
+ROW_LABEL_CHARS = 22  # what a rotated label at fontsize 8 fits along one grid row
+
+
+def _fit_row_label(label: str) -> str:
+    """A row label with each over-long line broken at its ' · ' separators, so it fits beside its row."""
+    return "\n".join(line.replace(" · ", "\n") if len(line) > ROW_LABEL_CHARS else line for line in label.splitlines())
+
+
 def grid(
     images: torch.Tensor,
     maps: dict[str, torch.Tensor],
@@ -146,7 +154,7 @@ def grid(
         ax.set_xticks([])
         ax.set_yticks([])
         if row_labels is not None:
-            ax.set_ylabel(row_labels[row], fontsize=8)
+            ax.set_ylabel(_fit_row_label(row_labels[row]), fontsize=8)
     axes[0, 0].set_title("input", fontsize=9)
     return fig
 
