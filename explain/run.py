@@ -247,10 +247,14 @@ def run(request: Request) -> dict[str, Any]:
     files: dict[str, bytes] = {}
     if plan.family in ("classifier", "lstm", "discriminator"):
         _explain_classifier(plan, result, files, say)
-    elif plan.family == "generator":
-        _explain_generator(plan, result, files, say)
     else:
-        _explain_autoencoder(plan, result, files, say)
+        (_explain_generator if plan.family == "generator" else _explain_autoencoder)(plan, result, files, say)
+        if plan.request.trust:
+            # deletion/insertion, infidelity and the randomisation check score evidence for one output score;
+            # a generator's image or an autoencoder's code has no single score to delete evidence for
+            result["trust"] = {"not_measured": f"the trust metrics score evidence for one class or logit, and a {plan.card.task} model "
+                                               "has none: its maps show which latent or code units drive its outputs"}
+            say("trust: not measured for a " + plan.card.task + " model (no single output score to test the maps against)")
     result["files"] = sorted(files) + ["explain.json"]
     result["environment"] = {
         "torch": torch.__version__,

@@ -225,3 +225,10 @@ def test_a_discriminators_variant_is_compared_like_a_classifiers(tmp_path, capsy
     assert result["variant"]["agreement_with_original"] == 1.0  # the same network in ONNX Runtime
     assert set(result["drift"]) == {"occlusion", "feature_ablation"} and result["drift"]["occlusion"]["spearman"] > 0.99
     _bad(["seed-autoencoder", "--variant", str(saved)], capsys, tmp_path / "never", "explain it without --variant")
+
+
+def test_models_without_one_output_score_say_why_they_have_no_trust_metrics(tmp_path):
+    out = tmp_path / "ae"
+    assert cli.main(["explain", "seed-autoencoder", "--samples", "2", "--methods", "saliency", "--out", str(out), "--quiet"]) == 0
+    trust_record = json.loads((out / "explain.json").read_text())["trust"]
+    assert list(trust_record) == ["not_measured"] and "reconstruction model has none" in trust_record["not_measured"]
