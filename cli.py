@@ -440,8 +440,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Python's default SIGTERM ends the process without running `finally`, leaving the hidden
     # .partial folder of an unfinished run beside --out; as an exception it is cleaned up on the way out.
-    in_main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
-    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+    # Only the main thread may set handlers, and a caller's own handler (or an inherited SIG_IGN) is left alone.
+    ours = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    if ours:
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return args.func(args)
     except SlimlensError as exc:
@@ -454,8 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         print("slimlens: interrupted", file=sys.stderr)
         return 130
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        if ours:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 if __name__ == "__main__":

@@ -199,9 +199,9 @@ def _student(config: DistillConfig, model: nn.Module, data: CompressionData) -> 
                                     "layer, which keeps its classes; name a smaller zoo model as student, or distill a model with hidden layers")
             # Torch-Pruning leaves a layer whole when the width would keep less than one channel of it
             narrowest = min(m.weight.shape[1 if isinstance(m, nn.ConvTranspose2d) else 0] for m in weighted[:-1])
+            example = f", e.g. {2 / narrowest:.3g}" if 2 / narrowest < 1 else ""  # two channels of the narrowest layer kept
             raise SlimlensError(f"width={config.width} derives no smaller student from {data.model_name}: its narrowest layer has "
-                                f"{narrowest} channels, of which it would keep less than one; choose a larger width, "
-                                f"e.g. {min(1.0, 2 / narrowest):.3g}")
+                                f"{narrowest} channels, of which it would keep less than one; choose a larger width{example}")
         return student, {**data.source, "student": shape}
     import zoo
 

@@ -353,6 +353,7 @@ def _explain_classifier(plan: Plan, result: dict[str, Any], files: dict[str, byt
         blank = ~_nonzero(maps[method])
         if blank.any():
             why = _zero_reason(method, result["methods"][method], [names[int(p)] for p in pred[blank]], names if single_output else None)
+            why += "; trust and drift leave these maps out" if plan.request.trust or plan.request.variant is not None else ""
             result["methods"][method]["all_zero_maps"] = {"count": int(blank.sum()), "of": len(x), "samples": [s for s, b in zip(plan.sources, blank) if b], "why": why}
             say(f"{method}: {int(blank.sum())} of {len(x)} maps are all zero ({why})")
         for i, source in enumerate(plan.sources):
@@ -360,7 +361,13 @@ def _explain_classifier(plan: Plan, result: dict[str, Any], files: dict[str, byt
             fig = heatmaps.row_heatmap(x[i], maps[method][i], title=title) if plan.family == "lstm" else heatmaps.heatmap(x[i], maps[method][i], title=title)
             files[f"maps/{_slug(source)}_{method.replace(':', '-')}.png"] = heatmaps.png_bytes(fig)
     rows = _grid_rows(len(x), result, say)
-    files["grid.png"] = heatmaps.png_bytes(heatmaps.grid(x[:rows], {m: v[:rows] for m, v in maps.items()}, row_labels=row_labels[:rows], shared_scale=plan.request.shared_scale))
+    shown = list(range(rows))
+    if plan.family == "discriminator" and rows < len(x):  # real digits come first, then as many generated: show both
+        half = len(x) // 2
+        shown = list(range(rows // 2)) + list(range(half, half + rows - rows // 2))
+        result["grid"]["note"] = result["grid"]["note"].replace(f"the first {rows}", f"the first {rows // 2} real and {rows - rows // 2} generated")
+    files["grid.png"] = heatmaps.png_bytes(heatmaps.grid(x[shown], {m: v[shown] for m, v in maps.items()}, row_labels=[row_labels[i] for i in shown],
+                                                         shared_scale=plan.request.shared_scale))
     if plan.family == "lstm":
         result["lstm"] = {m: {"per_step_mean": [round(float(v), 6) for v in maps[m].reshape(len(x), 28, 28).sum(2).mean(0)]} for m in maps}
     if plan.request.trust:
@@ -383,7 +390,7 @@ def _zero_reason(method: str, record: dict[str, Any], predicted: list[str], name
             why += f": the model says '{names[0]}' for all of them"
     else:
         why = f"{method} gives exactly zero everywhere for these inputs"
-    return why + "; trust metrics leave these maps out"
+    return why
 
 
 def _subset(target: Any, keep: torch.Tensor) -> Any:
@@ -401,7 +408,6 @@ def _trust(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: 
     """Trust metrics per method (headline scalars first, then details) and the settings they were taken with."""
     model, x = plan.model, plan.inputs
     few = slice(0, min(TRUST_SAMPLES, len(x)))
-    few_target = target[few] if isinstance(target, torch.Tensor) else target
     single = plan.card.task.startswith(("binary", "discr"))
     settings = {
         "deletion_insertion": {"steps": 28, "baseline": 0.0, "score": f"{output_kind} output" if single else "softmax probability of the target",
@@ -422,7 +428,7 @@ def _trust(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: 
             report[method] = {**dict.fromkeys(("deletion_auc", "insertion_auc", "infidelity", "sensitivity_max", "randomisation_final_ssim", "randomisation_flagged")),
                               "not_measured": reason, "randomisation": {"verdict": f"not measured: {reason}", "flagged": False, "final_ssim": None}}
             continue
-        # scored on the samples whose maps are not blank; the random_order row covers every sample
+        # scored on the samples whose maps are not blank
         x, m, target = all_x[keep], m[keep], _subset(all_target, keep)
         few = slice(0, min(TRUST_SAMPLES, len(x)))
         few_target = target[few] if isinstance(target, torch.Tensor) else target
@@ -443,6 +449,8 @@ def _trust(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: 
         if not keep.all():
             entry["samples"] = [src for src, k in zip(plan.sources, keep) if k]
             entry["left_out"] = f"{int((~keep).sum())} of {len(all_x)} samples whose {method} maps are all zero"
+            # the random_order row covers every sample: a fair baseline for this method covers the same ones
+            entry["random_order_same_samples"] = {k: float(random_order[k][keep].mean()) for k in ("deletion_auc", "insertion_auc")}
         if method == "integrated_gradients":
             delta = trust.convergence_delta(model, x, target, **plan.options[method])
             entry["ig_relative_convergence_delta"] = delta["mean_relative_delta"]
@@ -509,8 +517,9 @@ def _drift(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: 
             heatmaps.drift_figure(x[worst], original[worst], changed[worst], labels=[f"{plan.sources[i]}\nSpearman {spearman_of[i]:.2f}" for i in worst],
                                   names=("original", f"{name}\n(float stand-in)" if note else name))
         )
-        a = trust.deletion_insertion(plan.model, x, original, target, output=output_kind)
-        b = trust.deletion_insertion(variant, x, changed, target, output=output_kind)
+        both = torch.tensor(kept)  # faithfulness, too, only where both maps rank pixels
+        a = trust.deletion_insertion(plan.model, x[both], original[both], _subset(target, both), output=output_kind)
+        b = trust.deletion_insertion(variant, x[both], changed[both], _subset(target, both), output=output_kind)
         faithfulness = {
             "original": {"deletion_auc": float(a["deletion_auc"].mean()), "insertion_auc": float(a["insertion_auc"].mean())},
             "variant": {"deletion_auc": float(b["deletion_auc"].mean()), "insertion_auc": float(b["insertion_auc"].mean())},

@@ -83,6 +83,7 @@ def _trust_rows(trust: dict[str, Any]) -> list[dict[str, Any]]:
             "verdict": (rand.get("verdict") or ("flagged" if rand.get("flagged") else "inconclusive" if rand.get("inconclusive") else "passes")) if rand else "",
             "flagged": bool(rand.get("flagged")),
             "inconclusive": bool(rand.get("inconclusive")),
+            "not_measured": entry.get("not_measured"),
         })
     return rows
 
@@ -94,6 +95,7 @@ def explain_context(spec: Any, run_dir: Path) -> dict[str, Any] | None:
         return None
     methods: list[str] = []
     trust: list[dict[str, Any]] = []
+    trust_note: str | None = None
     drift: list[dict[str, Any]] = []
     per_class: list[dict[str, Any]] = []
     classes: list[str] = []
@@ -104,6 +106,7 @@ def explain_context(spec: Any, run_dir: Path) -> dict[str, Any] | None:
                 methods.append(m)
         if isinstance(doc.get("trust"), dict) and not trust:  # trust describes the original model: once is enough
             trust = _trust_rows(doc["trust"])
+            trust_note = trust_note or doc["trust"].get("not_measured")  # a generator or autoencoder: why there is none
         variant = doc.get("variant") if isinstance(doc.get("variant"), dict) else {}
         name = variant.get("name", "variant")
         for method, d in (doc.get("drift") or {}).items():
@@ -136,6 +139,7 @@ def explain_context(spec: Any, run_dir: Path) -> dict[str, Any] | None:
         "problems": problems,
         "methods": methods,
         "trust": trust,
+        "trust_note": trust_note,
         "drift": drift,
         "iou_label": next((r["iou_label"] for r in drift), "top-k IoU"),
         "per_class": {"classes": sorted(classes, key=lambda c: (not c.isdigit(), int(c) if c.isdigit() else c)), "rows": per_class} if per_class else None,

@@ -232,3 +232,10 @@ def test_models_without_one_output_score_say_why_they_have_no_trust_metrics(tmp_
     assert cli.main(["explain", "seed-autoencoder", "--samples", "2", "--methods", "saliency", "--out", str(out), "--quiet"]) == 0
     trust_record = json.loads((out / "explain.json").read_text())["trust"]
     assert list(trust_record) == ["not_measured"] and "reconstruction model has none" in trust_record["not_measured"]
+
+
+def test_a_capped_discriminator_grid_shows_real_and_generated_digits(tmp_path):
+    out = tmp_path / "d"
+    assert cli.main(["explain", "dcgan-d", "--samples", "20", "--methods", "occlusion", "--no-trust", "--out", str(out), "--quiet"]) == 0
+    grid = json.loads((out / "explain.json").read_text())["grid"]
+    assert grid["samples"] == 32 and grid["of"] == 40 and "the first 16 real and 16 generated" in grid["note"]

@@ -84,6 +84,8 @@ def test_fit_trains_a_zoo_architecture_on_a_subset_without_touching_the_callers_
 
 def test_evaluate_scores_a_module_in_training_mode_without_changing_it():
     model = zoo.load("resnet-mnist").train()  # BatchNorm in training mode would move its statistics and score per batch
+    model.stem[2].eval()  # one layer the caller froze on purpose
     before = {k: v.clone() for k, v in model.state_dict().items()}
     assert zoo.evaluate("resnet-mnist", forward=model)["accuracy"] == zoo.card("resnet-mnist").metrics["accuracy"]
-    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.training and not model.stem[2].training and model.layer1.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

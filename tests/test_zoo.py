@@ -122,15 +122,15 @@ def test_loaded_model_predicts_a_test_digit(mnist_test):
 
 
 def _bad_outs(tmp_path):
-    """Three --out paths that cannot be written: a folder given for a file, a parent that is a file, a missing parent."""
+    """Three --out paths that cannot be written: a folder given for a file, a parent that is a file, a file deeper under it."""
     folder = tmp_path / "a-folder"
     folder.mkdir()
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    return {"folder": folder, "parent-is-file": blocker / "x.png", "missing-parent": tmp_path / "nowhere" / "x.png"}
+    return {"folder": folder, "parent-is-file": blocker / "x.png", "under-a-file": blocker / "deeper" / "x.png"}
 
 
-@pytest.mark.parametrize("case", ["folder", "parent-is-file", "missing-parent"])
+@pytest.mark.parametrize("case", ["folder", "parent-is-file", "under-a-file"])
 def test_cli_zoo_samples_refuses_an_unwritable_out_in_one_line(tmp_path, capsys, case):
     out = _bad_outs(tmp_path)[case]
     before = sorted(tmp_path.rglob("*"))
@@ -150,6 +150,8 @@ def test_cli_zoo_samples_writes_a_png(tmp_path, capsys):
     out = tmp_path / "grid.png"
     assert cli.main(["zoo", "samples", "--out", str(out), "--n", "4"]) == 0
     assert out.read_bytes().startswith(b"\x89PNG") and [p.name for p in tmp_path.iterdir()] == ["grid.png"]
+    deeper = tmp_path / "new" / "folders" / "grid.png"  # missing folders are made, as before the up-front check
+    assert cli.main(["zoo", "samples", "--out", str(deeper), "--n", "4"]) == 0 and deeper.is_file()
 
 
 def test_cli_zoo_samples_reports_a_failed_write_in_one_line(tmp_path):
@@ -166,7 +168,7 @@ def test_cli_zoo_samples_reports_a_failed_write_in_one_line(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("case", ["parent-is-file", "missing-parent"])
+@pytest.mark.parametrize("case", ["parent-is-file", "under-a-file"])
 def test_cli_zoo_train_refuses_a_bad_out_before_training(tmp_path, capsys, case):
     out = _bad_outs(tmp_path)[case].with_suffix("")
     assert cli.main(["zoo", "train", "seed-cnn", "--quick", "--out", str(out)]) == 2

@@ -53,11 +53,11 @@ def evaluate(
 def _scored_in_eval_mode(forward: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
     # A module handed over straight from training would score with dropout on and its BatchNorm
     # statistics moving; score it in eval mode and give it back in the mode it came in.
-    training = isinstance(forward, torch.nn.Module) and forward.training
-    if training:
+    modes = [(m, m.training) for m in forward.modules()] if isinstance(forward, torch.nn.Module) else []
+    if modes:
         forward.eval()
     try:
         yield
     finally:
-        if training:
-            forward.train()
+        for module, training in modes:  # each submodule as it was: a caller may have frozen some BatchNorm on purpose
+            module.training = training

@@ -44,9 +44,10 @@ def check_out(out: str | Path, folder: bool) -> Path:
         # os.replace would swap a device or pipe (e.g. /dev/null) for a regular file
         raise SlimlensError(f"--out {out} is not a regular file; name a file to write")
     where = out if folder and out.is_dir() else out.parent
+    while not where.exists() and where != where.parent:  # missing folders are created on writing: test the nearest that exists
+        where = where.parent
     if not where.is_dir():
-        problem = "is not a folder; name an --out inside a folder" if where.exists() else "does not exist; create it first or name another --out"
-        raise SlimlensError(f"cannot write {out}: {where} {problem}")
+        raise SlimlensError(f"cannot write {out}: {where} is not a folder; name an --out inside a folder")
     # A real file is the only reliable test (root ignores permission bits, read-only mounts, /proc); it is removed at once.
     try:
         fd, probe = tempfile.mkstemp(dir=where, prefix=".slimlens-probe-")
