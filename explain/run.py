@@ -34,6 +34,7 @@ from explain.methods import METHODS, StandInWarning, attribute, canonical_name, 
 DEFAULT_METHODS = ("integrated_gradients", "gradcam", "occlusion")
 GRADIENT_FREE_DEFAULTS = ("occlusion", "feature_ablation")
 TRUST_SAMPLES = 6  # sensitivity and randomisation cost a full explanation per perturbation or layer
+MAX_LATENT_SAMPLES = 1000  # a generator has no split to bound --samples: the test split's size keeps runs in minutes
 GRID_MAX_ROWS = 32  # grid.png draws at most this many samples: 32 rows take ~9 s and ~1 MB, 200 rows ~1 min and 7 MB
 
 
@@ -138,6 +139,9 @@ def prepare(request: Request) -> Plan:
     if kind == "generator":
         if request.image is not None or request.indices:
             raise ExplainError(f"{request.model} is a generator: it explains latent vectors, so --image and --indices do not apply")
+        if request.samples > MAX_LATENT_SAMPLES:
+            raise ExplainError(f"--samples {request.samples} latent vectors is more than the {MAX_LATENT_SAMPLES} a generator's explanation "
+                               f"takes (as many as a classifier's test split); give at most {MAX_LATENT_SAMPLES}")
         inputs = zoo.latents(request.samples, request.seed)
         labels: list[int | None] = [None] * request.samples
         sources = [f"latent #{i}" for i in range(request.samples)]  # zoo.latents(samples, seed)

@@ -239,3 +239,7 @@ def test_a_capped_discriminator_grid_shows_real_and_generated_digits(tmp_path):
     assert cli.main(["explain", "dcgan-d", "--samples", "20", "--methods", "occlusion", "--no-trust", "--out", str(out), "--quiet"]) == 0
     grid = json.loads((out / "explain.json").read_text())["grid"]
     assert grid["samples"] == 32 and grid["of"] == 40 and "the first 16 real and 16 generated" in grid["note"]
+
+
+def test_a_generator_takes_at_most_as_many_latents_as_a_test_split(tmp_path, capsys):
+    _bad(["dcgan-g", "--samples", "1001"], capsys, tmp_path / "never", "give at most 1000")
