@@ -58,13 +58,22 @@ def _tolerance(metric: str, value: float) -> float:
     return 0.002 if metric in ("accuracy", "macro_f1", "confident_fraction") else max(1e-4, 0.01 * abs(value))
 
 
+def _one_model_or_all(args: argparse.Namespace, missing: str) -> list[str]:
+    """The zoo models a command names: NAME or --all; neither or both is refused (``missing`` says what to do)."""
+    import zoo
+
+    if args.all and args.name is not None:  # nothing silently ignored
+        raise zoo.SlimlensError("name a zoo model or pass --all, not both")
+    if not args.all and args.name is None:
+        raise zoo.SlimlensError(missing)
+    return zoo.list_models() if args.all else [args.name]
+
+
 def cmd_zoo_eval(args: argparse.Namespace) -> int:
     """Recompute zoo metrics now and compare them with the cards; exit 1 on a mismatch."""
     import zoo
 
-    if args.all == (args.name is not None):  # as zoo train: one model or all of them, and nothing silently ignored
-        raise zoo.SlimlensError("name a zoo model or pass --all, not both" if args.all else "name a zoo model or pass --all")
-    names = zoo.list_models() if args.all else [args.name]
+    names = _one_model_or_all(args, "name a zoo model or pass --all")
     failures = 0
     for name in names:
         card = zoo.card(name, args.weights_root)
@@ -85,10 +94,7 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
     import zoo
     from zoo.training import train
 
-    if args.all == (args.name is not None):  # before any training: either one is a clear request, both or neither is not
-        raise zoo.SlimlensError("name a zoo model or pass --all, not both" if args.all
-                                else "name a zoo model to train (`slimlens zoo list` shows them) or pass --all")
-    names = zoo.list_models() if args.all else [args.name]
+    names = _one_model_or_all(args, "name a zoo model to train (`slimlens zoo list` shows them) or pass --all")
     if args.all:  # the GAN's judge is seed-cnn, and each GAN half trains with the other
         names = [n for n in names if zoo.spec(n).task != "discrimination"]
         names.remove("seed-cnn")

@@ -41,6 +41,7 @@ from torch import nn
 
 from explain.errors import GradientsUnavailableError, MethodNotApplicableError, UnknownMethodError
 from explain.surrogate import WeightedRidge
+from zoo.evaluate import eval_mode
 
 Model = nn.Module | Callable[[torch.Tensor], torch.Tensor]
 
@@ -193,21 +194,6 @@ def last_conv_layer(module: nn.Module, sample: torch.Tensor | None = None) -> nn
             h.remove()
     maps = [m for _, m in convs if sizes.get(m, 0) > 1]
     return maps[-1] if maps else convs[-1][1]
-
-
-@contextlib.contextmanager
-def eval_mode(module: nn.Module | None) -> Iterator[None]:
-    """Run with every submodule in eval mode, then put each one back in the mode it was in."""
-    if module is None:
-        yield
-        return
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 @contextlib.contextmanager

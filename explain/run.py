@@ -304,15 +304,26 @@ def _write_folder(out: Path, files: dict[str, bytes]) -> None:
 # ---- families ----------------------------------------------------------------------------------------
 
 
-def _grid_rows(n: int, result: dict[str, Any], say: Callable[[str], None]) -> int:
-    """How many samples grid.png draws (at most GRID_MAX_ROWS), recorded in ``result`` and said when fewer than all."""
+def _grid_rows(n: int, result: dict[str, Any], say: Callable[[str], None], halves: tuple[str, str] | None = None) -> list[int]:
+    """The samples grid.png draws (at most GRID_MAX_ROWS), recorded in ``result`` and said when fewer than all.
+
+    ``halves`` names the two equal groups the samples come in (a discriminator's real digits, then as
+    many generated ones): a capped grid then draws the first of each rather than only the first group.
+    """
     rows = min(n, GRID_MAX_ROWS)
     result["grid"] = {"samples": rows, "of": n}
-    if rows < n:
-        note = f"grid.png shows the first {rows} of {n} samples (a larger grid is too slow and too large to read); maps/ holds every sample"
-        result["grid"]["note"] = note
-        say(note)
-    return rows
+    if rows == n:
+        return list(range(n))
+    if halves:
+        first, second = rows // 2, rows - rows // 2
+        shown = list(range(first)) + list(range(n // 2, n // 2 + second))
+        which = f"the first {first} {halves[0]} and {second} {halves[1]}"
+    else:
+        shown, which = list(range(rows)), f"the first {rows}"
+    note = f"grid.png shows {which} of {n} samples (a larger grid is too slow and too large to read); maps/ holds every sample"
+    result["grid"]["note"] = note
+    say(note)
+    return shown
 
 
 def _predict(forward: Any, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -364,12 +375,7 @@ def _explain_classifier(plan: Plan, result: dict[str, Any], files: dict[str, byt
             title = f"{method.replace('_', ' ')} · {row_labels[i].splitlines()[1]}"
             fig = heatmaps.row_heatmap(x[i], maps[method][i], title=title) if plan.family == "lstm" else heatmaps.heatmap(x[i], maps[method][i], title=title)
             files[f"maps/{_slug(source)}_{method.replace(':', '-')}.png"] = heatmaps.png_bytes(fig)
-    rows = _grid_rows(len(x), result, say)
-    shown = list(range(rows))
-    if plan.family == "discriminator" and rows < len(x):  # real digits come first, then as many generated: show both
-        half = len(x) // 2
-        shown = list(range(rows // 2)) + list(range(half, half + rows - rows // 2))
-        result["grid"]["note"] = result["grid"]["note"].replace(f"the first {rows}", f"the first {rows // 2} real and {rows - rows // 2} generated")
+    shown = _grid_rows(len(x), result, say, ("real", "generated") if plan.family == "discriminator" else None)
     files["grid.png"] = heatmaps.png_bytes(heatmaps.grid(x[shown], {m: v[shown] for m, v in maps.items()}, row_labels=[row_labels[i] for i in shown],
                                                          shared_scale=plan.request.shared_scale))
     if plan.family == "lstm":
@@ -429,8 +435,10 @@ def _trust(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: 
         if not keep.any():
             reason = f"every {method} map is all zero, so it ranks no pixel above another and any score of it would measure an arbitrary pixel order"
             say(f"trust: {method} not measured: every map is all zero")
-            report[method] = {**dict.fromkeys(("deletion_auc", "insertion_auc", "infidelity", "sensitivity_max", "randomisation_final_ssim", "randomisation_flagged")),
-                              "not_measured": reason, "randomisation": {"verdict": f"not measured: {reason}", "flagged": False, "final_ssim": None}}
+            report[method] = {**dict.fromkeys(("deletion_auc", "insertion_auc", "infidelity", "sensitivity_max", "randomisation_final_ssim",
+                                                "randomisation_flagged", "randomisation_inconclusive")),
+                              "not_measured": reason,
+                              "randomisation": {"verdict": f"not measured: {reason}", "flagged": False, "inconclusive": False, "final_ssim": None}}
             continue
         # scored on the samples whose maps are not blank
         x, m, target = all_x[keep], m[keep], _subset(all_target, keep)
@@ -601,10 +609,10 @@ def _explain_generator(plan: Plan, result: dict[str, Any], files: dict[str, byte
         for i, source in enumerate(plan.sources):
             p = f" · D says real {float(scores[i]):.2f}" if scores is not None else ""
             files[f"maps/{_slug(source)}_{method.replace(':', '-')}.png"] = heatmaps.png_bytes(heatmaps.bars(maps[method][i], title=f"{method.replace('_', ' ')}: {what} by latent unit{p}"))
-    rows = _grid_rows(len(z), result, say)
-    labels = [f"#{i} D={float(scores[i]):.2f}" if scores is not None else f"#{i}" for i in range(rows)]
+    shown = _grid_rows(len(z), result, say)
+    labels = [f"#{i} D={float(scores[i]):.2f}" if scores is not None else f"#{i}" for i in shown]
     title = "generated digits G(z)" + (" · D = the discriminator's probability of 'real'" if scores is not None else "")
-    files["grid.png"] = heatmaps.png_bytes(heatmaps.image_panel(images[:rows], labels=labels, title=title))
+    files["grid.png"] = heatmaps.png_bytes(heatmaps.image_panel(images[shown], labels=labels, title=title))
 
 
 def _explain_autoencoder(plan: Plan, result: dict[str, Any], files: dict[str, bytes], say: Callable[[str], None]) -> None:
@@ -625,8 +633,9 @@ def _explain_autoencoder(plan: Plan, result: dict[str, Any], files: dict[str, by
             files[f"maps/{_slug(source)}_{method.replace(':', '-')}.png"] = heatmaps.png_bytes(heatmaps.panel(x[i:i + 1], per_unit[i], labels=labels, title=f"{method.replace('_', ' ')}: code units ← pixels ({source})", columns=5))
     result["inputs"]["strongest_code_unit"] = [int(u) for u in codes.argmax(1)]
     row_labels = [f"{s}\nstrongest unit {int(codes[i].argmax())}" for i, s in enumerate(plan.sources)]
-    rows = _grid_rows(len(x), result, say)
-    files["grid.png"] = heatmaps.png_bytes(heatmaps.grid(x[:rows], {m: v[:rows] for m, v in grid_maps.items()}, row_labels=row_labels[:rows], shared_scale=plan.request.shared_scale))
+    shown = _grid_rows(len(x), result, say)
+    files["grid.png"] = heatmaps.png_bytes(heatmaps.grid(x[shown], {m: v[shown] for m, v in grid_maps.items()}, row_labels=[row_labels[i] for i in shown],
+                                                         shared_scale=plan.request.shared_scale))
 
 
 __all__ = ["DEFAULT_METHODS", "METHODS", "Plan", "Request", "prepare", "run"]

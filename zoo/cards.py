@@ -7,9 +7,11 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from zoo.errors import WeightsError
+from zoo.errors import SlimlensError, WeightsError
 from zoo.registry import spec
 
 TRAINED_DIR = Path(__file__).parent / "trained"
@@ -82,6 +84,40 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_out(out: str | Path, folder: bool) -> Path:
+    """Raise a one-line SlimlensError if ``out`` (a folder to fill, or else a file) cannot be written; return it as a Path."""
+    out = Path(out)
+    if folder and out.exists() and not out.is_dir():
+        raise SlimlensError(f"--out {out} is a file; name a folder")
+    if not folder and out.is_dir():
+        raise SlimlensError(f"--out {out} is a folder; name a file to write, e.g. {out / 'samples.png'}")
+    if not folder and out.exists() and not out.is_file():
+        # os.replace would swap a device or pipe (e.g. /dev/null) for a regular file
+        raise SlimlensError(f"--out {out} is not a regular file; name a file to write")
+    where = out if folder and out.is_dir() else out.parent
+    while not where.exists() and where != where.parent:  # missing folders are created on writing: test the nearest that exists
+        where = where.parent
+    if not where.is_dir():
+        raise SlimlensError(f"cannot write {out}: {where} is not a folder; name an --out inside a folder")
+    # A real file is the only reliable test (root ignores permission bits, read-only mounts, /proc); it is removed at once.
+    try:
+        fd, probe = tempfile.mkstemp(dir=where, prefix=".slimlens-probe-")
+    except OSError as exc:
+        raise SlimlensError(f"cannot write {out}: {exc.strerror or exc} in {where}; name an --out in a folder you can write to") from None
+    os.close(fd)
+    os.unlink(probe)
+    return out
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn an OSError while writing ``path`` (a full or vanished disk, after check_out) into one line."""
+    try:
+        yield
+    except OSError as exc:
+        raise SlimlensError(f"cannot write {path}: {exc.strerror or exc}; make room or name another --out") from None
 
 
 def write_card(model_card: ModelCard, root: str | Path | None = None) -> Path:

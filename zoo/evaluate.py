@@ -34,7 +34,8 @@ def evaluate(
     if forward is None:
         forward = load(name, weights_root)
     data = dataset(model_spec.dataset, split, root=data_root)
-    with torch.inference_mode(), _scored_in_eval_mode(forward):
+    # a module handed over straight from training would score with dropout on and its BatchNorm moving
+    with torch.inference_mode(), eval_mode(forward if isinstance(forward, torch.nn.Module) else None):
         if model_spec.task in ("classification", "binary-classification"):
             outputs = metrics.batched_outputs(forward, data.images)
             return metrics.classification_metrics(metrics.predicted_labels(outputs), data.labels, len(model_spec.class_names))
@@ -50,14 +51,15 @@ def evaluate(
 
 
 @contextmanager
-def _scored_in_eval_mode(forward: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
-    # A module handed over straight from training would score with dropout on and its BatchNorm
-    # statistics moving; score it in eval mode and give it back in the mode it came in.
-    modes = [(m, m.training) for m in forward.modules()] if isinstance(forward, torch.nn.Module) else []
-    if modes:
-        forward.eval()
+def eval_mode(module: torch.nn.Module | None) -> Iterator[None]:
+    """Run with every submodule in eval mode, then put each one back in the mode it was in."""
+    if module is None:
+        yield
+        return
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
     try:
         yield
     finally:
-        for module, training in modes:  # each submodule as it was: a caller may have frozen some BatchNorm on purpose
-            module.training = training
+        for m, training in modes:  # each submodule as it was: a caller may have frozen some BatchNorm on purpose
+            m.training = training

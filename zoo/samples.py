@@ -8,12 +8,11 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
-from zoo.cards import write_atomic
+from zoo.cards import check_out, write_atomic, writing
 from zoo.errors import SlimlensError
 from zoo.loading import load
 from zoo.models.dcgan import latents
 from zoo.registry import spec
-from zoo.training import check_out
 
 
 def save_sample_grid(name: str, out: Path, n: int = 64, seed: int = 0, weights_root: str | Path | None = None) -> Path:
@@ -28,8 +27,6 @@ def save_sample_grid(name: str, out: Path, n: int = 64, seed: int = 0, weights_r
         images = generator(latents(n, seed))
     buffer = io.BytesIO()
     save_image(images, buffer, format="png", nrow=max(1, int(n**0.5)), padding=2, pad_value=1.0)
-    try:
+    with writing(out):
         write_atomic(out, buffer.getvalue())
-    except OSError as exc:  # the disk can still fill up or vanish after check_out
-        raise SlimlensError(f"cannot write {out}: {exc.strerror or exc}; make room or name another --out") from None
     return out

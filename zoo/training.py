@@ -7,12 +7,8 @@ reproduces the committed card's metrics within run-to-run float noise.
 from __future__ import annotations
 
 import math
-import os
 import platform
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,49 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.cards import ModelCard, card_path, weights_path, write_card
+from zoo.cards import ModelCard, card_path, check_out, weights_path, write_card, writing
 from zoo.datasets import DigitDataset, dataset
-from zoo.errors import SlimlensError
 from zoo.evaluate import evaluate
 from zoo.registry import MNIST_MEAN, MNIST_STD, ModelSpec, TrainRecipe, build, spec
 from zoo.weights import save_state_dict
 
 QUICK_TRAIN_IMAGES = 512
 Progress = Callable[[str], None]
-
-
-def check_out(out: str | Path, folder: bool) -> Path:
-    """Raise a one-line SlimlensError if ``out`` (a folder to fill, or else a file) cannot be written; return it as a Path."""
-    out = Path(out)
-    if folder and out.exists() and not out.is_dir():
-        raise SlimlensError(f"--out {out} is a file; name a folder")
-    if not folder and out.is_dir():
-        raise SlimlensError(f"--out {out} is a folder; name a file to write, e.g. {out / 'samples.png'}")
-    if not folder and out.exists() and not out.is_file():
-        # os.replace would swap a device or pipe (e.g. /dev/null) for a regular file
-        raise SlimlensError(f"--out {out} is not a regular file; name a file to write")
-    where = out if folder and out.is_dir() else out.parent
-    while not where.exists() and where != where.parent:  # missing folders are created on writing: test the nearest that exists
-        where = where.parent
-    if not where.is_dir():
-        raise SlimlensError(f"cannot write {out}: {where} is not a folder; name an --out inside a folder")
-    # A real file is the only reliable test (root ignores permission bits, read-only mounts, /proc); it is removed at once.
-    try:
-        fd, probe = tempfile.mkstemp(dir=where, prefix=".slimlens-probe-")
-    except OSError as exc:
-        raise SlimlensError(f"cannot write {out}: {exc.strerror or exc} in {where}; name an --out in a folder you can write to") from None
-    os.close(fd)
-    os.unlink(probe)
-    return out
-
-
-@contextmanager
-def _writing(path: Path) -> Iterator[None]:
-    # The disk can still fill up or vanish after check_out; report that in one line, not a traceback.
-    try:
-        yield
-    except OSError as exc:
-        raise SlimlensError(f"cannot write {path}: {exc.strerror or exc}; make room or name another --out") from None
 
 
 def random_affine(images: torch.Tensor, gen: torch.Generator, degrees: float = 10.0, shift_px: float = 2.0, scale: float = 0.1) -> torch.Tensor:
@@ -249,7 +210,7 @@ def _train(name: str, out: str | Path | None, quick: bool, data_root: str | Path
         cards = []
         for s, m in ((g_spec, g_model), (d_spec, d_model)):
             path = weights_path(s.name, out)
-            with _writing(path):
+            with writing(path):
                 sha = save_state_dict(m.eval(), path)
             cards.append((s, m, path, sha))
         written = []
@@ -271,7 +232,7 @@ def _train(name: str, out: str | Path | None, quick: bool, data_root: str | Path
                 extra["judge"] = "seed-cnn (features: its 64-unit penultimate layer)"
                 extra["samples_command"] = "slimlens zoo samples dcgan-g --out dcgan-samples.png"
             model_card = _make_card(s, m, data, test_size, metrics, sha, path, seconds, epochs, quick, extra)
-            with _writing(card_path(s.name, out)):
+            with writing(card_path(s.name, out)):
                 write_card(model_card, out)
             written.append(model_card)
         return written
@@ -282,10 +243,10 @@ def _train(name: str, out: str | Path | None, quick: bool, data_root: str | Path
     seconds = time.perf_counter() - start
     model.eval()
     path = weights_path(name, out)
-    with _writing(path):
+    with writing(path):
         sha = save_state_dict(model, path)
     metrics = _rounded(evaluate(name, model, data_root=data_root))
     model_card = _make_card(model_spec, model, data, test_size, metrics, sha, path, seconds, epochs, quick)
-    with _writing(card_path(name, out)):
+    with writing(card_path(name, out)):
         write_card(model_card, out)
     return [model_card]
