@@ -89,3 +89,27 @@ def test_evaluate_scores_a_module_in_training_mode_without_changing_it():
     assert zoo.evaluate("resnet-mnist", forward=model)["accuracy"] == zoo.card("resnet-mnist").metrics["accuracy"]
     assert model.training and not model.stem[2].training and model.layer1.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_gan_training_that_fails_part_way_leaves_the_old_pair(tmp_path, monkeypatch):
+    import shutil
+
+    import zoo.training
+    from zoo.cards import TRAINED_DIR
+
+    for name in ("dcgan-g", "dcgan-d"):
+        for suffix in (".safetensors", ".card.json"):
+            shutil.copy(TRAINED_DIR / f"{name}{suffix}", tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real_evaluate = zoo.training.evaluate
+
+    def evaluate_then_stop(name, *args, **kwargs):
+        if name == "dcgan-d":  # the generator's new weights and card are ready by now
+            raise KeyboardInterrupt
+        return real_evaluate(name, *args, **kwargs)
+
+    monkeypatch.setattr(zoo.training, "evaluate", evaluate_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train("dcgan-g", out=tmp_path, quick=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no new generator, no staging folder left
+    zoo.load("dcgan-g", root=tmp_path), zoo.load("dcgan-d", root=tmp_path)

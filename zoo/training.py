@@ -7,7 +7,9 @@ reproduces the committed card's metrics within run-to-run float noise.
 from __future__ import annotations
 
 import math
+import os
 import platform
+import tempfile
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -185,6 +187,37 @@ def fit(name: str, data: DigitDataset, progress: Progress = lambda message: None
     return model.eval()
 
 
+def _write_gan_pair(pair: tuple[tuple[ModelSpec, nn.Module], ...], folder: Path, data: DigitDataset, test_size: int, seconds: float, epochs: int, quick: bool,
+                    data_root: str | Path | None) -> list[ModelCard]:
+    """Write the generator's and discriminator's weights and cards into ``folder``; return the cards."""
+    saved = []
+    for s, m in pair:
+        path = weights_path(s.name, folder)
+        saved.append((s, m, path, save_state_dict(m.eval(), path)))
+    written = []
+    for s, m, path, sha in saved:  # the discriminator's metric loads the new generator from ``folder``
+        metrics = _rounded(evaluate(s.name, m, data_root=data_root, weights_root=folder))
+        extra = {}
+        if s.task == "generation":
+            real_train = dataset("mnist", "train", root=data_root)
+            from zoo import metrics as zm
+            from zoo.loading import load
+
+            judge = load("seed-cnn")
+            n = zm.GAN_EVAL_SAMPLES
+            # The floor a perfect generator would reach: real training digits against the real test split.
+            pick = torch.randperm(len(real_train), generator=torch.Generator().manual_seed(0))[:n]
+            extra["fd_real_train_vs_test"] = round(
+                zm.frechet_distance(zm.batched_outputs(judge.features, real_train.images[pick]).numpy(),
+                                    zm.batched_outputs(judge.features, dataset("mnist", "test", root=data_root).images).numpy()), 4)
+            extra["judge"] = "seed-cnn (features: its 64-unit penultimate layer)"
+            extra["samples_command"] = "slimlens zoo samples dcgan-g --out dcgan-samples.png"
+        model_card = _make_card(s, m, data, test_size, metrics, sha, path, seconds, epochs, quick, extra)
+        write_card(model_card, folder)
+        written.append(model_card)
+    return written
+
+
 def _train(name: str, out: str | Path | None, quick: bool, data_root: str | Path | None, progress: Progress) -> list[ModelCard]:
     model_spec = spec(name)
     out = Path(out) if out is not None else None
@@ -207,34 +240,17 @@ def _train(name: str, out: str | Path | None, quick: bool, data_root: str | Path
         start = time.perf_counter()
         _train_gan(g_model, d_model, g_spec.recipe, data, epochs, progress)
         seconds = time.perf_counter() - start
-        cards = []
-        for s, m in ((g_spec, g_model), (d_spec, d_model)):
-            path = weights_path(s.name, out)
-            with writing(path):
-                sha = save_state_dict(m.eval(), path)
-            cards.append((s, m, path, sha))
-        written = []
-        for s, m, path, sha in cards:  # the discriminator's metric needs the new generator on disk
-            metrics = _rounded(evaluate(s.name, m, data_root=data_root, weights_root=out))
-            extra = {}
-            if s.task == "generation":
-                real_train = dataset("mnist", "train", root=data_root)
-                from zoo import metrics as zm
-                from zoo.loading import load
-
-                judge = load("seed-cnn")
-                n = zm.GAN_EVAL_SAMPLES
-                # The floor a perfect generator would reach: real training digits against the real test split.
-                pick = torch.randperm(len(real_train), generator=torch.Generator().manual_seed(0))[:n]
-                extra["fd_real_train_vs_test"] = round(
-                    zm.frechet_distance(zm.batched_outputs(judge.features, real_train.images[pick]).numpy(),
-                                        zm.batched_outputs(judge.features, dataset("mnist", "test", root=data_root).images).numpy()), 4)
-                extra["judge"] = "seed-cnn (features: its 64-unit penultimate layer)"
-                extra["samples_command"] = "slimlens zoo samples dcgan-g --out dcgan-samples.png"
-            model_card = _make_card(s, m, data, test_size, metrics, sha, path, seconds, epochs, quick, extra)
-            with writing(card_path(s.name, out)):
-                write_card(model_card, out)
-            written.append(model_card)
+        # The pair is written to a hidden folder inside ``out`` and moved into place only once both
+        # weights and both cards exist: a failure part-way (an evaluation, a full disk, Ctrl-C) must not
+        # leave a new generator beside an old discriminator, or weights whose card names another sha256.
+        with writing(out):
+            out.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=out, prefix=".dcgan-pair.", suffix=".partial") as staging:
+                written = _write_gan_pair(((g_spec, g_model), (d_spec, d_model)), Path(staging), data, test_size, seconds,
+                                          epochs, quick, data_root)
+                for model_card in written:
+                    for staged in (weights_path(model_card.name, staging), card_path(model_card.name, staging)):
+                        os.replace(staged, out / staged.name)
         return written
 
     model = build(name)
