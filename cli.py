@@ -246,6 +246,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from compress.pipeline import check_fits, load_model, run
     from compress.recipe import load_recipe
     from compress.results import move_into_place, staging_dir, write_results
+    from zoo.cards import check_replaceable
 
     import reports  # compress never imports reports; the CLI joins them: latency, then the HTML report
 
@@ -257,6 +258,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         check_fits(model, data)
     if ":" in args.model and args.weights is None:  # not an error: the builder may load its own weights
         print(f"slimlens: note: no --weights given; compressing the weights {args.model}() builds", file=sys.stderr, flush=True)
+    check_replaceable(args.out, reports.RESULTS_FILE)
     staged = staging_dir(args.out, args.force)
     try:
         torch.manual_seed(args.seed)
@@ -325,8 +327,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cfg = reports.TimingConfig(batch=args.batch, threads=args.threads, compile=not args.no_compile,
                                min_seconds=args.min_seconds, warmup=args.warmup, rounds=args.rounds)
     out = Path(args.out or f"bench-{Path(args.target).name}")
-    command = shlex.join(["slimlens", "bench", args.target, "--devices", args.devices, "--batch", str(args.batch),
-                          "--threads", str(args.threads), "--out", str(out)] + (["--no-compile"] if args.no_compile else []))
+    # every timing setting, so that the report's "reproduce with" line measures the same way
+    target = str(Path(args.target).resolve()) if Path(args.target).is_dir() else args.target
+    flags = [f for f, on in (("--no-compile", args.no_compile), ("--no-memory", args.no_memory), ("--no-html", args.no_html),
+                             ("--trust-code", args.trust_code)) if on]
+    command = shlex.join(["slimlens", "bench", target, "--devices", args.devices, "--batch", str(args.batch),
+                          "--threads", str(args.threads), "--warmup", str(args.warmup), "--min-seconds", str(args.min_seconds),
+                          "--rounds", str(args.rounds), "--out", str(out)] + flags)
     reports.bench(args.target, out, args.devices, cfg, memory=not args.no_memory, html=not args.no_html, force=args.force,
                   command=command, progress=lambda m: _say(args, m), trust_code=args.trust_code)
     print(out / "results.json")

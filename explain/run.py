@@ -30,6 +30,7 @@ from explain.errors import ExplainError, MethodNotApplicableError
 from explain.families import code_attribution, latent_attribution
 from explain.inputs import check_indices, load_image, spread_indices
 from explain.methods import METHODS, StandInWarning, attribute, canonical_name, conv_layers, parse_method, resolve
+from zoo.cards import check_replaceable
 
 DEFAULT_METHODS = ("integrated_gradients", "gradcam", "occlusion")
 GRADIENT_FREE_DEFAULTS = ("occlusion", "feature_ablation")
@@ -90,6 +91,7 @@ def _check_out(out: Path) -> None:
         raise ExplainError(f"--out {out} is a file; name a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / "explain.json").is_file():
         raise ExplainError(f"--out {out} exists and is not an explain output folder; choose a new or empty folder")
+    check_replaceable(out, "explain.json")  # the working folder itself: swapping it out would strand the user's shell
     # The output is built beside `out` and renamed into place, so its parent must exist or be creatable, and be writable.
     ancestor = out.absolute().parent
     while not ancestor.exists() and not ancestor.is_symlink() and ancestor != ancestor.parent:

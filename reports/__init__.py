@@ -12,7 +12,7 @@ PosixPath('report.html')
 
 from reports.errors import DeviceError, ReportError
 from reports.latency import TimingConfig
-from reports.results import SCHEMA, read_results, write_results
+from reports.results import RESULTS_FILE, SCHEMA, read_results, write_results
 
 # Functions named like their modules (bench, latency, render) are bound last, so that the package
 # attribute is the function, not the submodule.
@@ -22,6 +22,7 @@ from reports.render import render  # noqa: E402
 
 __all__ = [
     "DeviceError",
+    "RESULTS_FILE",
     "ReportError",
     "SCHEMA",
     "TimingConfig",

@@ -17,6 +17,7 @@ from reports.inputs import INPUT_SEED, timing_inputs
 from reports.latency import TimingConfig
 from reports.measure import measure, parse_devices
 from reports.results import RESULTS_FILE, read_results, write_results
+from zoo.cards import check_replaceable
 
 
 def export_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path) -> Path:
@@ -67,6 +68,9 @@ def run_variants(run_dir: Path, threads: int, trust_code: bool = False) -> tuple
 def _prepare_out(out: Path, force: bool) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ReportError(f"--out {out} exists and is not empty; choose another folder or pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out} is a file; name a folder")
+    check_replaceable(out, RESULTS_FILE)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -106,8 +110,14 @@ def bench(
     is_run = source.is_dir()
     if not is_run and target not in zoo.list_models():
         raise ReportError(f"{target!r} is neither a zoo model ({', '.join(zoo.list_models())}) nor a run folder holding {RESULTS_FILE}")
+    if is_run and (out.resolve() == source.resolve() or out.resolve() in source.resolve().parents):
+        # replacing --out would delete the variants being measured, and results.json would point at them
+        raise ReportError(f"--out {out} would replace the run folder {source} being measured; name another folder")
     _prepare_out(out, force)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    except OSError as exc:
+        raise ReportError(f"cannot create --out {out}: {exc.strerror or exc}; name a writable folder") from None
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the finished folder gets ordinary permissions

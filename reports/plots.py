@@ -78,6 +78,9 @@ def _overlap_area(box: Any, others: Sequence[Any]) -> float:
     return sum(max(0.0, min(box.x1, o.x1) - max(box.x0, o.x0)) * max(0.0, min(box.y1, o.y1) - max(box.y0, o.y0)) for o in others)
 
 
+LABEL_GAP = 3  # points kept free between two names
+
+
 def _place_labels(fig: Figure, ax: Any, points: Sequence[tuple[str, float, float]]) -> None:
     """Label each point at the nearest offset whose text stays inside the axes and overlaps no label or marker (greedy).
 
@@ -110,7 +113,8 @@ def _place_labels(fig: Figure, ax: Any, points: Sequence[tuple[str, float, float
         dx, dy = best[1] if best is not None else _OFFSETS[0]
         chosen = _annotate(ax, name, cost, metric, dx, dy, leader=_OFFSETS.index((dx, dy)) >= 4)
         chosen.update_positions(renderer)
-        boxes.append(Text.get_window_extent(chosen, renderer))
+        # padded, so that two names cannot touch end to end and read as one ("int8-dynamicoriginal")
+        boxes.append(Text.get_window_extent(chosen, renderer).expanded(1.0, 1.0).padded(LABEL_GAP * fig.dpi / 72))
 
 
 def _annotate(ax: Any, name: str, cost: float, metric: float, dx: int, dy: int, leader: bool) -> Any:

@@ -10,16 +10,17 @@ from typing import Any, Sequence
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from reports import plots
-from zoo.cards import write_atomic
 from reports.errors import ReportError
 from reports.explain_view import explain_context
 from reports.pareto import pareto_front
-from reports.results import check_comparable, primary_metric, read_results
+from reports.results import RESULTS_FILE, check_comparable, primary_metric, read_results
+from zoo.cards import check_out, write_atomic
 
 TEMPLATES = Path(__file__).parent / "templates"
 MAX_CONFUSIONS = 8
 NOT_TIMED = "not measured (--no-latency)"
 MEMORY_STEP_MB = 0.1  # the summary table shows memory to one decimal
+GAIN_SHOWN = 1.005  # the headline names a variant only if it is faster or smaller than the original by more than noise
 
 
 def _num(value: Any) -> float | None:
@@ -179,8 +180,9 @@ def run_context(run: dict[str, Any]) -> dict[str, Any]:
         row["pareto_latency"], row["pareto_size"] = lat_ok, size_ok
     names = [r["name"] for r in rows]
     others = [r for r in rows if r is not rows[0]]
-    fastest = max((r for r in others if r["speedup"]), key=lambda r: r["speedup"], default=None)
-    smallest = max((r for r in others if r["ratio"]), key=lambda r: r["ratio"], default=None)
+    # a "largest speed-up" of 0.8x is a slow-down: name a variant only where one beats the original
+    fastest = max((r for r in others if (r["speedup"] or 0) > GAIN_SHOWN), key=lambda r: r["speedup"], default=None)
+    smallest = max((r for r in others if (r["ratio"] or 0) > GAIN_SHOWN), key=lambda r: r["ratio"], default=None)
     label = metric or "metric"
     figures = []
     for title, costs, xlabel, log in (
@@ -280,9 +282,7 @@ def comparison(contexts: list[dict[str, Any]]) -> dict[str, Any] | None:
     rows = []
     for ctx in contexts:
         best = [r for r in ctx["rows"] if r["pareto_latency"] and r["name"] != "original"]
-        fastest = max((r for r in ctx["rows"] if r["speedup"]), key=lambda r: r["speedup"], default=None)
-        smallest = max((r for r in ctx["rows"] if r["ratio"]), key=lambda r: r["ratio"], default=None)
-        rows.append({"ctx": ctx, "original": ctx["rows"][0], "fastest": fastest, "smallest": smallest, "pareto": [r["name"] for r in best],
+        rows.append({"ctx": ctx, "original": ctx["rows"][0], "fastest": ctx["fastest"], "smallest": ctx["smallest"], "pareto": [r["name"] for r in best],
                      "not_timed": None if ctx["timed"] else NOT_TIMED})
     # an untimed run has no batch and no milliseconds to compare, so it cannot make the others incomparable
     machines = {(c["cpu_name"], c["threads"], c["batch"]) for c in contexts if c["timed"]}
@@ -321,9 +321,12 @@ def render_html(runs: Sequence[dict[str, Any]]) -> str:
 
 def render(results: Sequence[dict[str, Any] | str | Path], out_path: str | Path) -> Path:
     """Render runs (results dicts or run folders) into ONE self-contained HTML file, written atomically."""
+    out = check_out(out_path, folder=False)  # a folder, a device or a pipe is refused before any work
     runs = [r if isinstance(r, dict) else read_results(r) for r in results]
+    for run in runs:
+        if (Path(run.get("_dir", "")) / RESULTS_FILE).resolve() == out.resolve():
+            raise ReportError(f"--out {out} is the results file of a run being reported; name an .html file")
     html = render_html(runs)
-    out = Path(out_path)
     try:
         write_atomic(out, html.encode("utf-8"))
     except OSError as exc:

@@ -48,8 +48,43 @@ def read_results(path: str | Path) -> dict[str, Any]:
         raise ReportError(f"{file} has no list of named variants; re-run the command that wrote it")
     if schema_major(data["schema"]) != SCHEMA:
         raise ReportError(f"{file} has schema {data['schema']!r}; this slimlens reads {SCHEMA!r}")
+    problem = _shape_problem(data)
+    if problem:
+        raise ReportError(f"{file}: {problem}; it was edited or damaged, re-run the command that wrote it")
     data["_dir"] = str(file.parent)
     return data
+
+
+def _json_kind(value: Any) -> str:
+    """How JSON names ``value``'s type, for an error message."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return {dict: "an object", list: "a list", str: "a string"}.get(type(value), "a number")
+
+
+def _shape_problem(data: dict[str, Any]) -> str | None:
+    """What in a results file has a type the report cannot use (None if nothing): edits and damage give one line, not a traceback."""
+    for key in ("recipe", "environment", "timings", "timing"):
+        if key in data and not isinstance(data[key], dict):
+            return f"'{key}' is {_json_kind(data[key])}, not an object"
+    for entry in data["variants"]:
+        name = entry["name"]
+        for key, kind in (("metrics", dict), ("parity", dict), ("latency", dict), ("steps", list)):
+            if key in entry and not isinstance(entry[key], kind):
+                return f"variant {name!r}: '{key}' is {_json_kind(entry[key])}, not {'an object' if kind is dict else 'a list'}"
+        for device, figures in (entry.get("latency") or {}).items():
+            if not isinstance(figures, dict):
+                return f"variant {name!r}: latency of {device!r} is {_json_kind(figures)}, not an object"
+        for key in ("size_bytes", "gzip_bytes", "params", "nonzero_params", "macs", "seconds"):
+            if entry.get(key) is not None and (isinstance(entry[key], bool) or not isinstance(entry[key], (int, float))):
+                return f"variant {name!r}: '{key}' is {_json_kind(entry[key])}, not a number"
+        confusion = (entry.get("metrics") or {}).get("confusion")
+        if confusion is not None and not (isinstance(confusion, list) and all(isinstance(row, list) and len(row) == len(confusion)
+                                                                            for row in confusion)):
+            return f"variant {name!r}: 'confusion' is not a square matrix"
+    return None
 
 
 def write_results(results: dict[str, Any], folder: str | Path) -> Path:

@@ -243,3 +243,13 @@ def test_a_capped_discriminator_grid_shows_real_and_generated_digits(tmp_path):
 
 def test_a_generator_takes_at_most_as_many_latents_as_a_test_split(tmp_path, capsys):
     _bad(["dcgan-g", "--samples", "1001"], capsys, tmp_path / "never", "give at most 1000")
+
+
+def test_the_working_folder_is_not_replaced(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "maps"
+    assert cli.main(["explain", "seed-cnn", "--samples", "1", "--methods", "saliency", "--no-trust", "--out", str(out)]) == 0
+    monkeypatch.chdir(out)
+    before = sorted(p.name for p in out.iterdir())
+    assert cli.main(["explain", "seed-cnn", "--samples", "1", "--methods", "saliency", "--no-trust", "--out", "."]) == 2
+    assert "is the working folder" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == before

@@ -432,3 +432,91 @@ def test_memory_under_the_columns_step_is_not_shown_as_zero(results: dict, tmp_p
         assert "title=" not in cell
     else:
         assert title in cell
+
+
+def test_bench_refuses_to_replace_the_run_it_measures(bench_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(bench_dir, run)
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    for out in (run, tmp_path):  # the run itself, and a folder holding it
+        assert cli.main(["bench", str(run), "--out", str(out), "--force", "--no-compile"]) == 2
+        assert "would replace the run folder" in capsys.readouterr().err
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+
+
+@pytest.mark.parametrize("command", ["bench", "compress"])
+def test_force_replaces_only_an_earlier_runs_folder(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch, command: str) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("months of work")
+    tail = ["--recipe", "int8"] if command == "compress" else []
+    assert cli.main([command, MODEL, *tail, "--out", str(mine), "--force"]) == 2
+    assert "no results.json of an earlier slimlens run" in capsys.readouterr().err
+    monkeypatch.chdir(mine)
+    assert cli.main([command, MODEL, *tail, "--out", ".", "--force"]) == 2
+    assert "is the working folder" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
+
+
+def test_report_out_that_is_not_a_regular_file_or_is_a_runs_results_is_refused(bench_dir: Path, tmp_path: Path,
+                                                                               capsys: pytest.CaptureFixture) -> None:
+    import os
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    assert cli.main(["report", str(bench_dir), "--out", str(fifo)]) == 2
+    assert "not a regular file" in capsys.readouterr().err and fifo.is_fifo()
+    before = (bench_dir / "results.json").read_bytes()
+    assert cli.main(["report", str(bench_dir), "--out", str(bench_dir / "results.json")]) == 2
+    assert "results file of a run" in capsys.readouterr().err
+    assert (bench_dir / "results.json").read_bytes() == before
+
+
+def test_cli_bench_unwritable_out_is_one_line(capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["bench", MODEL, "--out", "/proc/slimlens-bench", "--no-html"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot create --out /proc/slimlens-bench" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r["variants"][1].update(latency=None), "'latency' is null, not an object"),
+    (lambda r: r["variants"][1].update(metrics="abc"), "'metrics' is a string, not an object"),
+    (lambda r: r.update(timing="x"), "'timing' is a string, not an object"),
+    (lambda r: r["variants"][0]["metrics"].update(confusion=[[1, 2], [3]]), "'confusion' is not a square matrix"),
+    (lambda r: r["variants"][1].update(size_bytes="12"), "'size_bytes' is a string, not a number"),
+])
+def test_a_damaged_results_file_is_one_line(bench_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, edit, message: str) -> None:
+    data = json.loads((bench_dir / "results.json").read_text())
+    edit(data)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps(data))
+    assert cli.main(["report", str(run), "--out", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and not (tmp_path / "r.html").exists()
+
+
+def test_side_by_side_names_no_variant_when_none_beats_the_original(results: dict, tmp_path: Path) -> None:
+    slower = copy.deepcopy(results)
+    slower["recipe"] = {"name": "slower"}
+    slower["_dir"] = str(tmp_path / "slower")
+    for entry in slower["variants"][1:]:  # every variant bigger and slower than the original
+        entry["size_bytes"] = 2 * slower["variants"][0]["size_bytes"]
+        for figures in entry["latency"].values():
+            for key in ("batch1_p50_ms", "throughput_p50_ms"):
+                if figures.get(key):
+                    figures[key] *= 100
+            if figures.get("throughput_per_s"):
+                figures["throughput_per_s"] /= 100
+    html = reports.render([results, slower], tmp_path / "two.html").read_text()
+    table = html.split("Runs side by side")[1].split("</table>")[0]
+    assert "none faster" in table and "none smaller" in table
+
+
+def test_bench_report_records_every_timing_setting(bench_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "again"
+    assert cli.main(["bench", str(bench_dir), "--out", str(out), "--no-compile", "--min-seconds", "0.01", "--rounds", "1",
+                     "--warmup", "1", "--no-memory", "--quiet"]) == 0
+    command = json.loads((out / "results.json").read_text())["command"]
+    for part in ("--min-seconds 0.01", "--rounds 1", "--warmup 1", "--no-memory", "--no-compile", str(bench_dir.resolve())):
+        assert part in command

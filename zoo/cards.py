@@ -111,6 +111,20 @@ def check_out(out: str | Path, folder: bool) -> Path:
     return out
 
 
+def check_replaceable(out: str | Path, marker: str) -> None:
+    """Raise a one-line SlimlensError unless ``--force`` may replace ``out``: missing, empty, or an earlier output holding ``marker``."""
+    out = Path(out).absolute()
+    if not out.is_dir():
+        return
+    cwd = Path.cwd().absolute()
+    if out.resolve() == cwd.resolve() or out.resolve() in cwd.resolve().parents:
+        raise SlimlensError(f"--out {out} is the working folder or holds it, and replacing it would delete it; name a new folder")
+    if any(out.iterdir()) and not (out / marker).is_file():
+        # --force replaces a folder wholesale: only one slimlens wrote, never a user's folder that happens to be named
+        raise SlimlensError(f"--out {out} holds files but no {marker} of an earlier slimlens run, so --force will not replace it; "
+                            "name a new folder")
+
+
 @contextmanager
 def writing(path: Path) -> Iterator[None]:
     """Turn an OSError while writing ``path`` (a full or vanished disk, after check_out) into one line."""
