@@ -113,9 +113,11 @@ def int8_state(quantized: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str,
 
 def _qtensor(tensors: dict[str, torch.Tensor], key: str, axis: int | None) -> torch.Tensor:
     values, scale, zero = tensors[key], tensors[key + ".scale"], tensors[key + ".zero_point"]
-    if axis is None:
-        return torch._make_per_tensor_quantized_tensor(values, float(scale), int(zero))
-    return torch._make_per_channel_quantized_tensor(values, scale, zero, axis)
+    with warnings.catch_warnings():  # the same deprecation of torch.ao quantization that the step records
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*deprecated", category=UserWarning)
+        if axis is None:
+            return torch._make_per_tensor_quantized_tensor(values, float(scale), int(zero))
+        return torch._make_per_channel_quantized_tensor(values, scale, zero, axis)
 
 
 def _float_state(tensors: dict[str, torch.Tensor], int8: dict[str, dict[str, Any]]) -> dict[str, torch.Tensor]:
