@@ -260,7 +260,10 @@ def _onnx_cuda(variant: Any, x1: torch.Tensor, xb: torch.Tensor, cfg: TimingConf
     providers = ort.get_available_providers()
     if "CUDAExecutionProvider" not in providers:
         return {"unavailable": f"cannot run on the GPU: this ONNX Runtime build has no CUDA execution provider (it has {', '.join(providers)}); the ONNX variant runs on the CPU only"}
-    session = ort.InferenceSession(str(variant.artifact), providers=["CUDAExecutionProvider"])
+    session = ort.InferenceSession(str(variant.artifact), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    if "CUDAExecutionProvider" not in session.get_providers():
+        # ONNX Runtime falls back to the CPU when the CUDA provider cannot load (missing cuDNN, driver): CPU time is not GPU time
+        return {"unavailable": f"cannot run on the GPU: ONNX Runtime's CUDA provider did not load here (the session got {', '.join(session.get_providers())})"}
     name = session.get_inputs()[0].name
 
     def call(x: torch.Tensor) -> Any:
@@ -283,12 +286,16 @@ def cuda_latency(variant: Any, x1: torch.Tensor, xb: torch.Tensor, cfg: TimingCo
         "inputs": "the same inputs as on the CPU, already in GPU memory (host-to-device copies not timed)",
     }
     if variant.format == "onnx":
+        how["inputs"] = "the same inputs as on the CPU, copied from host memory inside every timed call (unlike the PyTorch figures)"
         return _with_how("onnxruntime", {"onnxruntime": _guarded("ONNX Runtime CUDA", lambda: _onnx_cuda(variant, x1, xb, cfg))}, how)
     modes = {"fp32": _guarded("fp32 on the GPU", lambda: _cuda_mode(variant.module, x1, xb, cfg, torch.float32, False))}
     if "unavailable" in modes["fp32"]:
         # e.g. dynamic int8 modules have CPU kernels only: say so once instead of three failures
         modes["fp32"]["unavailable"] = "cannot run on the GPU: " + modes["fp32"]["unavailable"]
         return _with_how("fp32", modes, how)
+    native = next((p.dtype for p in variant.module.parameters() if p.is_floating_point()), torch.float32)
+    if native != torch.float32:  # a half-precision variant's "fp32" figure is not its own precision
+        modes["fp32"]["note"] = f"weights cast up from {str(native).removeprefix('torch.')} to fp32; the variant's own precision is the {'fp16' if native == torch.float16 else 'bf16'} mode"
     modes["fp16"] = _guarded("fp16 on the GPU", lambda: _cuda_mode(variant.module, x1, xb, cfg, torch.float16, False))
     modes["bf16"] = _guarded("bf16 on the GPU", lambda: _cuda_mode(variant.module, x1, xb, cfg, torch.bfloat16, False))
     if cfg.compile:
