@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -20,19 +19,9 @@ from reports.results import RESULTS_FILE, read_results, write_results
 from zoo.cards import check_replaceable
 
 
-def export_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path) -> Path:
-    """Export ``module`` to ONNX with the TorchScript exporter and a dynamic batch axis."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is deprecated, not broken
-        torch.onnx.export(
-            module, (example,), str(path), dynamo=False, input_names=["input"], output_names=["output"],
-            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, opset_version=17,
-        )
-    return path
-
-
 def zoo_variants(model: str, folder: Path, onnx: bool = True) -> tuple[list[Any], list[dict[str, str]]]:
     """The original zoo model saved into ``folder`` and its ONNX fp32 export; failures come back with reasons."""
+    from compress.export import ExportOnnxConfig, export_onnx, onnx_exporter
     from compress.variant import OnnxVariant, TorchVariant
 
     original = TorchVariant(name="original", module=zoo.load(model), source={"zoo": model})
@@ -40,9 +29,10 @@ def zoo_variants(model: str, folder: Path, onnx: bool = True) -> tuple[list[Any]
     variants: list[Any] = [original]
     failed: list[dict[str, str]] = []
     if onnx:
-        steps = [{"step": "export", "format": "onnx", "exporter": "torch.onnx.export(dynamo=False)", "opset": 17}]
         try:
-            path = export_onnx(original.module, timing_inputs(model, 1), folder / "onnx-fp32.onnx")
+            # the exporter and opset compress uses for its original-onnx, so "vs ORT fp32" means the same in both
+            path = export_onnx(original.module, timing_inputs(model, 1), folder / "onnx-fp32.onnx", opset=ExportOnnxConfig().opset)
+            steps = [{"step": "export_onnx", "opset": ExportOnnxConfig().opset, "exported_with": onnx_exporter(path)}]
             exported = OnnxVariant(name="onnx-fp32", steps=steps, source={"zoo": model}, artifact=path)
             exported.save(folder)
             variants.append(exported)

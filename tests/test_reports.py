@@ -16,7 +16,7 @@ import cli
 import reports
 import zoo
 from compress.variant import OnnxVariant, TorchVariant
-from reports.bench import export_onnx
+from compress.export import export_onnx
 from reports.inputs import timing_inputs
 from zoo.footprint import module_macs, onnx_macs
 
