@@ -56,14 +56,17 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if not 0 < self.width <= 1:
             raise ValueError(f"width must be in (0, 1], got {self.width}")
-        if self.temperature <= 0:
+        if not self.temperature > 0:  # `not >` so NaN fails too
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if not self.mixup >= 0:
             raise ValueError(f"mixup must be 0 (off) or a positive Beta concentration such as 0.4, got {self.mixup}")
-        if self.hint_weight < 0 or self.epochs <= 0 or self.lr <= 0 or self.batch_size < 1:
-            raise ValueError("hint_weight must be >= 0; epochs, lr and batch_size must be positive")
+        if not self.hint_weight >= 0:
+            raise ValueError(f"hint_weight must be >= 0 (0 turns the hint loss off), got {self.hint_weight}")
+        for name in ("epochs", "lr", "batch_size"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 def _scaled(channels: int, width: float) -> int:
@@ -76,21 +79,6 @@ def _reset(model: nn.Module) -> nn.Module:
         if sub is not model and hasattr(sub, "reset_parameters"):
             sub.reset_parameters()
     return model
-
-
-def _last_linear(model: nn.Module) -> nn.Linear:
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise SlimlensError(f"{type(model).__name__} has no linear head for the hint loss; set hint_weight = 0")
-    return linears[-1]
-
-
-def _output_layer(model: nn.Module) -> nn.Module:
-    """The last weighted layer: it keeps its width, so the student's outputs match the teacher's."""
-    layers = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d | nn.ConvTranspose2d)]
-    if not layers:
-        raise SlimlensError(f"cannot derive a slimmer {type(model).__name__}: it has no Linear or Conv layer; name a zoo model as student")
-    return layers[-1]
 
 
 def slimmer(model: nn.Module, width: float, example: torch.Tensor) -> tuple[nn.Module, dict]:
@@ -112,27 +100,34 @@ def _slimmer_by_pruning(model: nn.Module, width: float, example: torch.Tensor) -
     # from every coupled layer (the output layer keeps its classes); the weights are then re-drawn.
     import torch_pruning as tp
 
+    from compress.prune import check_output_shape, output_layer, output_shape  # prune imports this module
+
     student = copy.deepcopy(model).eval()
+    head, shape = output_layer(student, example), output_shape(student, example)
     try:
         pruner = tp.pruner.MetaPruner(
             student, example, importance=tp.importance.MagnitudeImportance(p=1),
-            pruning_ratio=1 - width, ignored_layers=[_output_layer(student)],
+            pruning_ratio=1 - width, ignored_layers=[head],
         )
         pruner.step()
-    except SlimlensError:
-        raise
     except Exception as exc:  # Torch-Pruning raises plain errors on graphs it cannot trace
         raise SlimlensError(f"cannot derive a slimmer {type(model).__name__} student ({exc}); name a zoo model as student") from None
+    check_output_shape(student, example, shape, "deriving a slimmer student", "name a zoo model as student")
     return _reset(student)
 
 
 class _Features:
     """Captures the input of a module's last linear layer: the penultimate features for the hint loss."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, example: torch.Tensor):
+        from compress.prune import output_layer  # prune imports this module
+
+        if not any(isinstance(m, nn.Linear) for m in model.modules()):
+            raise SlimlensError(f"{type(model).__name__} has no linear head for the hint loss; set hint_weight = 0")
+        last = output_layer(model, example, (nn.Linear,))
         self.value: torch.Tensor | None = None
-        self.dim = _last_linear(model).in_features
-        self._handle = _last_linear(model).register_forward_hook(self._keep)
+        self.dim = last.in_features
+        self._handle = last.register_forward_hook(self._keep)
 
     def remove(self) -> None:
         """Detach the hook, so the trained student carries nothing of the training."""
@@ -179,11 +174,48 @@ def _kd_loss(data: CompressionData, config: DistillConfig, hinted: _Hinted, stud
     return loss
 
 
-def _teacher(config: DistillConfig, model: nn.Module, original: nn.Module | None) -> nn.Module:
-    if config.teacher:
-        import zoo
+def _input_misfit(name: str, data: CompressionData, example: torch.Tensor) -> str:
+    """Why zoo model ``name`` cannot take the inputs of ``data``'s task, or "" if it can."""
+    import zoo
 
-        return zoo.load(config.teacher)
+    spec = zoo.spec(name)
+    if spec.task != data.task:
+        return f"is a {spec.task} model, {data.model_name} a {data.task} one"
+    if tuple(spec.input_shape) != tuple(example.shape[1:]):
+        return f"takes inputs of shape {tuple(spec.input_shape)}, {data.model_name} {tuple(example.shape[1:])}"
+    return ""
+
+
+def _output_misfit(candidate: nn.Module, data: CompressionData, example: torch.Tensor, expected: tuple[int, ...]) -> str:
+    """Why ``candidate``'s outputs differ in shape from ``expected`` (the compressed model's), or "" if they do not."""
+    from compress.prune import output_shape  # prune imports this module
+
+    shape = output_shape(candidate, example)
+    return f"outputs shape {shape[1:]} where {data.model_name} outputs {expected[1:]}" if shape != expected else ""
+
+
+def _zoo_model(name: str, role: str, model: nn.Module, data: CompressionData) -> nn.Module:
+    """Zoo model ``name`` as ``role`` (trained weights for a teacher), refused in one line unless its task and shapes fit ``model``'s."""
+    import zoo
+    from compress.prune import output_shape  # prune imports this module
+
+    example = data.example_input(2)
+    expected = output_shape(model, example)
+    why, built = _input_misfit(name, data, example), None
+    if not why:  # built once its inputs fit, and once only: a second build would shift the seeded RNG the student's weights come from
+        built = zoo.load(name) if role == "teacher" else zoo.build(name)
+        why = _output_misfit(built, data, example, expected)
+    if why:
+        fits = [n for n in zoo.list_models()
+                if not _input_misfit(n, data, example) and not _output_misfit(zoo.build(n), data, example, expected)]
+        raise SlimlensError(f"{role} = {name!r} does not fit {data.model_name}: it {why}; "
+                            f"{role}s that fit: {', '.join(fits) if fits else 'none in the zoo'}")
+    return built
+
+
+def _teacher(config: DistillConfig, model: nn.Module, data: CompressionData, original: nn.Module | None) -> nn.Module:
+    if config.teacher:
+        return _zoo_model(config.teacher, "teacher", model, data)
     return copy.deepcopy(original if original is not None else model).eval()
 
 
@@ -191,21 +223,23 @@ def _student(config: DistillConfig, model: nn.Module, data: CompressionData) -> 
     if config.student == "self":
         return copy.deepcopy(model), dict(data.source)
     if config.student == "auto":
-        student, shape = slimmer(model, config.width, data.example_input(2))
+        example = data.example_input(2)
+        student, shape = slimmer(model, config.width, example)
         if module_params(student)["params"] >= module_params(model)["params"]:
-            weighted = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d | nn.ConvTranspose2d)]
-            if len(weighted) <= 1:  # the output layer keeps its classes, so nothing is left to narrow
+            from compress.prune import output_layer  # prune imports this module
+
+            head = output_layer(model, example)
+            hidden = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d | nn.ConvTranspose2d) and m is not head]
+            if not hidden:  # the output layer keeps its classes, so nothing is left to narrow
                 raise SlimlensError(f"distill derives no smaller student from {data.model_name}: its only weighted layer is the output "
                                     "layer, which keeps its classes; name a smaller zoo model as student, or distill a model with hidden layers")
             # Torch-Pruning leaves a layer whole when the width would keep less than one channel of it
-            narrowest = min(m.weight.shape[1 if isinstance(m, nn.ConvTranspose2d) else 0] for m in weighted[:-1])
-            example = f", e.g. {2 / narrowest:.3g}" if 2 / narrowest < 1 else ""  # two channels of the narrowest layer kept
+            narrowest = min(m.weight.shape[1 if isinstance(m, nn.ConvTranspose2d) else 0] for m in hidden)
+            suggestion = f", e.g. {2 / narrowest:.3g}" if 2 / narrowest < 1 else ""  # two channels of the narrowest layer kept
             raise SlimlensError(f"width={config.width} derives no smaller student from {data.model_name}: its narrowest layer has "
-                                f"{narrowest} channels, of which it would keep less than one; choose a larger width{example}")
+                                f"{narrowest} channels, of which it would keep less than one; choose a larger width{suggestion}")
         return student, {**data.source, "student": shape}
-    import zoo
-
-    return zoo.build(config.student), {"zoo": config.student}
+    return _zoo_model(config.student, "student", model, data), {"zoo": config.student}
 
 
 @register_step("distill", DistillConfig)
@@ -213,12 +247,13 @@ def distill(model: nn.Module, config: DistillConfig, data: CompressionData, prog
             original: nn.Module | None = None) -> dict[str, TorchVariant]:
     """Distil ``model`` (or ``original``/``config.teacher``) into a student; also train that student alone on the same budget."""
     torch.manual_seed(data.seed)  # the student's initial weights depend on the run's seed only
-    teacher = _teacher(config, model, original)
+    teacher = _teacher(config, model, data, original)
     student, source = _student(config, model, data)
     alone = copy.deepcopy(student)  # the same starting weights for the baseline
 
     hint = config.hint_weight > 0
-    student_feats, teacher_feats = (_Features(student), _Features(teacher)) if hint else (None, None)
+    example = data.example_input(2)
+    student_feats, teacher_feats = (_Features(student, example), _Features(teacher, example)) if hint else (None, None)
     hinted = _Hinted(student, nn.Linear(student_feats.dim, teacher_feats.dim) if hint else nn.Identity())
     budget = {"epochs": config.epochs, "lr": config.lr, "batch_size": config.batch_size, "augment": config.augment, "mixup": config.mixup}
     progress(f"distill: teacher {sum(p.numel() for p in teacher.parameters()):,} params → student {sum(p.numel() for p in student.parameters()):,}")

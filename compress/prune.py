@@ -9,8 +9,9 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Iterator
 
 import torch
 import torch_pruning as tp
@@ -34,12 +35,58 @@ def _check_fraction(name: str, value: float) -> None:
         raise SlimlensError(f"{name}={value} is out of range; give a fraction in [0, 1), e.g. {name}=0.5")
 
 
-def output_layer(model: nn.Module) -> nn.Module:
-    """The layer that produces the model's output (last Conv/Linear registered): never pruned, so outputs keep their shape."""
-    layers = [m for m in model.modules() if isinstance(m, PRUNABLE)]
-    if not layers:
-        raise SlimlensError(f"{type(model).__name__} has no Conv or Linear layer to prune")
-    return layers[-1]
+@contextmanager
+def _evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode without gradients, every submodule's mode restored after: a probe must not move BatchNorm statistics."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+def _probe(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
+    try:
+        return model(example)
+    except Exception as exc:
+        raise SlimlensError(f"{type(model).__name__} fails on an example input of shape {tuple(example.shape)} "
+                            f"({first_line(exc, 200)})") from None
+
+
+def output_shape(model: nn.Module, example: torch.Tensor) -> tuple[int, ...]:
+    """The shape of ``model``'s output on ``example``, computed without changing the model."""
+    with _evaluating(model):
+        return tuple(_probe(model, example).shape)
+
+
+def output_layer(model: nn.Module, example: torch.Tensor, kinds: tuple[type, ...] = PRUNABLE) -> nn.Module:
+    """The last layer of ``kinds`` that ``model``'s forward pass calls on ``example``: the one producing its output.
+
+    Definition order is no guide: a module may define its head before its body.
+    """
+    called: list[nn.Module] = []
+    handles = [m.register_forward_hook(lambda module, args, out: called.append(module))
+               for m in model.modules() if isinstance(m, kinds)]
+    try:
+        with _evaluating(model):
+            _probe(model, example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not called:
+        what = " or ".join(kind.__name__ for kind in kinds)
+        raise SlimlensError(f"{type(model).__name__} calls no {what} layer on its input")
+    return called[-1]
+
+
+def check_output_shape(model: nn.Module, example: torch.Tensor, expected: tuple[int, ...], what: str, fix: str) -> None:
+    """Raise a one-line SlimlensError if ``what`` (a step) changed the shape of ``model``'s output from ``expected``."""
+    shape = output_shape(model, example)
+    if shape != expected:
+        raise SlimlensError(f"{what} changed the output shape of {type(model).__name__} from {expected} to {shape}; {fix}")
 
 
 def _teacher(model: nn.Module, data: CompressionData, original: nn.Module | None) -> nn.Module | None:
@@ -89,12 +136,12 @@ class PruneStructuredConfig:
         _check_fraction("ratio", self.ratio)
         if self.residual_ratio is not None:
             _check_fraction("residual_ratio", self.residual_ratio)
-        if self.steps < 1:
+        if not self.steps >= 1:
             raise SlimlensError(f"steps={self.steps} must be at least 1")
         check_budget(self.epochs, self.lr)
         if self.importance not in ("l1", "l2"):
             raise SlimlensError(f"importance={self.importance!r} is unknown; use 'l1' or 'l2'")
-        if self.round_to is not None and self.round_to < 1:
+        if self.round_to is not None and not self.round_to >= 1:
             raise SlimlensError(f"round_to={self.round_to} must be a positive channel count, e.g. round_to=8")
         if (self.round_to is not None or self.residual_ratio is not None) and self.global_pruning:
             raise SlimlensError("round_to and residual_ratio fix every layer's width, global_pruning ranks channels "
@@ -153,7 +200,8 @@ def prune_structured(model: nn.Module, config: PruneStructuredConfig, data: Comp
     pruned = trainable_clone(model)
     example = data.example_input(2)
     importance = tp.importance.GroupMagnitudeImportance(p=1 if config.importance == "l1" else 2)
-    head = output_layer(pruned)
+    head = output_layer(pruned, example)
+    shape = output_shape(pruned, example)
     _require_hidden_layer(pruned, head, data.model_name)
     params = module_params(pruned)["params"]
     per_layer = None
@@ -176,6 +224,7 @@ def prune_structured(model: nn.Module, config: PruneStructuredConfig, data: Comp
         except Exception as exc:
             raise SlimlensError(f"Torch-Pruning failed to remove channels from {type(model).__name__} "
                                 f"({first_line(exc, 200)}); prune it with prune-unstructured instead") from None
+        check_output_shape(pruned, example, shape, "prune-structured", "prune it with prune-unstructured instead")
         progress(f"structured prune round {step + 1}/{config.steps}: {module_params(pruned)['params']:,} params")
         if config.epochs > 0:
             finetune(pruned, data, config.epochs / config.steps, lr=config.lr, teacher=teacher, progress=progress)
@@ -231,7 +280,7 @@ class PruneUnstructuredConfig:
             raise SlimlensError(f"ramp={self.ramp} must be in (0, 1]")
         if not 0.0 <= self.distill <= 1.0:
             raise SlimlensError(f"distill={self.distill} must be in [0, 1]")
-        if self.prune_every < 1:
+        if not self.prune_every >= 1:
             raise SlimlensError(f"prune_every={self.prune_every} must be at least 1 optimiser step, e.g. prune_every=10")
         check_budget(self.epochs, self.lr)
 
@@ -247,17 +296,18 @@ class _Masks:
             raise SlimlensError(f"layer_sparsity names unknown layers {sorted(unknown)}; layers: {sorted(v for v in names.values() if v)}")
         self.config = config
         self.targets = prunable_weights(model)
-        self.share = {(m, p): overrides[names[m]] / config.sparsity if names[m] in overrides and config.sparsity > 0 else None
-                      for m, p in self.targets}
+        # each overridden layer's own final sparsity: it follows the schedule even where config.sparsity is 0
+        self.final = {(m, p): overrides.get(names[m]) for m, p in self.targets}
         for module, pname in self.targets:
             torch_prune.identity(module, pname)
 
     def _weight(self, module: nn.Module, pname: str) -> torch.Tensor:
         return getattr(module, pname + "_orig").detach() * getattr(module, pname + "_mask")
 
-    def update(self, sparsity: float) -> None:
-        """Re-mask so a fraction ``sparsity`` (scaled per layer by its override) of weights is zero; zeros stay zero."""
-        free = [(m, p) for m, p in self.targets if self.share[(m, p)] is None]
+    def update(self, progress: float) -> None:
+        """Re-mask so every layer is a fraction ``progress`` of the way to its final sparsity; zeros stay zero."""
+        sparsity = progress * self.config.sparsity
+        free = [(m, p) for m, p in self.targets if self.final[(m, p)] is None]
         if self.config.scope == "global" and free:
             magnitudes = torch.cat([self._weight(m, p).abs().flatten() for m, p in free])
             threshold = _kth_smallest(magnitudes, sparsity)
@@ -266,9 +316,9 @@ class _Masks:
         else:
             for m, p in free:
                 self._set_fraction(m, p, sparsity)
-        for (m, p), share in self.share.items():
-            if share is not None:
-                self._set_fraction(m, p, min(share * sparsity, 0.999))
+        for (m, p), final in self.final.items():
+            if final is not None:
+                self._set_fraction(m, p, progress * final)
 
     def _set_fraction(self, module: nn.Module, pname: str, sparsity: float) -> None:
         magnitudes = self._weight(module, pname).abs()
@@ -316,11 +366,11 @@ def prune_unstructured(model: nn.Module, config: PruneUnstructuredConfig, data: 
     def after_step(net: nn.Module) -> None:
         state["step"] += 1
         if state["step"] <= ramp_steps and (state["step"] % config.prune_every == 0 or state["step"] == ramp_steps):
-            masks.update(cubic_sparsity(state["step"], ramp_steps, config.sparsity))
+            masks.update(cubic_sparsity(state["step"], ramp_steps, 1.0))
 
     if config.epochs > 0:
         finetune(pruned, data, config.epochs, lr=config.lr, teacher=teacher, loss_fn=loss_fn, after_step=after_step, progress=progress)
-    masks.update(config.sparsity)  # exact final sparsity, also when there was no fine-tuning
+    masks.update(1.0)  # exact final sparsity, also when there was no fine-tuning
     masks.remove()
     counts = module_params(pruned)
     progress(f"unstructured prune: {1 - counts['nonzero_params'] / counts['params']:.1%} of all parameters zero")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import zoo
 from compress.context import data_for
-from compress.distill import DistillConfig, distill, slimmer
+from compress.distill import DistillConfig, _Features, distill, slimmer
 from compress.finetune import finetune
 from zoo.errors import SlimlensError
 from zoo.models.lstm import RowLSTM
@@ -111,3 +112,57 @@ def test_distill_with_mixup_trains_both_students_on_blends():
     assert data.evaluate(out["student"])["accuracy"] > 0.7 and data.evaluate(out["alone"])["accuracy"] > 0.7
     with pytest.raises(SlimlensError, match="set mixup = 0"):  # an autoencoder's digits carry no labels to blend
         distill(zoo.load("seed-autoencoder"), DistillConfig(width=0.5, epochs=0.1, mixup=0.4), data_for("seed-autoencoder"))
+
+
+class HeadFirst(nn.Module):
+    """A user's model that defines its output layer before the layers feeding it."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(64, 10)
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+class FiveClasses(nn.Module):
+    """A user's classifier with five outputs, which no zoo model has."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def test_a_student_keeps_the_output_layer_a_model_defines_first():
+    data = data_for("tests:HeadFirst", data="mnist")
+    example = data.example_input(2)
+    assert _Features(HeadFirst(), example).dim == 64  # the hint reads the head's input, not the body's
+    out = distill(HeadFirst(), DistillConfig(width=0.5, epochs=0.02, hint_weight=0.5), data)
+    student = out["student"].module
+    assert (student.body[1].out_features, student.head.out_features) == (32, 10)
+    assert student(example).shape == out["alone"](example).shape == (2, 10)
+
+
+def test_a_zoo_student_or_teacher_must_fit_the_task_and_shapes():
+    data = data_for("seed-cnn")
+    classifiers = "seed-cnn, lenet5, resnet-mnist, seed-lstm, softmax-regression"
+    with pytest.raises(SlimlensError, match=f"student = 'dcgan-g' does not fit seed-cnn: it is a generation model, "
+                                            f"seed-cnn a classification one; students that fit: {classifiers}$"):
+        distill(zoo.load("seed-cnn"), DistillConfig(student="dcgan-g", epochs=0.01), data)
+    with pytest.raises(SlimlensError, match="teacher = 'dcgan-d' does not fit seed-cnn: it is a discrimination model"):
+        distill(zoo.load("seed-cnn"), DistillConfig(teacher="dcgan-d", epochs=0.01), data)
+    with pytest.raises(SlimlensError, match=r"teacher = 'seed-cnn' does not fit tests:FiveClasses: it outputs shape \(10,\) "
+                                            r"where tests:FiveClasses outputs \(5,\); teachers that fit: none in the zoo"):
+        distill(FiveClasses(), DistillConfig(teacher="seed-cnn", epochs=0.01), data_for("tests:FiveClasses", data="mnist"))
+    out = distill(zoo.load("seed-cnn"), DistillConfig(student="softmax-regression", teacher="lenet5", epochs=0.01), data)
+    assert out["student"](data.example_input(2)).shape == (2, 10) and out["student"].source == {"zoo": "softmax-regression"}
+
+
+@pytest.mark.parametrize("setting", ["temperature", "hint_weight", "alpha", "lr", "epochs", "width", "mixup"])
+def test_nan_settings_are_refused(setting):
+    with pytest.raises(ValueError, match=f"{setting} must .*got nan"):
+        DistillConfig(**{setting: float("nan")})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch_pruning as tp
 from torch import nn
 
 import zoo
@@ -11,7 +12,9 @@ from compress.context import data_for
 from compress.prune import (
     PruneStructuredConfig,
     PruneUnstructuredConfig,
+    check_output_shape,
     cubic_sparsity,
+    output_layer,
     prunable_weights,
     prune_structured,
     prune_unstructured,
@@ -49,6 +52,38 @@ def test_structured_pruning_fine_tunes_a_cnn_back_to_accuracy():
     pruned = prune_structured(zoo.load("seed-cnn"), PruneStructuredConfig(ratio=0.5, steps=1, epochs=0.3), data)
     assert module_params(pruned)["params"] < 0.5 * module_params(zoo.load("seed-cnn"))["params"]
     assert data.evaluate(pruned)["accuracy"] > 0.94  # measured 0.961; the original scores 0.984
+
+
+class HeadFirst(nn.Module):
+    """A user's model that defines its output layer before the layers feeding it."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(64, 10)
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def test_the_output_layer_is_the_last_one_called_not_the_last_defined():
+    data = data_for("tests:HeadFirst", data="mnist")
+    example = data.example_input(2)
+    model = HeadFirst().train()
+    assert output_layer(model, example) is model.head
+    assert model.training and all(m.training for m in model.modules())  # the probe leaves the modes as they were
+    pruned = prune_structured(model, PruneStructuredConfig(ratio=0.5, steps=1, epochs=0.01), data)
+    assert (pruned.body[1].out_features, pruned.head.in_features, pruned.head.out_features) == (32, 32, 10)
+    assert pruned(example).shape == (2, 10)
+
+
+def test_a_pruned_output_that_changes_shape_is_refused():
+    data = data_for("tests:HeadFirst", data="mnist")
+    example = data.example_input(2)
+    model = HeadFirst()
+    tp.prune_linear_out_channels(model.head, idxs=[0, 1])  # what pruning the wrong layer did
+    with pytest.raises(SlimlensError, match=r"prune-structured changed the output shape of HeadFirst from \(2, 10\) to \(2, 8\)"):
+        check_output_shape(model, example, (2, 10), "prune-structured", "prune it with prune-unstructured instead")
 
 
 def _widths(model: nn.Module) -> list[int]:
@@ -150,6 +185,15 @@ def test_layer_sparsity_overrides_global_threshold():
     assert float((pruned.features[1].weight == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
 
 
+def test_layer_sparsity_applies_when_the_global_sparsity_is_zero():
+    data = data_for("seed-cnn")
+    config = PruneUnstructuredConfig(sparsity=0.0, epochs=0.02, prune_every=1, layer_sparsity=(("head", 0.5), ("features.10", 0.8)))
+    pruned = prune_unstructured(zoo.load("seed-cnn"), config, data)
+    zero = {name: float((m.weight == 0).float().mean()) for name, m in pruned.named_modules() if hasattr(m, "weight") and m.weight is not None}
+    assert zero["head"] == pytest.approx(0.5, abs=0.01) and zero["features.10"] == pytest.approx(0.8, abs=0.01)
+    assert zero["features.1"] == 0.0  # the layers without an override keep the global sparsity, 0
+
+
 def test_cubic_schedule_rises_to_final():
     values = [cubic_sparsity(t, 10, 0.9) for t in range(11)]
     assert values[0] == 0 and values[-1] == pytest.approx(0.9)
@@ -165,6 +209,12 @@ def test_bad_settings_are_refused_with_a_fix():
         prune_unstructured(nn.Sequential(nn.Linear(2, 2)), PruneUnstructuredConfig(layer_sparsity=(("nope", 0.5),)),
                            data_for("lenet5"))
     assert get_step("prune-structured").config_class.strength_field == "ratio"
+    nan = float("nan")
+    for config, setting in ((PruneStructuredConfig, "steps"), (PruneStructuredConfig, "round_to"),
+                            (PruneUnstructuredConfig, "prune_every"), (PruneUnstructuredConfig, "sparsity"),
+                            (PruneStructuredConfig, "epochs"), (PruneUnstructuredConfig, "ramp")):
+        with pytest.raises(SlimlensError, match=f"{setting}=nan"):
+            config(**{setting: nan})
 
 
 def test_sensitivity_gives_a_curve_per_layer():
