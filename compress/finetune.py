@@ -21,9 +21,9 @@ BATCH_SIZE = 64  # fine-tuning batch unless a step asks for another
 
 def check_budget(epochs: float, lr: float) -> None:
     """Raise a one-line SlimlensError for a fine-tuning budget no optimiser can use (checked when a recipe is parsed)."""
-    if not epochs >= 0:
-        raise SlimlensError(f"epochs={epochs} must be 0 (no fine-tuning) or more, e.g. epochs=2")
-    if not lr > 0:
+    if not 0 <= epochs < math.inf:  # NaN and inf fail too: an infinite budget would never finish
+        raise SlimlensError(f"epochs={epochs} must be 0 (no fine-tuning) or a finite number of epochs, e.g. epochs=2")
+    if not 0 < lr < math.inf:
         raise SlimlensError(f"lr={lr} must be a positive learning rate, e.g. lr=0.001")
 
 

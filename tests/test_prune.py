@@ -215,6 +215,8 @@ def test_bad_settings_are_refused_with_a_fix():
                             (PruneStructuredConfig, "epochs"), (PruneUnstructuredConfig, "ramp")):
         with pytest.raises(SlimlensError, match=f"{setting}=nan"):
             config(**{setting: nan})
+    with pytest.raises(SlimlensError, match="epochs=inf must be 0 .* or a finite number"):  # it would never finish
+        PruneUnstructuredConfig(epochs=float("inf"))
 
 
 def test_sensitivity_gives_a_curve_per_layer():
