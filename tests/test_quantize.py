@@ -230,3 +230,108 @@ def test_static_int8_generator_stays_faithful_to_the_original():
     assert variant.artifact.stat().st_size * 3.5 < zoo.card("dcgan-g").weights["bytes"]
     with pytest.raises(QuantizationError, match="use quantize_static_onnx"):  # no MatMul/LSTM for dynamic int8
         quantize_dynamic_onnx(generator, OrtDynamicInt8Config(), data)
+
+
+@pytest.fixture(scope="module")
+def pt2e_run(tmp_path_factory):
+    """seed-cnn through ``compress.run`` with eager PT2E int8: the results entry and the saved variant."""
+    from compress import run
+
+    recipe = [{"step": "quantize_pt2e", "samples": 8, "compile": False}]
+    return run("seed-cnn", recipe, out_dir=tmp_path_factory.mktemp("pt2e") / "run", export=False)
+
+
+def test_pt2e_int8_results_count_the_float_model(pt2e_run):
+    from compress.results import is_float_module
+
+    original, int8 = pt2e_run.results["variants"]
+    assert int8["name"] == "int8-pt2e"
+    # the int8 program's own parameters are only its float biases (234); int8 changes bits, not counts
+    counts = ("params", "nonzero_params", "macs")
+    assert [int8[k] for k in counts] == [original[k] for k in counts]
+    assert original["params"] == 93_322
+    assert not is_float_module(pt2e_run.variant("int8-pt2e").module)
+
+
+def test_pt2e_int8_variant_loads_in_a_fresh_process(pt2e_run, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    x = data_for("seed-cnn").example_input(8)  # eight test digits
+    torch.save(x, tmp_path / "x.pt")
+    meta = pt2e_run.out_dir / "variants" / "int8-pt2e.variant.json"
+    # a new interpreter has not imported torchao, so nothing has registered the quantized_decomposed ops yet
+    code = ("import sys, torch; from compress import load_variant; "
+            "torch.save(load_variant(sys.argv[1])(torch.load(sys.argv[2])), sys.argv[3])")
+    done = subprocess.run([sys.executable, "-c", code, str(meta), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+                          capture_output=True, text=True, timeout=300, cwd=Path(zoo.__file__).parent.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert torch.equal(torch.load(tmp_path / "y.pt"), pt2e_run.variant("int8-pt2e")(x))
+
+
+def _tampered_pt2e(run_dir, folder, edit):
+    """A copy of a saved int8-pt2e variant with .pt2 entries rewritten by ``edit(name, data)``, its sha256 updated to match."""
+    import hashlib
+    import json
+    import zipfile
+
+    meta = json.loads((run_dir / "variants" / "int8-pt2e.variant.json").read_text())
+    folder.mkdir()
+    source, forged = run_dir / "variants" / meta["artifact"], folder / meta["artifact"]
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(forged, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, edit(info.filename, src.read(info)))
+    meta["sha256"] = hashlib.sha256(forged.read_bytes()).hexdigest()
+    (folder / "int8-pt2e.variant.json").write_text(json.dumps(meta))
+    return folder / "int8-pt2e.variant.json"
+
+
+class _CreatesFile:
+    """Unpickles by calling open(path, "w"): proof that loading ran code from the file."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+@pytest.mark.parametrize("entry", ["sample_inputs", "weight"])
+def test_pt2e_archive_that_would_unpickle_code_is_refused(pt2e_run, tmp_path, entry):
+    import pickle
+
+    from compress import VariantError
+
+    marker = tmp_path / "code-ran"
+    payload = pickle.dumps(_CreatesFile(marker))
+
+    def edit(name, data):
+        if entry == "sample_inputs" and name.endswith("data/sample_inputs/model.pt"):
+            return payload  # torch.export.load retries a weights-only failure here with full unpickling
+        if entry == "weight" and name.endswith("data/weights/weight_0"):
+            return payload
+        if entry == "weight" and name.endswith("model_weights_config.json"):  # marks weight_0 as a pickled tensor
+            return data.replace(b'"use_pickle": false', b'"use_pickle": true', 1)
+        return data
+
+    meta = _tampered_pt2e(pt2e_run.out_dir, tmp_path / "forged", edit)
+    with pytest.raises(VariantError, match="which torch.export.load would unpickle"):
+        load_variant(meta)
+    assert not marker.exists()
+
+
+def test_pt2e_program_that_fails_to_load_says_why_in_one_line(pt2e_run, tmp_path, capfd):
+    from compress import VariantError
+
+    def edit(name, data):  # an operator this torch does not have, as in a file from another version
+        if name.endswith("models/model.json"):
+            return data.replace(b"dequantize_per_channel", b"dequantize_per_channel_v9")
+        return data
+
+    meta = _tampered_pt2e(pt2e_run.out_dir, tmp_path / "other-torch", edit)
+    reason = r"cannot be loaded as a PT2E int8 program \(SerializeError: We failed to resolve .*dequantize_per_channel_v9"
+    with pytest.raises(VariantError, match=reason) as caught:
+        load_variant(meta)
+    assert "\n" not in str(caught.value)
+    assert "Traceback" not in capfd.readouterr().err  # torch.export.load logs pages of it before raising

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import json
+import logging
+import re
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +20,8 @@ from compress.context import CompressionData
 from compress.finetune import clone
 from compress.quantize.common import STATIC_FAMILIES, Progress, QuantizationError, no_progress, require_static_family, step_record
 from compress.steps import register_step
-from compress.variant import TorchVariant
+from compress.variant import TorchVariant, VariantError
+from zoo.errors import first_line
 
 
 @dataclass(frozen=True)
@@ -124,11 +130,82 @@ class Pt2eVariant(TorchVariant):
         return self._write_metadata(directory, {"sha256": hashlib.sha256(self.artifact.read_bytes()).hexdigest()})
 
 
+# Every entry torch.export.save writes for a program of plain tensors, below the archive's root folder.
+# torch.export.load reads anything else (pickled tensor subclasses, custom or opaque objects, the
+# older zip layout) by full unpickling, which runs whatever code the file carries.
+_PLAIN_ENTRIES = re.compile(r"archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id|models/model\.json"
+                            r"|data/sample_inputs/model\.pt|data/weights/(model_weights_config\.json|weight_\d+)"
+                            r"|data/constants/(model_constants_config\.json|tensor_\d+)")
+_SAMPLE_INPUTS = "data/sample_inputs/model.pt"
+
+
+def _refuse_unpickling(path: Path) -> None:
+    """Raise VariantError unless ``path`` is a .pt2 archive that torch.export.load reads without unpickling code."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            root = names[0].partition("/")[0] + "/" if names else ""
+            risky = [n for n in names if not (n.startswith(root) and _PLAIN_ENTRIES.fullmatch(n[len(root):]))]
+            for config in ("data/weights/model_weights_config.json", "data/constants/model_constants_config.json"):
+                entries = json.loads(archive.read(root + config))["config"]
+                risky += [f"{config}: {key}" for key, entry in entries.items() if entry["use_pickle"]]
+            sample_inputs = archive.read(root + _SAMPLE_INPUTS)
+    except Exception as exc:  # zipfile, json and a malformed config raise many types; the file is not a .pt2 we wrote
+        raise VariantError(f"{path} is not a torch.export .pt2 archive slimlens can read ({first_line(exc, 200)})") from None
+    try:  # torch.export.load retries these with full unpickling when a weights-only load fails
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # protocol chatter about a pickle that is refused below anyway
+            torch.load(io.BytesIO(sample_inputs), weights_only=True)
+    except Exception:  # torch raises pickle.UnpicklingError or RuntimeError for what weights_only refuses
+        risky.append(_SAMPLE_INPUTS)
+    if risky:
+        raise VariantError(f"{path} holds {risky[0]}, which torch.export.load would unpickle (that can run code in the file); "
+                           "slimlens saves plain tensors only, so it does not load this file")
+
+
+class _LoggedErrors(logging.Handler):
+    """Keeps the exceptions a logger reports, without printing them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: list[BaseException] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[1] is not None:
+            self.errors.append(record.exc_info[1])
+
+
+def _export_load(path: Path) -> Any:
+    """torch.export.load, failing with one line that gives the reason."""
+    # torch.export.load logs the real error (e.g. an operator it cannot resolve) with pages of traceback
+    # on its own stderr handler, then raises a RuntimeError that only points at that log
+    logger = logging.getLogger("torch.export")
+    caught, saved = _LoggedErrors(), (logger.handlers, logger.propagate)
+    logger.handlers, logger.propagate = [caught], False
+    try:
+        return torch.export.load(str(path))
+    except Exception as exc:  # deserialization raises many types; the reason is what the user needs
+        reason = first_line(caught.errors[-1] if caught.errors else exc, 300).split(". ")[0]  # torch appends paragraphs of advice
+        raise VariantError(f"{path} cannot be loaded as a PT2E int8 program ({reason}); "
+                           "it may come from another torch version: re-run slimlens compress") from None
+    finally:
+        logger.handlers, logger.propagate = saved
+
+
 def load_pt2e_variant(meta: dict[str, Any], common: dict[str, Any]) -> Pt2eVariant:
     """Load a saved PT2E int8 program and compile it as it was."""
     if meta.get("sha256") and hashlib.sha256(Path(common["artifact"]).read_bytes()).hexdigest() != meta["sha256"]:
         raise QuantizationError(f"{common['artifact']} does not match its metadata sha256 (corrupt or replaced)")
-    program = torch.export.load(str(common["artifact"]))
+    _refuse_unpickling(Path(common["artifact"]))
+    # the program calls quantized_decomposed ops, which exist only once this module has registered them
+    from torch.ao.quantization.fx import _decomposed  # noqa: F401
+
+    if meta.get("compiled"):
+        try:  # importing the quantizer registers the Inductor passes that packed the int8 weights when it was made
+            import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
+        except ImportError as exc:
+            raise QuantizationError(f"a compiled PT2E int8 variant needs torchao ({exc}); pip install torchao") from None
+    program = _export_load(Path(common["artifact"]))
     module = program.module()
     return Pt2eVariant(**common, module=_compile_int8(module) if meta.get("compiled") else module,
                        program=program, compiled=bool(meta.get("compiled")))
