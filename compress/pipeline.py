@@ -40,11 +40,17 @@ from compress.steps import get_step
 from compress.variant import OnnxVariant, TorchVariant, Variant, build_module
 from zoo.environment import environment
 from zoo.errors import SlimlensError, first_line
-from zoo.footprint import disk_bytes, module_macs, module_params
+from zoo.footprint import disk_bytes, module_macs, module_params, onnx_macs, onnx_params
 from zoo.metrics import batched_outputs, decision_threshold, output_parity
 
 Progress = Callable[[str], None]
 POINT_METRICS = ("accuracy", "macro_f1", "confident_fraction")  # fractions whose tolerances are given in points
+# Search candidates whose gzip sizes differ by less than this fraction are the same size: a few
+# bytes of gzip noise (calibration methods differ by ~0.01%) must not outrank a smaller metric drop.
+SAME_SIZE = 0.01
+# An int8 ONNX file's predictions against its float model: rounding flips a few borderline inputs;
+# more than this share of flips points at a broken quantization (e.g. calibration on too few inputs).
+QUANTIZED_MIN_AGREEMENT = 0.98
 
 
 class RunResult(list):
@@ -65,7 +71,7 @@ class RunResult(list):
 
 @dataclasses.dataclass
 class _Output:
-    """One produced variant before it is saved, with the float module whose params and MACs it has."""
+    """One produced variant before it is saved, with the float module whose params and MACs it has (an ONNX one counts its file)."""
 
     variant: Variant
     counted: nn.Module
@@ -120,12 +126,13 @@ def _search(recipe_step: RecipeStep, module: nn.Module, data: CompressionData, o
             base_metrics: dict, progress: Progress) -> tuple[Any, Any, dict]:
     """Try the step's strengths weakest first; keep the smallest (gzip bytes) output within ``max_drop``.
 
-    Equal sizes (e.g. calibration methods) go to the smaller drop. For numeric strengths the search
+    Sizes within ``SAME_SIZE`` of the smallest count as equal and go to the smaller drop (e.g.
+    calibration methods, whose files differ by a few bytes). For numeric strengths the search
     stops at the first one past the tolerance: stronger ones are assumed worse. If none is within it,
     the weakest is kept and the trail says the tolerance was not met.
     """
     field = type(recipe_step.config).strength_field
-    trail, best, weakest = [], None, None
+    trail, within_tolerance, weakest = [], [], None
     for value in recipe_step.search_values():
         config = dataclasses.replace(recipe_step.config, **{field: value})
         progress(f"{recipe_step.label}: trying {field}={value}")
@@ -138,18 +145,25 @@ def _search(recipe_step: RecipeStep, module: nn.Module, data: CompressionData, o
         trail.append({field: value, data.primary_metric: metrics[data.primary_metric], "drop": round(drop, 4),
                       "gzip_bytes": size, "within": within})
         progress(f"{recipe_step.label}: {field}={value} → drop {drop:.3f}, {size:,} gzip bytes{'' if within else ' (past max_drop)'}")
-        weakest = weakest or (output, config, (size, drop))
-        if within and (best is None or (size, drop) < best[2]):
-            best = (output, config, (size, drop))
-        if not within and isinstance(value, int | float):
+        weakest = weakest or (output, config)
+        if within:
+            within_tolerance.append((output, config, size, drop))
+        elif isinstance(value, int | float):
             break
-    met = best is not None
-    output, config, _ = best if met else weakest
+    met = bool(within_tolerance)
+    output, config = _smallest(within_tolerance)[:2] if met else weakest
     if not met:  # drops count from the original, so an earlier step's loss counts here too
         progress(f"warning: {recipe_step.label}: no {field} kept the drop from the original within max_drop "
                  f"{recipe_step.max_drop}; kept the weakest, {field}={getattr(config, field)} (results.json: timings, search.met = false)")
     return output, config, {"field": field, "max_drop": recipe_step.max_drop, "chosen": getattr(config, field),
-                            "met": met, "trail": trail}
+                            "met": met, "same_size_within": SAME_SIZE, "trail": trail}
+
+
+def _smallest(candidates: list[tuple[Any, Any, int, float]]) -> tuple[Any, Any, int, float]:
+    """The candidate with the smallest drop among those within ``SAME_SIZE`` of the smallest gzip size."""
+    smallest = min(size for _, _, size, _ in candidates)
+    near = [c for c in candidates if c[2] <= smallest * (1 + SAME_SIZE)]
+    return min(near, key=lambda c: (c[3], c[2]))
 
 
 def _forward(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -192,19 +206,21 @@ class _Recorder:
             variant.threads = torch.get_num_threads()
         variant.save(self.variants_dir)
         sizes = disk_bytes(variant.artifact)
-        counts = module_params(output.counted)
+        counts = self._counts(output)
         metrics = self.data.evaluate(variant, reference=_forward(self.original))
         if self.base_metrics is None:
             self.base_metrics = metrics
         entry = {
             "name": variant.name, "format": variant.format, "steps": steps,
             "artifact": str(Path(variant.artifact).resolve().relative_to(self.out_dir.resolve())),
-            **sizes, **counts, "macs": module_macs(output.counted, self.example), "metrics": metrics,
+            **sizes, **counts, "metrics": metrics,
             "metric_drop": round(metric_drop_points(self.data, self.base_metrics, metrics), 4) + 0.0,  # no "-0.0"
             "parity": output_parity(self.reference, batched_outputs(variant, self.inputs), self.classifier,
                                     decision_threshold(self.data.task)),
             "seconds": round(seconds, 2), **(extra or {}),
         }
+        if isinstance(variant, OnnxVariant) and variant.stand_in is not None:
+            entry["export_check"] = self._quantization_check(variant)
         self.variants.append(variant)
         self.entries.append(entry)
         self.progress(f"  {variant.name}: {self.data.primary_metric} {metrics[self.data.primary_metric]:.4f}, "
@@ -213,9 +229,23 @@ class _Recorder:
             if type(variant) is TorchVariant and is_float_module(variant.module):
                 self._export(variant, entry)
             else:
-                entry["onnx_export"] = {"exported": False, "reason": f"{type(variant).__name__} is a precision or storage form; "
-                                        "ONNX exports are made of float32 PyTorch variants (int8/fp16 ONNX come from quantize steps)"}
+                entry["onnx_export"] = {"exported": False, "reason": _no_export_reason(variant)}
         return entry
+
+    def _counts(self, output: _Output) -> dict[str, int]:
+        """params, nonzero_params and macs as ``reports.measure`` counts them: an ONNX variant from its file."""
+        variant = output.variant
+        if isinstance(variant, OnnxVariant):
+            return {**onnx_params(variant.artifact), "macs": onnx_macs(variant.artifact, self.example)}
+        return {**module_params(output.counted), "macs": module_macs(output.counted, self.example)}
+
+    def _quantization_check(self, variant: OnnxVariant) -> dict[str, Any]:
+        """The ONNX file against the float model it was made from: the error its quantization alone adds."""
+        from compress.export import check_parity
+
+        # int8 outputs are lossy, so no max-difference bound; predictions should still agree
+        return check_parity(_forward(variant.stand_in), variant, self.inputs, atol=None,
+                            min_agreement=QUANTIZED_MIN_AGREEMENT, threshold=decision_threshold(self.data.task))
 
     def _export(self, variant: TorchVariant, entry: dict) -> None:
         """Add ``<name>-onnx``, checked against the PyTorch variant's own outputs; record a failure on the variant."""
@@ -235,6 +265,20 @@ class _Recorder:
         entry["onnx_export"] = {"exported": True, "variant": name, "passed": check["passed"]}
         steps = variant.steps + [{"step": "export_onnx", "exported_with": onnx_exporter(path)}]
         self.add(_Output(onnx_variant, variant.module, chains=False), name, steps, seconds, {"export_check": check})
+
+
+def _no_export_reason(variant: TorchVariant) -> str:
+    """Why a PyTorch variant that is not plain float32 gets no ONNX export."""
+    from compress.quantize.half import HalfTorchVariant
+
+    if isinstance(variant, HalfTorchVariant):
+        # Tried (onnxruntime 1.32): bf16 Conv/LSTM graphs do not load; fp16 ones do, but the CPU provider
+        # inserts casts and computes most of the graph in float32, so the export adds nothing on a CPU.
+        return ("half-precision variants are not exported to ONNX: ONNX Runtime's CPU provider has no bfloat16 Conv/LSTM "
+                "and computes most float16 ops in float32 (see original-onnx for that); "
+                f"this {variant.dtype} variant deploys as PyTorch weights")
+    return (f"{type(variant).__name__} is a quantized or storage form; ONNX exports are made of float32 PyTorch variants "
+            "(int8 ONNX comes from the quantize_static_onnx and quantize_dynamic_onnx steps)")
 
 
 def load_model(model: str, weights: str | Path | None = None, trust_pickle: bool = False) -> nn.Module:

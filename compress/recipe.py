@@ -8,7 +8,7 @@ A recipe file::
     step = "prune-structured"     # a registered step (``compress.steps.list_steps()``)
     ratio = 0.5                   # any field of the step's config class
     max_drop = 0.5                # optional: search the step's strength, keep the most compressed
-    search = [0.3, 0.5, 0.7]      #   variant within this metric loss (points for accuracy)
+    search = [0.3, 0.5, 0.7]      #   variant within this metric loss (points for accuracy); weakest first
 
     [sensitivity]                 # optional: per-layer sensitivity of the original (or `sensitivity = true`)
     ratios = [0.5, 0.75, 0.9]
@@ -26,6 +26,7 @@ Every mistake (unknown step, unknown setting, wrong type, value out of range) is
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -83,6 +84,10 @@ class RecipeStep:
         """The strengths an accuracy-aware search tries, weakest first."""
         if self.search is not None:
             return tuple(self.search)
+        return self.default_search_values()
+
+    def default_search_values(self) -> tuple:
+        """The strengths the config class (or DEFAULT_SEARCH) names for a search, weakest first."""
         config_class = type(self.config)
         values = getattr(config_class, "search_values", None) or getattr(config_class, "strength_values", None)
         return tuple(values or DEFAULT_SEARCH.get(getattr(config_class, "strength_field", ""), ()))
@@ -233,8 +238,8 @@ def parse_step(table: Any, index: int, origin: str) -> RecipeStep:
     max_drop, search = table.get("max_drop"), table.get("search")
     if max_drop is not None:
         max_drop = _coerce(max_drop, float, f"{where}: setting 'max_drop'")
-        if max_drop < 0:
-            raise SlimlensError(f"{where}: max_drop must be >= 0 (the metric loss you tolerate), got {max_drop}")
+        if not 0 <= max_drop < math.inf:  # NaN fails too: every candidate would read as past it
+            raise SlimlensError(f"{where}: max_drop must be a finite number >= 0 (the metric loss you tolerate), got {max_drop}")
     if search is not None and max_drop is None:
         raise SlimlensError(f"{where}: 'search' needs 'max_drop' (the tolerated metric loss)")
     if search is not None and not isinstance(search, list):
@@ -265,6 +270,25 @@ def _check_search(step: RecipeStep, config_class: type, hints: dict, where: str)
             dataclasses.replace(step.config, **{strength: value})
         except (ValueError, TypeError, SlimlensError) as exc:
             raise SlimlensError(f"{where}: search value {value!r}: {exc}") from None
+    _check_order(step, where)
+
+
+def _check_order(step: RecipeStep, where: str) -> None:
+    """Refuse numeric ``search`` values that do not go weakest to strongest, each once."""
+    # The search stops at the first value past max_drop, taking every later one to be stronger:
+    # in another order, weaker values would go untried.
+    values, defaults = step.search_values(), step.default_search_values()
+    if step.search is None or len(values) < 2 or len(defaults) < 2 or not all(_is_number(v) for v in (*values, *defaults)):
+        return
+    rising = defaults[-1] > defaults[0]  # the defaults are weakest first, so they tell which way is stronger
+    if not all((b > a) if rising else (b < a) for a, b in zip(values, values[1:])):
+        field = type(step.config).strength_field
+        raise SlimlensError(f"{where}: search must go from weakest to strongest {field}, each value once "
+                            f"({'rising' if rising else 'falling'}, like {list(defaults)}), got {list(values)}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:

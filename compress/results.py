@@ -2,8 +2,10 @@
 
 ``schema`` is "slimlens.results/1". Sizes are bytes on disk of each variant's deployable artifact
 (and gzip -9 of it); ``params``, ``nonzero_params`` and ``macs`` count the float computation a variant
-performs (a quantized variant keeps its float model's counts: quantization changes bits, not counts),
-with the counters of ``zoo.footprint`` that ``reports`` also uses. Latency is not measured here:
+performs: a quantized PyTorch variant keeps its float model's counts (quantization changes bits, not
+counts), and an ONNX variant is counted from its file (BatchNorm folded into the convolutions, and in
+int8 the weights that round to zero counted as zeros); both with the counters of ``zoo.footprint`` that
+``reports`` also uses, so the two never disagree. Latency is not measured here:
 ``reports`` adds ``latency.<device>`` to each variant before writing. ``reports.read_results`` reads
 the file back.
 """

@@ -58,6 +58,12 @@ def test_recipe_resolves_defaults_and_round_trips():
         ('[[steps]]\nstep = "prune-structured"\nlr = -0.1\n', "step 1 (prune-structured): lr=-0.1 must be a positive"),
         ('[[steps]]\nstep = "weight-sharing"\nepochs = -1\n', "step 1 (weight-sharing): epochs=-1.0 must be 0"),
         ('[[steps]]\nstep = "qat"\nlr = 0\n', "lr=0.0 must be a positive"),
+        ('[[steps]]\nstep = "prune-structured"\nmax_drop = nan\n', "max_drop must be a finite number >= 0"),
+        ('[[steps]]\nstep = "prune-structured"\nmax_drop = inf\n', "max_drop must be a finite number >= 0"),
+        ('[[steps]]\nstep = "prune-unstructured"\nmax_drop = 1\nsearch = [0.95, 0.3]\n',
+         "search must go from weakest to strongest sparsity, each value once (rising, like [0.5, 0.7, 0.8, 0.9, 0.95]), got [0.95, 0.3]"),
+        ('[[steps]]\nstep = "weight-sharing"\nmax_drop = 1\nsearch = [4, 6]\n', "weakest to strongest bits, each value once (falling"),
+        ('[[steps]]\nstep = "distill"\nmax_drop = 1\nsearch = [0.5, 0.5]\n', "weakest to strongest width, each value once"),
     ],
 )
 def test_recipe_errors_name_file_step_and_key(text, expected):
@@ -65,6 +71,13 @@ def test_recipe_errors_name_file_step_and_key(text, expected):
         parse_recipe(text, origin="my.toml")
     message = str(info.value)
     assert message.startswith("my.toml") and expected in message and "\n" not in message
+
+
+def test_a_search_in_either_direction_parses_weakest_first():
+    text = ('[[steps]]\nstep = "weight-sharing"\nmax_drop = 1\nsearch = [6, 4, 2]\n'
+            '[[steps]]\nstep = "prune-structured"\nmax_drop = 1\nsearch = [0.2, 0.6]\n'
+            '[[steps]]\nstep = "quantize_static_onnx"\nmax_drop = 1\nsearch = ["entropy", "minmax"]\n')
+    assert [s.search_values() for s in parse_recipe(text).steps] == [(6, 4, 2), (0.2, 0.6), ("entropy", "minmax")]
 
 
 def test_nested_settings_are_typed():
@@ -129,6 +142,17 @@ def test_accuracy_aware_search_records_its_trail(tmp_path: Path):
     said: list[str] = []
     run("simplenet", recipe, out_dir=tmp_path / "again", export=False, progress=said.append)
     assert any(m.startswith("warning: distill: no width kept the drop from the original within max_drop 0.5") for m in said)
+
+
+def test_a_search_over_sizes_a_few_bytes_apart_keeps_the_smallest_drop(tmp_path: Path):
+    # On 8 calibration inputs entropy loses ~45 points on simplenet yet writes a file ~1 byte smaller.
+    recipe = [{"step": "quantize_static_onnx", "samples": 8, "max_drop": 50.0}]
+    variants = run("simplenet", recipe, out_dir=tmp_path, export=False)
+    search = variants.results["timings"]["steps"][0]["search"]
+    trail = {t["calibration"]: t for t in search["trail"]}
+    assert trail["entropy"]["gzip_bytes"] < trail["minmax"]["gzip_bytes"] and trail["entropy"]["drop"] > 10
+    assert search["chosen"] == "minmax" and search["met"] and search["same_size_within"] == 0.01
+    assert variants.results["variants"][1]["metric_drop"] == trail["minmax"]["drop"]
 
 
 def test_terminal_variants_end_their_branch_and_optional_steps_skip(tmp_path: Path):
@@ -282,3 +306,38 @@ def test_run_leaves_the_callers_module_as_it_was(tmp_path: Path):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     run(model, [{"step": "distill", "student": "self", "epochs": 0.1}], data="simplenet", out_dir=tmp_path / "run", export=False)
     assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.fixture(scope="module")
+def int8_run(tmp_path_factory: pytest.TempPathFactory):
+    """seed-cnn through static and dynamic int8 ONNX and float16, each from the float original."""
+    recipe = [{"step": "quantize_static_onnx", "samples": 16}, {"step": "quantize_dynamic_onnx"}, {"step": "half_precision"}]
+    return run("seed-cnn", recipe, out_dir=tmp_path_factory.mktemp("int8") / "run", exporter="legacy")
+
+
+def test_onnx_variants_are_counted_from_their_file_as_reports_counts_them(int8_run):
+    example = torch.rand(1, 1, 28, 28)
+    onnx = [(e, v) for e, v in zip(int8_run.results["variants"], int8_run) if e["format"] == "onnx"]
+    assert [e["name"] for e, _ in onnx] == ["original-onnx", "int8-static-onnx", "int8-dynamic-onnx"]
+    for entry, variant in onnx:
+        again = size_figures(variant, example)
+        assert {k: again[k] for k in ("params", "nonzero_params", "macs")} == \
+            {k: entry[k] for k in ("params", "nonzero_params", "macs")}, entry["name"]
+    # int8 rounds some small weights to zero: the file holds fewer nonzeros than the float model
+    by_name = {e["name"]: e for e in int8_run.results["variants"]}
+    assert by_name["int8-static-onnx"]["nonzero_params"] < by_name["original"]["nonzero_params"]
+
+
+def test_int8_onnx_is_checked_against_the_float_model_it_was_quantized_from(int8_run):
+    by_name = {e["name"]: e for e in int8_run.results["variants"]}
+    for name in ("int8-static-onnx", "int8-dynamic-onnx"):
+        check = by_name[name]["export_check"]
+        assert check["passed"] and check["tolerance"]["atol"] is None and check["argmax_agreement"] >= 0.98, name
+        assert check["samples"] == by_name[name]["parity"]["samples"] == 1000  # the parity against the original stays
+    assert by_name["original-onnx"]["export_check"]["tolerance"]["atol"] == 1e-4  # a float export keeps its tight bound
+
+
+def test_a_half_precision_variant_says_truly_why_it_has_no_onnx_export(int8_run):
+    export = {e["name"]: e for e in int8_run.results["variants"]}["float16"]["onnx_export"]
+    assert not export["exported"] and export["reason"].startswith("half-precision variants are not exported to ONNX")
+    assert "quantize steps" not in export["reason"]
