@@ -30,7 +30,6 @@ from explain.errors import ExplainError, MethodNotApplicableError
 from explain.families import code_attribution, latent_attribution
 from explain.inputs import check_indices, load_image, spread_indices
 from explain.methods import METHODS, StandInWarning, attribute, canonical_name, conv_layers, parse_method, resolve
-from zoo.cards import check_replaceable
 
 DEFAULT_METHODS = ("integrated_gradients", "gradcam", "occlusion")
 GRADIENT_FREE_DEFAULTS = ("occlusion", "feature_ablation")
@@ -91,7 +90,6 @@ def _check_out(out: Path) -> None:
         raise ExplainError(f"--out {out} is a file; name a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / "explain.json").is_file():
         raise ExplainError(f"--out {out} exists and is not an explain output folder; choose a new or empty folder")
-    check_replaceable(out, "explain.json")  # the working folder itself: swapping it out would strand the user's shell
     # The output is built beside `out` and renamed into place, so its parent must exist or be creatable, and be writable.
     ancestor = out.absolute().parent
     while not ancestor.exists() and not ancestor.is_symlink() and ancestor != ancestor.parent:
@@ -114,7 +112,7 @@ def _check_method(model: Any, method: str, kind: str, who: str) -> None:
 
 def prepare(request: Request) -> Plan:
     """Validate ``request`` completely (raising ExplainError with one line) and load what it needs."""
-    _check_out(Path(request.out))
+    _check_out(Path(request.out).resolve())  # "--out ." has no name to build a folder beside
     card = zoo.card(request.model, request.weights_root)
     kind = _kind(card)
     if request.image is not None and request.indices:
@@ -271,7 +269,7 @@ def run(request: Request) -> dict[str, Any]:
     }
     result["seconds"] = round(time.perf_counter() - started, 2)
     files["explain.json"] = (json.dumps(result, indent=2, default=_json_default) + "\n").encode()
-    _write_folder(Path(request.out), files)
+    _write_folder(Path(request.out).resolve(), files)
     return result
 
 

@@ -70,8 +70,13 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tmp_path: Path, recip
 
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    assert "not empty; pass --force" in _fails(["simplenet", "--recipe", str(recipe), *common], capsys)
+    # a folder slimlens did not write is not offered to --force, which would delete it
+    assert "holds files but no results.json of an earlier slimlens run" in _fails(["simplenet", "--recipe", str(recipe), *common], capsys)
+    assert "holds files but no results.json" in _fails(["simplenet", "--recipe", str(recipe), *common, "--force"], capsys)
     assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    (out / "results.json").write_text('{"schema": "slimlens.results/1"}')
+    assert "not empty; pass --force" in _fails(["simplenet", "--recipe", str(recipe), *common], capsys)
 
 
 def test_full_pickle_weights_need_trust(tmp_path: Path, recipe: Path, capsys):
@@ -153,10 +158,10 @@ def test_more_bad_inputs_fail_in_one_line_and_write_nothing(tmp_path: Path, reci
 def test_out_dot_replaces_the_current_folder_and_keeps_the_usual_mode(tmp_path: Path, recipe: Path, monkeypatch):
     work = tmp_path / "work"
     work.mkdir()
-    (work / "old.txt").write_text("an earlier run")
+    (work / "results.json").write_text('{"schema": "slimlens.results/1"}')  # an earlier run: --force replaces nothing else
     monkeypatch.chdir(work)
     assert cli.main(["compress", "simplenet", "--recipe", str(recipe), "--out", ".", "--force", "--no-latency", "--no-report", "--quiet"]) == 0
-    assert (work / "results.json").is_file() and not (work / "old.txt").exists()
+    assert json.loads((work / "results.json").read_text())["model"] == "simplenet"
     umask = os.umask(0)
     os.umask(umask)
     assert work.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's private 0700

@@ -245,11 +245,11 @@ def test_a_generator_takes_at_most_as_many_latents_as_a_test_split(tmp_path, cap
     _bad(["dcgan-g", "--samples", "1001"], capsys, tmp_path / "never", "give at most 1000")
 
 
-def test_the_working_folder_is_not_replaced(tmp_path, capsys, monkeypatch):
+
+def test_out_dot_replaces_an_explain_folder_it_is_run_in(tmp_path, capsys, monkeypatch):
     out = tmp_path / "maps"
     assert cli.main(["explain", "seed-cnn", "--samples", "1", "--methods", "saliency", "--no-trust", "--out", str(out)]) == 0
     monkeypatch.chdir(out)
-    before = sorted(p.name for p in out.iterdir())
-    assert cli.main(["explain", "seed-cnn", "--samples", "1", "--methods", "saliency", "--no-trust", "--out", "."]) == 2
-    assert "is the working folder" in capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == before
+    assert cli.main(["explain", "seed-cnn", "--samples", "2", "--methods", "saliency", "--no-trust", "--out", "."]) == 0
+    assert len(json.loads((out / "explain.json").read_text())["inputs"]["sources"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["maps"]  # no staging or old folder left beside it

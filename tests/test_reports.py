@@ -454,7 +454,7 @@ def test_force_replaces_only_an_earlier_runs_folder(tmp_path: Path, capsys: pyte
     assert "no results.json of an earlier slimlens run" in capsys.readouterr().err
     monkeypatch.chdir(mine)
     assert cli.main([command, MODEL, *tail, "--out", ".", "--force"]) == 2
-    assert "is the working folder" in capsys.readouterr().err
+    assert "no results.json of an earlier slimlens run" in capsys.readouterr().err
     assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
 
 

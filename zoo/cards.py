@@ -116,9 +116,6 @@ def check_replaceable(out: str | Path, marker: str) -> None:
     out = Path(out).absolute()
     if not out.is_dir():
         return
-    cwd = Path.cwd().absolute()
-    if out.resolve() == cwd.resolve() or out.resolve() in cwd.resolve().parents:
-        raise SlimlensError(f"--out {out} is the working folder or holds it, and replacing it would delete it; name a new folder")
     if any(out.iterdir()) and not (out / marker).is_file():
         # --force replaces a folder wholesale: only one slimlens wrote, never a user's folder that happens to be named
         raise SlimlensError(f"--out {out} holds files but no {marker} of an earlier slimlens run, so --force will not replace it; "
