@@ -30,7 +30,13 @@ from zoo.environment import cpu_model, cuda_device_name, library_versions
 from reports.errors import ReportError
 from zoo.errors import first_line
 
-TIMER = "time.perf_counter_ns around each single call, after warm-up"
+# A pause before each variant's turn in a round. ONNX Runtime's worker threads spin for a while after a
+# call returns (and OpenMP's do after PyTorch's): on 2 cores, PyTorch eager run straight after an ONNX
+# Runtime turn did ~10% fewer calls in the next 0.4 s (622 against 687 images/s at batch 8); from a
+# 50 ms pause on, the difference was gone. The medians reported here are moved less by a few slow
+# calls, but those calls fell on eager only.
+SETTLE_SECONDS = 0.2
+TIMER = f"time.perf_counter_ns around each single call, after warm-up; each variant's turn in a round starts after a {SETTLE_SECONDS} s pause"
 
 
 @dataclass(frozen=True)
@@ -179,6 +185,7 @@ def interleaved_cpu(variants: list[Any], x1: torch.Tensor, xb: torch.Tensor, cfg
             order = [*range(r % n, n), *range(r % n)] if n else []  # rotated, so no variant always runs first
             for i in order:
                 label, call = calls[i]
+                time.sleep(SETTLE_SECONDS)
                 try:
                     one = _sample_calls(call, x1, one_round, lambda: None)
                     many = _sample_calls(call, xb, one_round, lambda: None)
