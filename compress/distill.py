@@ -67,6 +67,14 @@ class DistillConfig:
         for name in ("epochs", "lr", "batch_size"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        import zoo
+
+        # checked when the recipe is read, not when the step is reached after minutes of earlier steps
+        models = zoo.list_models()
+        if self.student not in ("auto", "self", *models):
+            raise ValueError(f"student={self.student!r} must be 'auto', 'self' or a zoo model ({', '.join(models)})")
+        if self.teacher and self.teacher not in models:
+            raise ValueError(f"teacher={self.teacher!r} must be empty (the run's original) or a zoo model ({', '.join(models)})")
 
 
 def _scaled(channels: int, width: float) -> int:
@@ -275,6 +283,10 @@ def distill(model: nn.Module, config: DistillConfig, data: CompressionData, prog
         # The baseline sees the teacher's outputs only where the task itself needs them (a generator's targets).
         finetune(alone, data, teacher=teacher if data.matches_original else None,
                  progress=lambda m: progress(f"distill (student alone): {m}"), **budget)
+        # its record starts from the step's settings: say which of them this training did not use
+        alone_note = {"temperature": None, "alpha": None, "hint_weight": None,
+                      **({"trained_on": "the original's outputs, its task's targets"} if data.matches_original
+                         else {"teacher": None, "trained_on": "the labels alone"})}
     alone_in = time.perf_counter() - start
     return {
         "student": TorchVariant(name="student", source=source, module=student.eval(), steps=[{"training_seconds": round(distilled_in, 2)}]),

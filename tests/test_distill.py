@@ -166,3 +166,10 @@ def test_a_zoo_student_or_teacher_must_fit_the_task_and_shapes():
 def test_nan_settings_are_refused(setting):
     with pytest.raises(ValueError, match=f"{setting} must .*got nan"):
         DistillConfig(**{setting: float("nan")})
+
+
+@pytest.mark.parametrize("setting, message", [({"student": "resnet-mnsit"}, "student='resnet-mnsit' must be 'auto', 'self' or a zoo model"),
+                                              ({"teacher": "lenet"}, "teacher='lenet' must be empty")])
+def test_unknown_zoo_names_are_refused_when_the_config_is_made(setting, message):
+    with pytest.raises(ValueError, match=message):
+        DistillConfig(**setting)

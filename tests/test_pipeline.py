@@ -113,6 +113,8 @@ def test_run_writes_loadable_variants_and_schema_valid_results(tmp_path: Path):
     assert by_name["distill"]["params"] < by_name["original"]["params"] / 3 and by_name["distill"]["macs"] > 0
     assert by_name["distill"]["steps"][0]["step"] == "distill"
     assert results["timings"]["steps"][0]["seconds"] > 0
+    alone_step = by_name["distill-alone"]["steps"][-1]  # the settings it did not use are not claimed for it
+    assert alone_step["teacher"] is None and alone_step["temperature"] is None and alone_step["trained_on"] == "the labels alone"
     # each student is timed on its own training, not on the step's total
     trained = by_name["distill"]["seconds"], by_name["distill-alone"]["seconds"]
     assert all(t > 0 for t in trained) and sum(trained) <= results["timings"]["steps"][0]["seconds"]
@@ -158,7 +160,7 @@ def test_a_search_over_sizes_a_few_bytes_apart_keeps_the_smallest_drop(tmp_path:
 def test_terminal_variants_end_their_branch_and_optional_steps_skip(tmp_path: Path):
     recipe = [
         {"step": "quantize_dynamic"},  # a dynamic-int8 module: recorded, but the chain goes on from the float model
-        {"step": "distill", "student": "nonet", "optional": True},  # does not apply: recorded as skipped
+        {"step": "distill", "student": "dcgan-g", "optional": True},  # does not fit a classifier: recorded as skipped
         {"step": "distill", "student": "self", "epochs": 0.05, "name": "tuned"},
     ]
     recipe = Recipe.from_steps(recipe, sensitivity={"ratios": [0.5], "bits": [4]})
@@ -170,7 +172,7 @@ def test_terminal_variants_end_their_branch_and_optional_steps_skip(tmp_path: Pa
     assert int8["params"] == by_name["original"]["params"] and not int8["onnx_export"]["exported"]
     assert [s["step"] for s in by_name["tuned"]["steps"]] == ["distill"]  # built on the float original, not on int8
     skipped = variants.results["timings"]["steps"][1]
-    assert "no zoo model named 'nonet'" in skipped["skipped"]
+    assert "student = 'dcgan-g' does not fit simplenet" in skipped["skipped"]
     assert load_variant(tmp_path / "variants" / "int8-dynamic.variant.json")(torch.rand(2, 1, 28, 28)).shape == (2, 1)
 
 
@@ -206,8 +208,10 @@ def test_int8_calibrates_gans_at_a_percentile_and_the_rest_at_minmax():
 
 
 def test_a_failing_step_names_itself():
-    with pytest.raises(SlimlensError, match=r"step 1 \(distill\): no zoo model named 'nonet'"):
-        run("simplenet", [{"step": "distill", "student": "nonet"}], export=False)
+    with pytest.raises(SlimlensError, match=r"step 1 \(distill\): student = 'dcgan-g' does not fit simplenet"):
+        run("simplenet", [{"step": "distill", "student": "dcgan-g"}], export=False)
+    with pytest.raises(SlimlensError, match=r"step 1 \(distill\): student='nonet' must be 'auto', 'self' or a zoo model"):
+        run("simplenet", [{"step": "distill", "student": "nonet"}], export=False)  # a typo: refused as the recipe is read
 
 
 def test_distill_gives_an_lstm_its_longer_budget_under_the_same_variant_name():
