@@ -18,6 +18,7 @@ epochs and learning rate — so a gain from distillation is measured, not assume
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, ClassVar
@@ -65,8 +66,8 @@ class DistillConfig:
         if not self.hint_weight >= 0:
             raise ValueError(f"hint_weight must be >= 0 (0 turns the hint loss off), got {self.hint_weight}")
         for name in ("epochs", "lr", "batch_size"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+            if not 0 < getattr(self, name) < math.inf:  # inf fails too: a budget that would never finish
+                raise ValueError(f"{name} must be positive and finite, got {getattr(self, name)}")
         import zoo
 
         # checked when the recipe is read, not when the step is reached after minutes of earlier steps

@@ -187,7 +187,7 @@ def check_parity(
         "max_abs_diff": float(diff.max()),
         "mean_abs_diff": float(diff.mean()),
         "argmax_agreement": None,
-        "tolerance": {"atol": atol, "rtol": rtol, "min_agreement": min_agreement},
+        "tolerance": {"atol": atol, "rtol": rtol if atol is not None else None, "min_agreement": min_agreement},
     }
     failures = []
     if atol is not None:

@@ -48,7 +48,7 @@ POINT_METRICS = ("accuracy", "macro_f1", "confident_fraction")  # fractions whos
 # Search candidates whose gzip sizes differ by less than this fraction are the same size: a few
 # bytes of gzip noise (calibration methods differ by ~0.01%) must not outrank a smaller metric drop.
 SAME_SIZE = 0.01
-# An int8 ONNX file's predictions against its float model: rounding flips a few borderline inputs;
+# A classifier's int8 ONNX file against its float model: rounding flips a few borderline inputs;
 # more than this share of flips points at a broken quantization (e.g. calibration on too few inputs).
 QUANTIZED_MIN_AGREEMENT = 0.98
 
@@ -80,7 +80,10 @@ class _Output:
 
 def _wrap(output: Any, source: dict, fallback: nn.Module) -> _Output:
     if isinstance(output, TorchVariant):
-        float_module = is_float_module(output.module)
+        # a PT2E program holds its int8 weights as plain integer buffers, which no dtype test tells from a
+        # float model's own integer buffers: a variant type that names its float stand-in is counted on it
+        quantized = type(output) is not TorchVariant and output.stand_in is not None
+        float_module = not quantized and is_float_module(output.module)
         counted = output.module if float_module else (output.stand_in or fallback)
         return _Output(output, counted, chains=float_module and type(output) is TorchVariant)
     if isinstance(output, nn.Module):
@@ -243,9 +246,15 @@ class _Recorder:
         """The ONNX file against the float model it was made from: the error its quantization alone adds."""
         from compress.export import check_parity
 
-        # int8 outputs are lossy, so no max-difference bound; predictions should still agree
-        return check_parity(_forward(variant.stand_in), variant, self.inputs, atol=None,
-                            min_agreement=QUANTIZED_MIN_AGREEMENT, threshold=decision_threshold(self.data.task))
+        # int8 outputs are lossy, so no max-difference bound; a classifier's predictions should still agree
+        classifier = self.data.task in ("classification", "binary-classification")
+        check = check_parity(_forward(variant.stand_in), variant, self.inputs, atol=None,
+                             min_agreement=QUANTIZED_MIN_AGREEMENT if classifier else 0.0, threshold=decision_threshold(self.data.task))
+        if not classifier and "reason" not in check:
+            # a discriminator's generated digits sit at its threshold (97% agreement is a good int8 there), and
+            # images or reconstructions have no class to agree on: the differences are recorded, not judged
+            check.update(passed=None, tolerance=None, note=f"no pass rule for int8 {self.data.task} outputs; compare the figures")
+        return check
 
     def _export(self, variant: TorchVariant, entry: dict) -> None:
         """Add ``<name>-onnx``, checked against the PyTorch variant's own outputs; record a failure on the variant."""

@@ -36,15 +36,7 @@ def is_float_module(module: nn.Module) -> bool:
     for value in module.state_dict().values():
         if not isinstance(value, torch.Tensor) or value.is_quantized or (value.is_floating_point() and value.dtype != torch.float32):
             return False
-        if _is_quantized_storage(value):
-            return False
     return True
-
-
-def _is_quantized_storage(value: torch.Tensor) -> bool:
-    """Whether ``value`` holds quantized weights as plain narrow integers (a PT2E program's int8 buffers)."""
-    # float modules hold wider integers too (BatchNorm's num_batches_tracked, indices), and booleans as masks
-    return not value.is_floating_point() and not value.is_complex() and value.dtype != torch.bool and value.element_size() < 4
 
 
 def validate(results: dict[str, Any]) -> None:

@@ -173,3 +173,9 @@ def test_nan_settings_are_refused(setting):
 def test_unknown_zoo_names_are_refused_when_the_config_is_made(setting, message):
     with pytest.raises(ValueError, match=message):
         DistillConfig(**setting)
+
+
+@pytest.mark.parametrize("setting", ["epochs", "lr"])
+def test_an_infinite_budget_is_refused(setting):
+    with pytest.raises(ValueError, match=f"{setting} must be positive and finite, got inf"):
+        DistillConfig(**{setting: float("inf")})
