@@ -285,6 +285,9 @@ def _write_folder(out: Path, files: dict[str, bytes]) -> None:
     """Write ``files`` into a hidden temporary folder beside ``out``, then swap it into place."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the finished folder gets the user's usual mode, as compress's does
     try:
         for name, data in files.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)

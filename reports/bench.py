@@ -56,11 +56,11 @@ def run_variants(run_dir: Path, threads: int, trust_code: bool = False) -> tuple
 
 
 def _prepare_out(out: Path, force: bool) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise ReportError(f"--out {out} exists and is not empty; choose another folder or pass --force to replace it")
     if out.exists() and not out.is_dir():
         raise ReportError(f"--out {out} is a file; name a folder")
-    check_replaceable(out, RESULTS_FILE)
+    check_replaceable(out, RESULTS_FILE)  # first: --force would not help with a folder slimlens did not write
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ReportError(f"--out {out} exists and is not empty; choose another folder or pass --force to replace it")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -95,7 +95,7 @@ def bench(
 ) -> Path:
     """Measure ``target`` (a zoo model name or a run folder) and write ``out/results.json`` (+ report.html); returns ``out``."""
     devices = parse_devices(devices)  # fail before any work
-    out = Path(out)
+    out = Path(out).resolve()  # "--out ." has no name to stage a folder beside
     source = Path(target)
     is_run = source.is_dir()
     if not is_run and target not in zoo.list_models():

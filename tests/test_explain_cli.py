@@ -253,3 +253,8 @@ def test_out_dot_replaces_an_explain_folder_it_is_run_in(tmp_path, capsys, monke
     assert cli.main(["explain", "seed-cnn", "--samples", "2", "--methods", "saliency", "--no-trust", "--out", "."]) == 0
     assert len(json.loads((out / "explain.json").read_text())["inputs"]["sources"]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["maps"]  # no staging or old folder left beside it
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # the user's usual mode, not mkdtemp's private 0700

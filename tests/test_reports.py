@@ -452,10 +452,23 @@ def test_force_replaces_only_an_earlier_runs_folder(tmp_path: Path, capsys: pyte
     tail = ["--recipe", "int8"] if command == "compress" else []
     assert cli.main([command, MODEL, *tail, "--out", str(mine), "--force"]) == 2
     assert "no results.json of an earlier slimlens run" in capsys.readouterr().err
+    assert cli.main([command, MODEL, *tail, "--out", str(mine)]) == 2  # --force would not help, so it is not offered
+    assert "no results.json of an earlier slimlens run" in capsys.readouterr().err
+    (mine / "results.json").write_text('{"accuracy": 0.9}')  # a file of that name slimlens did not write
     monkeypatch.chdir(mine)
     assert cli.main([command, MODEL, *tail, "--out", ".", "--force"]) == 2
     assert "no results.json of an earlier slimlens run" in capsys.readouterr().err
-    assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
+    assert sorted(p.name for p in mine.iterdir()) == ["results.json", "thesis.tex"]
+
+
+def test_bench_out_dot_replaces_the_earlier_bench_it_runs_in(bench_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    here = tmp_path / "here"
+    shutil.copytree(bench_dir, here)
+    monkeypatch.chdir(here)
+    assert cli.main(["bench", MODEL, "--out", ".", "--force", "--no-compile", "--no-memory", "--no-html", "--min-seconds", "0.01",
+                     "--rounds", "1", "--warmup", "1", "--quiet"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]  # no staging or old folder left beside it
+    assert json.loads((here / "results.json").read_text())["command"].endswith("--no-compile --no-memory --no-html")
 
 
 def test_report_out_that_is_not_a_regular_file_or_is_a_runs_results_is_refused(bench_dir: Path, tmp_path: Path,

@@ -116,10 +116,19 @@ def check_replaceable(out: str | Path, marker: str) -> None:
     out = Path(out).absolute()
     if not out.is_dir():
         return
-    if any(out.iterdir()) and not (out / marker).is_file():
+    if any(out.iterdir()) and not _written_by_slimlens(out / marker):
         # --force replaces a folder wholesale: only one slimlens wrote, never a user's folder that happens to be named
         raise SlimlensError(f"--out {out} holds files but no {marker} of an earlier slimlens run, so --force will not replace it; "
                             "name a new folder")
+
+
+def _written_by_slimlens(marker: Path) -> bool:
+    """Whether ``marker`` is a results.json or explain.json that slimlens wrote (its own key), not any file of that name."""
+    try:
+        data = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and (str(data.get("schema", "")).startswith("slimlens.results/") or "slimlens_explain" in data)
 
 
 @contextmanager
