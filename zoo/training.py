@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import shutil
 import tempfile
 import time
 from dataclasses import asdict
@@ -187,13 +188,14 @@ def fit(name: str, data: DigitDataset, progress: Progress = lambda message: None
     return model.eval()
 
 
-def _write_gan_pair(pair: tuple[tuple[ModelSpec, nn.Module], ...], folder: Path, data: DigitDataset, test_size: int, seconds: float, epochs: int, quick: bool,
-                    data_root: str | Path | None) -> list[ModelCard]:
-    """Write the generator's and discriminator's weights and cards into ``folder``; return the cards."""
+def _write_gan_pair(pair: tuple[tuple[ModelSpec, nn.Module], ...], folder: Path, out: Path, data: DigitDataset, test_size: int,
+                    seconds: float, epochs: int, quick: bool, data_root: str | Path | None) -> list[ModelCard]:
+    """Write the generator's and discriminator's weights and cards into ``folder`` (staged inside ``out``); return the cards."""
     saved = []
     for s, m in pair:
         path = weights_path(s.name, folder)
-        saved.append((s, m, path, save_state_dict(m.eval(), path)))
+        with writing(out):  # a write error names --out; reading data or the judge below stays its own error
+            saved.append((s, m, path, save_state_dict(m.eval(), path)))
     written = []
     for s, m, path, sha in saved:  # the discriminator's metric loads the new generator from ``folder``
         metrics = _rounded(evaluate(s.name, m, data_root=data_root, weights_root=folder))
@@ -213,7 +215,8 @@ def _write_gan_pair(pair: tuple[tuple[ModelSpec, nn.Module], ...], folder: Path,
             extra["judge"] = "seed-cnn (features: its 64-unit penultimate layer)"
             extra["samples_command"] = "slimlens zoo samples dcgan-g --out dcgan-samples.png"
         model_card = _make_card(s, m, data, test_size, metrics, sha, path, seconds, epochs, quick, extra)
-        write_card(model_card, folder)
+        with writing(out):
+            write_card(model_card, folder)
         written.append(model_card)
     return written
 
@@ -245,12 +248,16 @@ def _train(name: str, out: str | Path | None, quick: bool, data_root: str | Path
         # leave a new generator beside an old discriminator, or weights whose card names another sha256.
         with writing(out):
             out.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=out, prefix=".dcgan-pair.", suffix=".partial") as staging:
-                written = _write_gan_pair(((g_spec, g_model), (d_spec, d_model)), Path(staging), data, test_size, seconds,
-                                          epochs, quick, data_root)
+            staging = Path(tempfile.mkdtemp(dir=out, prefix=".dcgan-pair.", suffix=".partial"))
+        try:
+            written = _write_gan_pair(((g_spec, g_model), (d_spec, d_model)), staging, out, data, test_size, seconds,
+                                      epochs, quick, data_root)
+            with writing(out):
                 for model_card in written:
                     for staged in (weights_path(model_card.name, staging), card_path(model_card.name, staging)):
                         os.replace(staged, out / staged.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return written
 
     model = build(name)
