@@ -147,13 +147,16 @@ def test_accuracy_aware_search_records_its_trail(tmp_path: Path):
 
 
 def test_a_search_over_sizes_a_few_bytes_apart_keeps_the_smallest_drop(tmp_path: Path):
-    # On 8 calibration inputs entropy loses ~45 points on simplenet yet writes a file ~1 byte smaller.
+    # On 8 calibration inputs entropy loses ~45 points on simplenet; the three files differ by a few gzip
+    # bytes, in an order that varies between machines, and the old exact-size rule let the smallest win.
     recipe = [{"step": "quantize_static_onnx", "samples": 8, "max_drop": 50.0}]
     variants = run("simplenet", recipe, out_dir=tmp_path, export=False)
     search = variants.results["timings"]["steps"][0]["search"]
     trail = {t["calibration"]: t for t in search["trail"]}
-    assert trail["entropy"]["gzip_bytes"] < trail["minmax"]["gzip_bytes"] and trail["entropy"]["drop"] > 10
-    assert search["chosen"] == "minmax" and search["met"] and search["same_size_within"] == 0.01
+    sizes = [t["gzip_bytes"] for t in trail.values()]
+    assert max(sizes) <= min(sizes) * 1.01 and trail["entropy"]["drop"] > 10  # all "the same size"
+    assert search["chosen"] == min(trail, key=lambda c: trail[c]["drop"]) == "minmax"
+    assert search["met"] and search["same_size_within"] == 0.01
     assert variants.results["variants"][1]["metric_drop"] == trail["minmax"]["drop"]
 
 
@@ -376,3 +379,11 @@ def test_int8_of_a_discriminator_records_its_differences_without_a_pass_rule(tmp
     check = variants.results["variants"][-1]["export_check"]
     # its generated digits sit at the decision threshold, where int8 flips a few percent: recorded, not judged
     assert check["passed"] is None and "no pass rule" in check["note"] and 0.9 < check["argmax_agreement"] <= 1.0
+
+
+def test_sizes_within_one_percent_count_as_equal_and_the_smaller_drop_wins():
+    from compress.pipeline import _smallest
+
+    one_byte_smaller, smaller_drop, half_the_size = ("b", None, 999, 45.6), ("a", None, 1000, 0.4), ("c", None, 500, 0.9)
+    assert _smallest([smaller_drop, one_byte_smaller]) is smaller_drop
+    assert _smallest([smaller_drop, one_byte_smaller, half_the_size]) is half_the_size  # really smaller still wins
