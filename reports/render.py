@@ -237,7 +237,7 @@ def run_context(run: dict[str, Any]) -> dict[str, Any]:
         "per_class": _per_class(entries, class_names),
         "modes": [m for e in entries for m in _modes(e)],
         "provenance": [{"name": e["name"], "format": e.get("format", "?"), "artifact": e.get("artifact"), "seconds": e.get("seconds"),
-                        "steps": json.dumps(e.get("steps") or [], indent=2, default=str)} for e in entries],
+                        "check": _check_text(e), "steps": json.dumps(e.get("steps") or [], indent=2, default=str)} for e in entries],
         "environment": env,
         "env_json": json.dumps(env, indent=2, default=str),
         "command": run.get("command"),
@@ -254,6 +254,26 @@ def run_context(run: dict[str, Any]) -> dict[str, Any]:
         "step_log": _step_log(run.get("timings")),
         "explain": explain_context(run.get("explain"), Path(run.get("_dir", "."))),
     }
+
+
+def _check_text(entry: dict[str, Any]) -> str:
+    """One line on how a variant was checked against the model it was made from (an ONNX export, an int8 file)."""
+    check = entry.get("export_check")
+    if isinstance(check, dict):
+        steps = entry.get("steps") or [{}]
+        # an fp32 export is checked against the PyTorch variant it came from; an int8 file against its float model
+        against = "its PyTorch model" if isinstance(steps[-1], dict) and steps[-1].get("step") == "export_onnx" else "its float model"
+        figures = []
+        if isinstance(check.get("argmax_agreement"), (int, float)):
+            figures.append(f"agreement {check['argmax_agreement']:.3f}")
+        if isinstance(check.get("max_abs_diff"), (int, float)):
+            figures.append(f"max |diff| {check['max_abs_diff']:.2g}")
+        verdict = {True: "passed", False: f"FAILED: {check.get('reason', '')}", None: "no pass rule"}.get(check.get("passed"), "?")
+        return f"against {against}: {verdict}" + (f" ({', '.join(figures)})" if figures else "")
+    export = entry.get("onnx_export")
+    if isinstance(export, dict) and not export.get("exported", True):
+        return f"no ONNX export: {export.get('reason', 'no reason recorded')}"
+    return "–"
 
 
 def _step_log(timings: Any) -> list[dict[str, Any]]:

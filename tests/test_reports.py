@@ -533,3 +533,14 @@ def test_bench_report_records_every_timing_setting(bench_dir: Path, tmp_path: Pa
     command = json.loads((out / "results.json").read_text())["command"]
     for part in ("--min-seconds 0.01", "--rounds 1", "--warmup 1", "--no-memory", "--no-compile", str(bench_dir.resolve())):
         assert part in command
+
+
+def test_the_report_says_how_each_variant_was_checked(tmp_path: Path) -> None:
+    import compress
+
+    compress.run(MODEL, [{"step": "quantize_static_onnx", "samples": 16}, {"step": "half_precision"}], out_dir=tmp_path / "run")
+    html = reports.render([tmp_path / "run"], tmp_path / "r.html").read_text()
+    provenance = html.split("<h3>Provenance</h3>")[1]
+    assert "against its PyTorch model: passed (agreement 1.000" in provenance  # original-onnx
+    assert "against its float model: passed (agreement" in provenance  # int8-static-onnx
+    assert "no ONNX export: half-precision variants are not exported" in provenance
