@@ -286,7 +286,7 @@ def distill(model: nn.Module, config: DistillConfig, data: CompressionData, prog
                  progress=lambda m: progress(f"distill (student alone): {m}"), **budget)
         # its record starts from the step's settings: say which of them this training did not use
         alone_note = {"temperature": None, "alpha": None, "hint_weight": None,
-                      **({"trained_on": "the original's outputs, its task's targets"} if data.matches_original
+                      **({"trained_on": "the teacher's outputs, its task's targets"} if data.matches_original
                          else {"teacher": None, "trained_on": "the labels alone"})}
     alone_in = time.perf_counter() - start
     return {
