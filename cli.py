@@ -246,7 +246,6 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from compress.pipeline import check_fits, load_model, run
     from compress.recipe import load_recipe
     from compress.results import move_into_place, staging_dir, write_results
-    from zoo.cards import check_replaceable
 
     import reports  # compress never imports reports; the CLI joins them: latency, then the HTML report
 
@@ -258,7 +257,6 @@ def cmd_compress(args: argparse.Namespace) -> int:
         check_fits(model, data)
     if ":" in args.model and args.weights is None:  # not an error: the builder may load its own weights
         print(f"slimlens: note: no --weights given; compressing the weights {args.model}() builds", file=sys.stderr, flush=True)
-    check_replaceable(args.out, reports.RESULTS_FILE)
     staged = staging_dir(args.out, args.force)
     try:
         torch.manual_seed(args.seed)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.cards import write_atomic
+from zoo.cards import check_replaceable, usual_mode, write_atomic
 from zoo.errors import SlimlensError
 
 SCHEMA = "slimlens.results/1"
@@ -80,6 +80,7 @@ def staging_dir(out: str | Path, force: bool = False) -> Path:
         raise SlimlensError(f"--out {out} is the file system root; name a folder")
     if out.exists() and not out.is_dir():
         raise SlimlensError(f"--out {out} is a file; name a folder")
+    check_replaceable(out, "results.json")  # before the --force advice: --force never replaces a folder slimlens did not write
     if out.is_dir() and any(out.iterdir()) and not force:
         raise SlimlensError(f"--out {out} exists and is not empty; pass --force to replace it or name a new folder")
     parent = out.resolve().parent
@@ -89,10 +90,7 @@ def staging_dir(out: str | Path, force: bool = False) -> Path:
         staged = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.", suffix=".partial"))
     except OSError as exc:
         raise SlimlensError(f"cannot write {out}: {exc.strerror or exc} in {parent}") from None
-    # mkdtemp makes the folder private (0700); the finished run should get the user's usual mode
-    umask = os.umask(0)
-    os.umask(umask)
-    staged.chmod(0o777 & ~umask)
+    usual_mode(staged)
     return staged
 
 

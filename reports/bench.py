@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,7 +15,7 @@ from reports.inputs import INPUT_SEED, timing_inputs
 from reports.latency import TimingConfig
 from reports.measure import measure, parse_devices
 from reports.results import RESULTS_FILE, read_results, write_results
-from zoo.cards import check_replaceable
+from zoo.cards import check_replaceable, usual_mode
 
 
 def zoo_variants(model: str, folder: Path, onnx: bool = True) -> tuple[list[Any], list[dict[str, str]]]:
@@ -108,9 +107,7 @@ def bench(
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     except OSError as exc:
         raise ReportError(f"cannot create --out {out}: {exc.strerror or exc}; name a writable folder") from None
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the finished folder gets ordinary permissions
+    usual_mode(tmp)
     try:
         failed: list[dict[str, str]] = []
         if is_run:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 import zoo
 from zoo.cards import TRAINED_DIR
@@ -32,3 +33,21 @@ def trained_copy(tmp_path: Path) -> Path:
     target = tmp_path / "trained"
     shutil.copytree(TRAINED_DIR, target)
     return target
+
+
+class HeadFirst(nn.Module):
+    """A user's model that defines its output layer before the layers feeding it."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(64, 10)
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+@pytest.fixture()
+def head_first() -> type[nn.Module]:
+    """The class of a user's model whose output layer is not the last one defined (prune and distill must find it)."""
+    return HeadFirst

@@ -114,18 +114,6 @@ def test_distill_with_mixup_trains_both_students_on_blends():
         distill(zoo.load("seed-autoencoder"), DistillConfig(width=0.5, epochs=0.1, mixup=0.4), data_for("seed-autoencoder"))
 
 
-class HeadFirst(nn.Module):
-    """A user's model that defines its output layer before the layers feeding it."""
-
-    def __init__(self):
-        super().__init__()
-        self.head = nn.Linear(64, 10)
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
-
-
 class FiveClasses(nn.Module):
     """A user's classifier with five outputs, which no zoo model has."""
 
@@ -137,11 +125,11 @@ class FiveClasses(nn.Module):
         return self.net(x)
 
 
-def test_a_student_keeps_the_output_layer_a_model_defines_first():
+def test_a_student_keeps_the_output_layer_a_model_defines_first(head_first):
     data = data_for("tests:HeadFirst", data="mnist")
     example = data.example_input(2)
-    assert _Features(HeadFirst(), example).dim == 64  # the hint reads the head's input, not the body's
-    out = distill(HeadFirst(), DistillConfig(width=0.5, epochs=0.02, hint_weight=0.5), data)
+    assert _Features(head_first(), example).dim == 64  # the hint reads the head's input, not the body's
+    out = distill(head_first(), DistillConfig(width=0.5, epochs=0.02, hint_weight=0.5), data)
     student = out["student"].module
     assert (student.body[1].out_features, student.head.out_features) == (32, 10)
     assert student(example).shape == out["alone"](example).shape == (2, 10)

@@ -54,22 +54,10 @@ def test_structured_pruning_fine_tunes_a_cnn_back_to_accuracy():
     assert data.evaluate(pruned)["accuracy"] > 0.94  # measured 0.961; the original scores 0.984
 
 
-class HeadFirst(nn.Module):
-    """A user's model that defines its output layer before the layers feeding it."""
-
-    def __init__(self):
-        super().__init__()
-        self.head = nn.Linear(64, 10)
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
-
-
-def test_the_output_layer_is_the_last_one_called_not_the_last_defined():
+def test_the_output_layer_is_the_last_one_called_not_the_last_defined(head_first):
     data = data_for("tests:HeadFirst", data="mnist")
     example = data.example_input(2)
-    model = HeadFirst().train()
+    model = head_first().train()
     assert output_layer(model, example) is model.head
     assert model.training and all(m.training for m in model.modules())  # the probe leaves the modes as they were
     pruned = prune_structured(model, PruneStructuredConfig(ratio=0.5, steps=1, epochs=0.01), data)
@@ -77,10 +65,10 @@ def test_the_output_layer_is_the_last_one_called_not_the_last_defined():
     assert pruned(example).shape == (2, 10)
 
 
-def test_a_pruned_output_that_changes_shape_is_refused():
+def test_a_pruned_output_that_changes_shape_is_refused(head_first):
     data = data_for("tests:HeadFirst", data="mnist")
     example = data.example_input(2)
-    model = HeadFirst()
+    model = head_first()
     tp.prune_linear_out_channels(model.head, idxs=[0, 1])  # what pruning the wrong layer did
     with pytest.raises(SlimlensError, match=r"prune-structured changed the output shape of HeadFirst from \(2, 10\) to \(2, 8\)"):
         check_output_shape(model, example, (2, 10), "prune-structured", "prune it with prune-unstructured instead")

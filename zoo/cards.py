@@ -69,6 +69,13 @@ def card(name: str, root: str | Path | None = None) -> ModelCard:
         raise WeightsError(f"model card {path} is not a valid card ({exc}); restore it or retrain with `slimlens zoo train {name}`") from None
 
 
+def usual_mode(path: str | Path, mode: int = 0o777) -> None:
+    """Give ``path`` the permissions a plain mkdir (0o777) or open (0o666) would: mkdtemp/mkstemp make it private."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,10 +83,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        usual_mode(tmp, 0o666)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -116,13 +120,13 @@ def check_replaceable(out: str | Path, marker: str) -> None:
     out = Path(out).absolute()
     if not out.is_dir():
         return
-    if any(out.iterdir()) and not _written_by_slimlens(out / marker):
+    if any(out.iterdir()) and not written_by_slimlens(out / marker):
         # --force replaces a folder wholesale: only one slimlens wrote, never a user's folder that happens to be named
         raise SlimlensError(f"--out {out} holds files but no {marker} of an earlier slimlens run, so --force will not replace it; "
                             "name a new folder")
 
 
-def _written_by_slimlens(marker: Path) -> bool:
+def written_by_slimlens(marker: Path) -> bool:
     """Whether ``marker`` is a results.json or explain.json that slimlens wrote (its own key), not any file of that name."""
     try:
         data = json.loads(marker.read_text())
