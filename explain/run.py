@@ -30,6 +30,7 @@ from explain.errors import ExplainError, MethodNotApplicableError
 from explain.families import code_attribution, latent_attribution
 from explain.inputs import check_indices, load_image, spread_indices
 from explain.methods import METHODS, StandInWarning, attribute, canonical_name, conv_layers, parse_method, resolve
+from zoo.cards import usual_mode, written_by_slimlens
 
 DEFAULT_METHODS = ("integrated_gradients", "gradcam", "occlusion")
 GRADIENT_FREE_DEFAULTS = ("occlusion", "feature_ablation")
@@ -88,7 +89,7 @@ def _check_out(out: Path) -> None:
     """Refuse an --out that the final write could not create, before any computation."""
     if out.exists() and not out.is_dir():
         raise ExplainError(f"--out {out} is a file; name a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / "explain.json").is_file():
+    if out.is_dir() and any(out.iterdir()) and not written_by_slimlens(out / "explain.json"):
         raise ExplainError(f"--out {out} exists and is not an explain output folder; choose a new or empty folder")
     # The output is built beside `out` and renamed into place, so its parent must exist or be creatable, and be writable.
     ancestor = out.absolute().parent
@@ -285,9 +286,7 @@ def _write_folder(out: Path, files: dict[str, bytes]) -> None:
     """Write ``files`` into a hidden temporary folder beside ``out``, then swap it into place."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the finished folder gets the user's usual mode, as compress's does
+    usual_mode(tmp)
     try:
         for name, data in files.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
