@@ -383,6 +383,18 @@ def check_families(recipe: Recipe, data: CompressionData) -> None:
                                 f"{data.task} model with none; set mixup = 0, or give the step families = [...] in the recipe")
 
 
+def check_layer_names(recipe: Recipe, model: nn.Module) -> None:
+    """Refuse, before any work, ``layer_sparsity`` names that are not layers of ``model``."""
+    names = {name for name, _ in model.named_modules() if name}
+    for index, recipe_step in enumerate(recipe.steps):
+        if getattr(recipe_step.config, "student", "self") not in ("auto", "self"):
+            return  # a zoo student has its own layer names; the step that prunes it checks them
+        unknown = sorted({name for name, _ in getattr(recipe_step.config, "layer_sparsity", ())} - names)
+        if unknown:
+            raise SlimlensError(f"step {index + 1} ({recipe_step.step}): layer_sparsity names {unknown}, which are not layers of "
+                                f"{type(model).__name__}; its layers: {', '.join(sorted(names))}")
+
+
 def check_fits(model: nn.Module, data: CompressionData) -> None:
     """Fail in one line, before any work, when a user's model cannot take the data's inputs or give its outputs."""
     shape = (8, *data.input_shape)
@@ -427,6 +439,7 @@ def run(
     """
     model, recipe, data = _resolve(model, recipe, data, seed)
     check_families(recipe, data)
+    check_layer_names(recipe, model)
     if out_dir is None:
         return _run_in_workspace(Path(tempfile.mkdtemp(prefix="slimlens-run-")), model, recipe, data, progress, command, export, exporter)
     out = Path(out_dir)

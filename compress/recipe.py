@@ -255,7 +255,21 @@ def parse_step(table: Any, index: int, origin: str) -> RecipeStep:
     step = RecipeStep(name, config, label, max_drop, tuple(search) if search is not None else None, optional, families)
     if max_drop is not None:
         _check_search(step, config_class, typing.get_type_hints(config_class), where)
+    _check_applies(step, table, where)
     return step
+
+
+def _check_applies(step: RecipeStep, table: dict[str, Any], where: str) -> None:
+    """Refuse a setting the step would ignore: one that applies only when another setting has a value it never takes."""
+    for key, (field, needed) in getattr(type(step.config), "applies_only_with", {}).items():
+        if key not in table:
+            continue
+        taken = {getattr(step.config, field)}
+        if step.max_drop is not None and getattr(type(step.config), "strength_field", None) == field:
+            taken |= set(step.search_values())  # the search tries these too
+        if needed not in taken:
+            raise SlimlensError(f"{where}: {key} applies only with {field} = {needed!r}, and this step uses "
+                                f"{' / '.join(repr(v) for v in sorted(taken, key=str))}; remove {key} or set {field} = {needed!r}")
 
 
 def _check_search(step: RecipeStep, config_class: type, hints: dict, where: str) -> None:

@@ -64,6 +64,10 @@ def test_recipe_resolves_defaults_and_round_trips():
          "search must go from weakest to strongest sparsity, each value once (rising, like [0.5, 0.7, 0.8, 0.9, 0.95]), got [0.95, 0.3]"),
         ('[[steps]]\nstep = "weight-sharing"\nmax_drop = 1\nsearch = [4, 6]\n', "weakest to strongest bits, each value once (falling"),
         ('[[steps]]\nstep = "distill"\nmax_drop = 1\nsearch = [0.5, 0.5]\n', "weakest to strongest width, each value once"),
+        ('[[steps]]\nstep = "quantize_static_onnx"\npercentile = 99.9\n',
+         "percentile applies only with calibration = 'percentile', and this step uses 'minmax'; remove percentile"),
+        ('[[steps]]\nstep = "quantize_static_onnx"\ncalibration = "entropy"\nmax_drop = 1\nsearch = ["minmax", "entropy"]\npercentile = 99.9\n',
+         "this step uses 'entropy' / 'minmax'"),
     ],
 )
 def test_recipe_errors_name_file_step_and_key(text, expected):
@@ -78,6 +82,12 @@ def test_a_search_in_either_direction_parses_weakest_first():
             '[[steps]]\nstep = "prune-structured"\nmax_drop = 1\nsearch = [0.2, 0.6]\n'
             '[[steps]]\nstep = "quantize_static_onnx"\nmax_drop = 1\nsearch = ["entropy", "minmax"]\n')
     assert [s.search_values() for s in parse_recipe(text).steps] == [(6, 4, 2), (0.2, 0.6), ("entropy", "minmax")]
+
+
+def test_percentile_parses_where_the_step_or_its_search_calibrates_at_a_percentile():
+    for text in ('[[steps]]\nstep = "quantize_static_onnx"\ncalibration = "percentile"\npercentile = 99.9\n',
+                 '[[steps]]\nstep = "quantize_static_onnx"\nmax_drop = 1\nsearch = ["minmax", "percentile"]\npercentile = 99.9\n'):
+        assert parse_recipe(text).steps[0].config.percentile == 99.9
 
 
 def test_nested_settings_are_typed():
@@ -191,6 +201,13 @@ def test_a_step_for_other_families_is_skipped_before_any_work(tmp_path: Path):
 def test_mixup_without_labels_is_refused_before_any_work(tmp_path: Path):
     with pytest.raises(SlimlensError, match=r"step 1 \(distill\): mixup blends labelled digits and seed-autoencoder is a reconstruction model"):
         run("seed-autoencoder", [{"step": "distill", "mixup": 0.4, "epochs": 0.1}], out_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_layer_sparsity_names_are_refused_before_any_work(tmp_path: Path):
+    recipe = [{"step": "prune-structured", "ratio": 0.5, "epochs": 0.1}, {"step": "prune-unstructured", "layer_sparsity": [["fc9", 0.5]]}]
+    with pytest.raises(SlimlensError, match=r"step 2 \(prune-unstructured\): layer_sparsity names \['fc9'\], which are not layers of LeNet5"):
+        run("lenet5", recipe, out_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 

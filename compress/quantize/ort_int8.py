@@ -88,6 +88,8 @@ class StaticInt8Config:
     # the accuracy-aware search tries each; all give the same size, so it keeps the one with the smallest drop
     strength_field: ClassVar[str] = "calibration"
     strength_values: ClassVar[tuple[str, ...]] = ("minmax", "percentile", "entropy")
+    # a recipe that sets percentile with another calibration would have it silently ignored
+    applies_only_with: ClassVar[dict[str, tuple[str, str]]] = {"percentile": ("calibration", "percentile")}
 
     def __post_init__(self) -> None:
         if self.calibration not in CALIBRATION_METHODS:
