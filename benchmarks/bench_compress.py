@@ -78,19 +78,24 @@ def edge_rows(run: compress.RunResult, threads: int) -> list[Row]:
     per_s = ", ".join(f"{n} {speed[n]:,.0f}/s [{min(cpu[n]['throughput_per_s_by_round']):,.0f}-{max(cpu[n]['throughput_per_s_by_round']):,.0f}]"
                       for n in names)
 
-    def paired(base: str) -> str:
+    def paired(base: str) -> tuple[str, float | None]:
         mine, theirs = cpu[final["name"]]["throughput_per_s_by_round"], cpu[base]["throughput_per_s_by_round"]
         if len(mine) != len(theirs):
-            return "rounds not paired: a round failed for one of them"
+            return "rounds not paired: a round failed for one of them", None
         ratios = [a / b for a, b in zip(mine, theirs)]
         if len(ratios) < 2:
-            return f"within-round ratio {ratios[0]:.1f}x (one round)" if ratios else "no round in common"
+            return (f"within-round ratio {ratios[0]:.1f}x (one round)", ratios[0]) if ratios else ("no round in common", None)
         q = statistics.quantiles(ratios, n=4)
-        return f"within-round ratio median {q[1]:.1f}x, quartiles {q[0]:.1f}-{q[2]:.1f}x"
+        return f"within-round ratio median {q[1]:.1f}x, quartiles {q[0]:.1f}-{q[2]:.1f}x", q[1]
 
-    return [("edge", "resnet-mnist", f"throughput b8 {threads} threads vs PyTorch eager fp32 ({per_s}; {paired('original')})", ">= 10x",
-             f"{vs_eager:.1f}x", vs_eager >= 10),
-            ("edge", "resnet-mnist", f"throughput b8 vs ONNX Runtime fp32 ({paired('original-onnx')})", ">= 3x", f"{vs_ort:.1f}x", vs_ort >= 3),
+    # A target counts as met only when the ratio of medians and the median within-round ratio both reach
+    # it: when the machine changes speed during the run (ONNX Runtime's two-thread phases, README), the
+    # pooled medians of two variants can come from different spells and disagree with the paired ratio.
+    (eager_text, eager_paired), (ort_text, ort_paired) = paired("original"), paired("original-onnx")
+    return [("edge", "resnet-mnist", f"throughput b8 {threads} threads vs PyTorch eager fp32 ({per_s}; {eager_text})", ">= 10x",
+             f"{vs_eager:.1f}x", vs_eager >= 10 and eager_paired is not None and eager_paired >= 10),
+            ("edge", "resnet-mnist", f"throughput b8 vs ONNX Runtime fp32 ({ort_text})", ">= 3x", f"{vs_ort:.1f}x",
+             vs_ort >= 3 and ort_paired is not None and ort_paired >= 3),
             ("edge", "resnet-mnist", f"accuracy drop ({final['name']})", "<= 1 pt", f"{drop:+.2f} pt", drop <= 1)]
 
 

@@ -113,9 +113,19 @@ def _modes(entry: dict[str, Any]) -> list[dict[str, Any]]:
                 "p50": _num(figs.get("batch1_p50_ms")), "p90": _num(figs.get("batch1_p90_ms")),
                 "tput": _num(figs.get("throughput_per_s")), "batch": figs.get("throughput_batch"),
                 "reps": figs.get("batch1_repetitions"), "note": figs.get("unavailable") or lat.get("unavailable") or figs.get("note", ""),
-                "memory": _num(figs.get("peak_memory_mb")),
+                "memory": _num(figs.get("peak_memory_mb")), "rounds": _round_range(figs.get("throughput_per_s_by_round")),
             })
     return rows
+
+
+def _round_range(by_round: Any) -> str:
+    """Slowest to fastest throughput over a variant's interleaved rounds, e.g. "13,584–19,505 (12)"; "" for fewer than two."""
+    # The spread shows when the machine changed speed during the run (on a 2-core VM ONNX Runtime's
+    # two threads ran int8 at 13,000 or 19,000 images/s for tens of seconds at a time).
+    values = [v for v in by_round if _num(v) is not None] if isinstance(by_round, list) else []
+    if len(values) < 2:
+        return ""
+    return f"{min(values):,.0f}–{max(values):,.0f} ({len(values)})"
 
 
 def _per_class(entries: list[dict[str, Any]], class_names: list[str]) -> dict[str, Any] | None:

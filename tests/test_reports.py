@@ -160,7 +160,10 @@ def test_results_from_before_timing_rounds_still_render(results: dict, tmp_path:
         del cpu["timing"]["rounds"], cpu["rounds"], cpu["throughput_per_s_by_round"]
     html = reports.render([run], tmp_path / "old.html").read_text()
     assert "seed-cnn" in html and "rounds that interleave" not in html
-    assert "rounds that interleave" in reports.render([results], tmp_path / "new.html").read_text()
+    new = reports.render([results], tmp_path / "new.html").read_text()
+    assert "rounds that interleave" in new
+    by_round = results["variants"][0]["latency"]["cpu"]["throughput_per_s_by_round"]
+    assert f"{min(by_round):,.0f}–{max(by_round):,.0f} ({len(by_round)})" in new  # the spread over the rounds
 
 
 def test_a_round_that_fails_is_recorded_and_the_others_kept() -> None:
