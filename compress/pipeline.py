@@ -383,12 +383,16 @@ def check_families(recipe: Recipe, data: CompressionData) -> None:
                                 f"{data.task} model with none; set mixup = 0, or give the step families = [...] in the recipe")
 
 
-def check_layer_names(recipe: Recipe, model: nn.Module) -> None:
-    """Refuse, before any work, ``layer_sparsity`` names that are not layers of ``model``."""
+def check_layer_names(recipe: Recipe, model: nn.Module, data: CompressionData) -> None:
+    """Refuse, before any work, ``layer_sparsity`` names that are not layers of ``model`` (steps skipped or optional aside)."""
     names = {name for name, _ in model.named_modules() if name}
     for index, recipe_step in enumerate(recipe.steps):
+        if recipe_step.families is not None and data.family not in recipe_step.families:
+            continue
         if getattr(recipe_step.config, "student", "self") not in ("auto", "self"):
             return  # a zoo student has its own layer names; the step that prunes it checks them
+        if recipe_step.optional:
+            continue  # when it runs, its own check makes it a recorded skip
         unknown = sorted({name for name, _ in getattr(recipe_step.config, "layer_sparsity", ())} - names)
         if unknown:
             raise SlimlensError(f"step {index + 1} ({recipe_step.step}): layer_sparsity names {unknown}, which are not layers of "
@@ -439,7 +443,7 @@ def run(
     """
     model, recipe, data = _resolve(model, recipe, data, seed)
     check_families(recipe, data)
-    check_layer_names(recipe, model)
+    check_layer_names(recipe, model, data)
     if out_dir is None:
         return _run_in_workspace(Path(tempfile.mkdtemp(prefix="slimlens-run-")), model, recipe, data, progress, command, export, exporter)
     out = Path(out_dir)

@@ -209,6 +209,8 @@ def test_unknown_layer_sparsity_names_are_refused_before_any_work(tmp_path: Path
     with pytest.raises(SlimlensError, match=r"step 2 \(prune-unstructured\): layer_sparsity names \['fc9'\], which are not layers of LeNet5"):
         run("lenet5", recipe, out_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+    elsewhere = [{"step": "prune-unstructured", "layer_sparsity": [["lstm", 0.5]], "families": ["lstm"]}, {"step": "quantize_dynamic"}]
+    assert [v.name for v in run("lenet5", elsewhere, out_dir=tmp_path / "ok", export=False)] == ["original", "int8-dynamic"]
 
 
 def test_edge_picks_the_steps_that_fit_each_family():
