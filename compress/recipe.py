@@ -261,8 +261,9 @@ def parse_step(table: Any, index: int, origin: str) -> RecipeStep:
 
 def _check_applies(step: RecipeStep, table: dict[str, Any], where: str) -> None:
     """Refuse a setting the step would ignore: one that applies only when another setting has a value it never takes."""
+    defaults = {f.name: f.default for f in dataclasses.fields(step.config)}
     for key, (field, needed) in getattr(type(step.config), "applies_only_with", {}).items():
-        if key not in table:
+        if key not in table or table[key] == defaults.get(key):  # a resolved recipe (results.json) lists every default
             continue
         taken = {getattr(step.config, field)}
         if step.max_drop is not None and getattr(type(step.config), "strength_field", None) == field:
