@@ -113,3 +113,26 @@ def test_gan_training_that_fails_part_way_leaves_the_old_pair(tmp_path, monkeypa
         train("dcgan-g", out=tmp_path, quick=True)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no new generator, no staging folder left
     zoo.load("dcgan-g", root=tmp_path), zoo.load("dcgan-d", root=tmp_path)
+
+
+def test_an_interrupted_gan_pair_install_is_refused_until_trained_again(tmp_path):
+    import shutil
+
+    from zoo.cards import GAN_PAIR_INSTALLING, TRAINED_DIR
+    from zoo.errors import WeightsError
+
+    for name in ("dcgan-g", "dcgan-d"):
+        for suffix in (".safetensors", ".card.json"):
+            shutil.copy(TRAINED_DIR / f"{name}{suffix}", tmp_path)
+    installing = tmp_path / GAN_PAIR_INSTALLING
+    installing.mkdir()
+    (installing / "dcgan-d.card.json").write_bytes((TRAINED_DIR / "dcgan-d.card.json").read_bytes())  # not yet moved
+    for name in ("dcgan-g", "dcgan-d"):
+        with pytest.raises(WeightsError, match=rf"holds a GAN pair whose install was interrupted .* zoo train {name} --out"):
+            zoo.load(name, root=tmp_path)
+    zoo.load("seed-cnn")  # other models, and the package's own pair, are not affected
+    zoo.load("dcgan-g")
+    cards = train("dcgan-g", out=tmp_path, quick=True)
+    assert not installing.exists() and sorted(c.name for c in cards) == ["dcgan-d", "dcgan-g"]
+    assert zoo.load("dcgan-g", root=tmp_path) is not None and zoo.load("dcgan-d", root=tmp_path) is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dcgan-d.card.json", "dcgan-d.safetensors", "dcgan-g.card.json", "dcgan-g.safetensors"]

@@ -15,6 +15,9 @@ from zoo.errors import SlimlensError, WeightsError
 from zoo.registry import spec
 
 TRAINED_DIR = Path(__file__).parent / "trained"
+# ``zoo train`` of a GAN moves its finished pair here first, then file by file into place, then removes
+# it: files left in it mean an install was interrupted and the pair in the folder may be mixed.
+GAN_PAIR_INSTALLING = ".dcgan-pair.installing"
 
 
 @dataclass(frozen=True)
@@ -58,8 +61,12 @@ def weights_path(name: str, root: str | Path | None = None) -> Path:
 
 def card(name: str, root: str | Path | None = None) -> ModelCard:
     """Read the model card of zoo model ``name``."""
-    spec(name)  # a clear error for an unknown name before looking for files
+    model_spec = spec(name)  # a clear error for an unknown name before looking for files
     path = card_path(name, root)
+    pending = path.parent / GAN_PAIR_INSTALLING
+    if model_spec.family == "gan" and pending.is_dir() and any(pending.iterdir()):
+        raise WeightsError(f"{path.parent} holds a GAN pair whose install was interrupted ({pending} is not empty), so "
+                           f"{name} may not match its partner; run `slimlens zoo train {name} --out {path.parent}` again")
     try:
         data = json.loads(path.read_text())
         return ModelCard(**data)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.cards import ModelCard, card_path, check_out, weights_path, write_card, writing
+from zoo.cards import GAN_PAIR_INSTALLING, ModelCard, card_path, check_out, weights_path, write_card, writing
 from zoo.datasets import DigitDataset, dataset
 from zoo.evaluate import evaluate
 from zoo.registry import MNIST_MEAN, MNIST_STD, ModelSpec, TrainRecipe, build, spec
@@ -253,9 +253,15 @@ def _train(name: str, out: str | Path | None, quick: bool, data_root: str | Path
             written = _write_gan_pair(((g_spec, g_model), (d_spec, d_model)), staging, out, data, test_size, seconds,
                                       epochs, quick, data_root)
             with writing(out):
+                # Four renames are not atomic as a group: the complete pair first becomes the marker folder
+                # (one rename), so an interruption among the four leaves it non-empty and loading refuses.
+                installing = out / GAN_PAIR_INSTALLING
+                shutil.rmtree(installing, ignore_errors=True)  # an earlier interrupted install: this one replaces it
+                os.replace(staging, installing)
                 for model_card in written:
-                    for staged in (weights_path(model_card.name, staging), card_path(model_card.name, staging)):
-                        os.replace(staged, out / staged.name)
+                    for name in (weights_path(model_card.name, installing).name, card_path(model_card.name, installing).name):
+                        os.replace(installing / name, out / name)
+                installing.rmdir()
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return written
