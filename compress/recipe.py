@@ -267,7 +267,7 @@ def _check_applies(step: RecipeStep, table: dict[str, Any], where: str) -> None:
             continue
         taken = {getattr(step.config, field)}
         if step.max_drop is not None and getattr(type(step.config), "strength_field", None) == field:
-            taken |= set(step.search_values())  # the search tries these too
+            taken = set(step.search_values())  # every candidate replaces the step's own value with one of these
         if needed not in taken:
             raise SlimlensError(f"{where}: {key} applies only with {field} = {needed!r}, and this step uses "
                                 f"{' / '.join(repr(v) for v in sorted(taken, key=str))}; remove {key} or set {field} = {needed!r}")

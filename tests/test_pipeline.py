@@ -68,6 +68,8 @@ def test_recipe_resolves_defaults_and_round_trips():
          "percentile applies only with calibration = 'percentile', and this step uses 'minmax'; remove percentile"),
         ('[[steps]]\nstep = "quantize_static_onnx"\ncalibration = "entropy"\nmax_drop = 1\nsearch = ["minmax", "entropy"]\npercentile = 99.9\n',
          "this step uses 'entropy' / 'minmax'"),
+        ('[[steps]]\nstep = "quantize_static_onnx"\ncalibration = "percentile"\nmax_drop = 1\nsearch = ["minmax", "entropy"]\npercentile = 99.9\n',
+         "this step uses 'entropy' / 'minmax'"),  # the search replaces the step's own calibration
     ],
 )
 def test_recipe_errors_name_file_step_and_key(text, expected):
