@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -115,7 +117,7 @@ def test_gan_training_that_fails_part_way_leaves_the_old_pair(tmp_path, monkeypa
     zoo.load("dcgan-g", root=tmp_path), zoo.load("dcgan-d", root=tmp_path)
 
 
-def test_an_interrupted_gan_pair_install_is_refused_until_trained_again(tmp_path):
+def test_an_interrupted_gan_pair_install_is_refused_until_trained_again(tmp_path, monkeypatch):
     import shutil
 
     from zoo.cards import GAN_PAIR_INSTALLING, TRAINED_DIR
@@ -127,11 +129,25 @@ def test_an_interrupted_gan_pair_install_is_refused_until_trained_again(tmp_path
     installing = tmp_path / GAN_PAIR_INSTALLING
     installing.mkdir()
     (installing / "dcgan-d.card.json").write_bytes((TRAINED_DIR / "dcgan-d.card.json").read_bytes())  # not yet moved
+    (installing / "stray.tmp").write_bytes(b"")  # a name the new pair lacks goes too
     for name in ("dcgan-g", "dcgan-d"):
         with pytest.raises(WeightsError, match=rf"holds a GAN pair whose install was interrupted .* zoo train {name} --out"):
             zoo.load(name, root=tmp_path)
     zoo.load("seed-cnn")  # other models, and the package's own pair, are not affected
     zoo.load("dcgan-g")
+    real_replace = os.replace
+
+    def stop_inside_the_marker(source, target):
+        if installing in (Path(target), Path(target).parent):  # a retrain is interrupted as it first fills the marker
+            raise KeyboardInterrupt
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", stop_inside_the_marker)
+    with pytest.raises(KeyboardInterrupt):
+        train("dcgan-g", out=tmp_path, quick=True)
+    monkeypatch.undo()
+    with pytest.raises(WeightsError, match="install was interrupted"):  # the marker never went empty
+        zoo.load("dcgan-g", root=tmp_path)
     cards = train("dcgan-g", out=tmp_path, quick=True)
     assert not installing.exists() and sorted(c.name for c in cards) == ["dcgan-d", "dcgan-g"]
     assert zoo.load("dcgan-g", root=tmp_path) is not None and zoo.load("dcgan-d", root=tmp_path) is not None

@@ -188,6 +188,24 @@ def fit(name: str, data: DigitDataset, progress: Progress = lambda message: None
     return model.eval()
 
 
+def _into_marker(staging: Path, installing: Path) -> None:
+    """Make ``installing`` hold exactly the staged pair, never passing through an empty marker once one holds files."""
+    if installing.is_dir() and any(installing.iterdir()):
+        # An earlier install was interrupted and only this non-empty marker keeps its mixed pair from
+        # loading: overwrite file by file (each rename is atomic), then drop names the new pair lacks.
+        staged = {path.name for path in staging.iterdir()}
+        for name in sorted(staged):
+            os.replace(staging / name, installing / name)
+        for path in installing.iterdir():
+            if path.name not in staged:
+                path.unlink()
+        staging.rmdir()
+        return
+    if installing.is_dir():
+        installing.rmdir()  # empty: an install that ended after its last move
+    os.replace(staging, installing)
+
+
 def _write_gan_pair(pair: tuple[tuple[ModelSpec, nn.Module], ...], folder: Path, out: Path, data: DigitDataset, test_size: int,
                     seconds: float, epochs: int, quick: bool, data_root: str | Path | None) -> list[ModelCard]:
     """Write the generator's and discriminator's weights and cards into ``folder`` (staged inside ``out``); return the cards."""
@@ -256,8 +274,7 @@ def _train(name: str, out: str | Path | None, quick: bool, data_root: str | Path
                 # Four renames are not atomic as a group: the complete pair first becomes the marker folder
                 # (one rename), so an interruption among the four leaves it non-empty and loading refuses.
                 installing = out / GAN_PAIR_INSTALLING
-                shutil.rmtree(installing, ignore_errors=True)  # an earlier interrupted install: this one replaces it
-                os.replace(staging, installing)
+                _into_marker(staging, installing)
                 for model_card in written:
                     for name in (weights_path(model_card.name, installing).name, card_path(model_card.name, installing).name):
                         os.replace(installing / name, out / name)
