@@ -80,7 +80,8 @@ def edge_rows(run: compress.RunResult, threads: int) -> list[Row]:
 
     def paired(base: str) -> tuple[str, float | None]:
         mine, theirs = cpu[final["name"]]["throughput_per_s_by_round"], cpu[base]["throughput_per_s_by_round"]
-        if len(mine) != len(theirs):
+        # by_round lists only the rounds that ran, so after a failed round positions no longer name rounds
+        if len(mine) != len(theirs) or cpu[final["name"]].get("failed_rounds") or cpu[base].get("failed_rounds"):
             return "rounds not paired: a round failed for one of them", None
         ratios = [a / b for a, b in zip(mine, theirs)]
         if len(ratios) < 2:
