@@ -271,13 +271,13 @@ def _train(name: str, out: str | Path | None, quick: bool, data_root: str | Path
             written = _write_gan_pair(((g_spec, g_model), (d_spec, d_model)), staging, out, data, test_size, seconds,
                                       epochs, quick, data_root)
             with writing(out):
-                # Four renames are not atomic as a group: the complete pair first becomes the marker folder
-                # (one rename), so an interruption among the four leaves it non-empty and loading refuses.
+                # Four renames are not atomic as a group: the complete pair first fills the marker folder,
+                # so an interruption among the four leaves it non-empty and loading refuses.
                 installing = out / GAN_PAIR_INSTALLING
                 _into_marker(staging, installing)
                 for model_card in written:
-                    for name in (weights_path(model_card.name, installing).name, card_path(model_card.name, installing).name):
-                        os.replace(installing / name, out / name)
+                    for staged in (weights_path(model_card.name, installing), card_path(model_card.name, installing)):
+                        os.replace(staged, out / staged.name)
                 installing.rmdir()
         finally:
             shutil.rmtree(staging, ignore_errors=True)
