@@ -167,9 +167,11 @@ def test_a_search_over_sizes_a_few_bytes_apart_keeps_the_smallest_drop(tmp_path:
     trail = {t["calibration"]: t for t in search["trail"]}
     sizes = [t["gzip_bytes"] for t in trail.values()]
     assert max(sizes) <= min(sizes) * 1.01 and trail["entropy"]["drop"] > 10  # all "the same size"
-    assert search["chosen"] == min(trail, key=lambda c: trail[c]["drop"]) == "minmax"
+    # Which of minmax and percentile loses least also varies between CPUs; entropy must never be kept.
+    chosen = search["chosen"]
+    assert chosen != "entropy" and trail[chosen]["drop"] == min(t["drop"] for t in trail.values())
     assert search["met"] and search["same_size_within"] == 0.01
-    assert variants.results["variants"][1]["metric_drop"] == trail["minmax"]["drop"]
+    assert variants.results["variants"][1]["metric_drop"] == trail[chosen]["drop"]
 
 
 def test_terminal_variants_end_their_branch_and_optional_steps_skip(tmp_path: Path):
