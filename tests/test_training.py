@@ -152,3 +152,30 @@ def test_an_interrupted_gan_pair_install_is_refused_until_trained_again(tmp_path
     assert not installing.exists() and sorted(c.name for c in cards) == ["dcgan-d", "dcgan-g"]
     assert zoo.load("dcgan-g", root=tmp_path) is not None and zoo.load("dcgan-d", root=tmp_path) is not None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dcgan-d.card.json", "dcgan-d.safetensors", "dcgan-g.card.json", "dcgan-g.safetensors"]
+
+
+def test_a_gan_install_waits_while_another_install_holds_the_folder(tmp_path):
+    import threading
+    import time
+
+    from zoo.cards import GAN_PAIR_INSTALLING
+
+    fcntl = pytest.importorskip("fcntl")  # POSIX only, like the lock itself
+    held = os.open(tmp_path, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # what a concurrent `zoo train dcgan-g --out tmp_path` holds while it installs
+    outcome: list = []
+    worker = threading.Thread(target=lambda: outcome.append(train("dcgan-g", out=tmp_path, quick=True)))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 300
+        while not any(len(list(p.iterdir())) == 4 for p in tmp_path.glob(".dcgan-pair.*.partial")):
+            assert worker.is_alive() and time.monotonic() < deadline, outcome
+            time.sleep(0.05)
+        time.sleep(1.0)  # the staged pair is complete; an unguarded install would now fill the marker
+        assert not (tmp_path / GAN_PAIR_INSTALLING).exists() and not list(tmp_path.glob("*.safetensors"))
+    finally:
+        os.close(held)
+    worker.join(300)
+    assert len(outcome) == 1 and sorted(c.name for c in outcome[0]) == ["dcgan-d", "dcgan-g"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dcgan-d.card.json", "dcgan-d.safetensors", "dcgan-g.card.json", "dcgan-g.safetensors"]
+    zoo.load("dcgan-g", root=tmp_path), zoo.load("dcgan-d", root=tmp_path)

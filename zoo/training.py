@@ -6,6 +6,7 @@ reproduces the committed card's metrics within run-to-run float noise.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -15,7 +16,7 @@ import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -206,6 +207,23 @@ def _into_marker(staging: Path, installing: Path) -> None:
     os.replace(staging, installing)
 
 
+@contextlib.contextmanager
+def _install_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` so that two GAN installs into it run one after the other."""
+    try:
+        import fcntl
+    except ImportError:  # Windows has no flock: concurrent installs into one folder stay unguarded there
+        yield
+        return
+    # Locking the folder itself leaves no lock file behind; the kernel drops the lock if the process dies.
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _write_gan_pair(pair: tuple[tuple[ModelSpec, nn.Module], ...], folder: Path, out: Path, data: DigitDataset, test_size: int,
                     seconds: float, epochs: int, quick: bool, data_root: str | Path | None) -> list[ModelCard]:
     """Write the generator's and discriminator's weights and cards into ``folder`` (staged inside ``out``); return the cards."""
@@ -270,9 +288,10 @@ def _train(name: str, out: str | Path | None, quick: bool, data_root: str | Path
         try:
             written = _write_gan_pair(((g_spec, g_model), (d_spec, d_model)), staging, out, data, test_size, seconds,
                                       epochs, quick, data_root)
-            with writing(out):
+            with writing(out), _install_lock(out):
                 # Four renames are not atomic as a group: the complete pair first fills the marker folder,
-                # so an interruption among the four leaves it non-empty and loading refuses.
+                # so an interruption among the four leaves it non-empty and loading refuses. Another
+                # train into the same folder waits for the lock, so two pairs never interleave.
                 installing = out / GAN_PAIR_INSTALLING
                 _into_marker(staging, installing)
                 for model_card in written:
