@@ -14,7 +14,7 @@ EXIT_BAD_INPUT = 2
 
 
 def _say(args: argparse.Namespace, message: str) -> None:
-    if not getattr(args, "quiet", False):
+    if not getattr(args, "quiet", False) or message.startswith("warning:"):  # --quiet drops progress, never a warning
         print(message, file=sys.stderr, flush=True)
 
 
@@ -175,7 +175,7 @@ def _add_zoo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="slimlens-zoo", help="folder for the new weights and cards (default: ./slimlens-zoo)")
     p.add_argument("--quick", action="store_true", help="one short epoch on 512 images: a smoke test")
     p.add_argument("--data-root", help="a torchvision-format MNIST folder instead of the bundled digits")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--quiet", action="store_true", help="no progress lines (warnings still print)")
     p.set_defaults(func=cmd_zoo_train)
 
     p = zsub.add_parser("samples", help="draw a grid of a generator's samples as a PNG")
@@ -300,7 +300,7 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds over the variants (default: 3)")
     p.add_argument("--no-report", dest="report", action="store_false", help="skip report.html")
     p.add_argument("--onnx-exporter", choices=("auto", "dynamo", "legacy"), default="auto", help="ONNX exporter for the fp32 exports")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--quiet", action="store_true", help="no progress lines (warnings still print)")
     p.set_defaults(func=cmd_compress)
 
 
@@ -361,7 +361,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-html", action="store_true", help="write results.json only")
     p.add_argument("--out", help="folder to write results.json and report.html into (default: ./bench-MODEL)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--quiet", action="store_true", help="no progress lines (warnings still print)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -415,7 +415,7 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shared-scale", action="store_true", help="one colour scale per method in the grid instead of one per map")
     p.add_argument("--seed", type=int, default=0, help="seed for noise, random baselines and latents (default: 0)")
     p.add_argument("--weights-root", help="folder of retrained weights and cards (default: the ones shipped with slimlens)")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--quiet", action="store_true", help="no progress lines (warnings still print)")
     p.set_defaults(func=cmd_explain)
 
 

@@ -51,6 +51,11 @@ SAME_SIZE = 0.01
 # A classifier's int8 ONNX file against its float model: rounding flips a few borderline inputs;
 # more than this share of flips points at a broken quantization (e.g. calibration on too few inputs).
 QUANTIZED_MIN_AGREEMENT = 0.98
+# A step that costs more than this many points (of the variant it started from) has most likely broken
+# the model for this use: a preset's strength tuned on one network can be far too strong for another.
+LARGE_STEP_DROP = 5.0
+# Distillation's student trained alone beating the distilled one by this much means the teacher's targets hurt.
+ALONE_BEATS_DISTILLED = 1.0
 
 
 class RunResult(list):
@@ -116,6 +121,25 @@ def metric_drop_points(data: CompressionData, base: dict, new: dict) -> float:
     """How much worse ``new`` is than ``base`` on the primary metric: points for fractions, metric units otherwise."""
     drop = data.metric_drop(base, new)
     return drop * 100 if data.primary_metric in POINT_METRICS else drop
+
+
+def _step_warnings(data: CompressionData, recipe_step: RecipeStep, before: dict, made: list[dict]) -> list[str]:
+    """Warnings about what a step made: a large loss against the variant it started from, or a distillation that hurt."""
+    if data.primary_metric not in POINT_METRICS:  # FD and MSE have no scale on which "large" means the same for every model
+        return []
+    metric, warnings = data.primary_metric, []
+    first = made[0]["metrics"][metric]
+    lost = metric_drop_points(data, before, made[0]["metrics"])
+    if recipe_step.max_drop is None and lost > LARGE_STEP_DROP:
+        warnings.append(f"{metric} fell {lost:.1f} points in this step ({before[metric]:.3f} → {first:.3f}); "
+                        f"a gentler setting, or max_drop with a search, keeps the model usable")
+    if recipe_step.step == "distill" and len(made) > 1:
+        alone = made[1]["metrics"][metric]
+        ahead = metric_drop_points(data, made[1]["metrics"], made[0]["metrics"])
+        if ahead >= ALONE_BEATS_DISTILLED:
+            warnings.append(f"the student trained alone beat the distilled one ({alone:.3f} against {first:.3f}): the teacher's "
+                            f"targets hurt; a teacher that scores poorly on augmented digits is one cause (try augment = false)")
+    return warnings
 
 
 def _compressed_bytes(variant: Variant) -> int:
@@ -496,6 +520,7 @@ def _run_into(out: Path, model: nn.Module, recipe: Recipe, data: CompressionData
                  "original", [], 0.0)
 
     current, chain_steps, timings = model, [], []
+    current_metrics = recorder.entries[0]["metrics"]
     for index, recipe_step in enumerate(recipe.steps):
         progress(f"[{index + 1}/{len(recipe.steps)}] {recipe_step.label} ({recipe_step.step})")
         start = time.perf_counter()
@@ -521,16 +546,23 @@ def _run_into(out: Path, model: nn.Module, recipe: Recipe, data: CompressionData
         step_record = {"step": recipe_step.step, **dataclasses.asdict(config)}
         timings.append({"step": recipe_step.label, "seconds": round(seconds, 2), **({"search": search} if search else {})})
         outputs = _outputs(output, recipe_step, data.source, current)
+        made = []
         for i, (name, produced) in enumerate(outputs):
             extra = {"search": search} if search and i == 0 else {}
             # A step's own record of what it did (backend, exporter) is kept, on top of its settings.
             own = produced.variant.steps[-1] if produced.variant.steps else {}
             # A step that trains several variants one after another (distill: student, then alone) times each.
             produced_in = own.get("training_seconds", seconds)
-            recorder.add(produced, name, chain_steps + [{**step_record, **own}], produced_in, extra)
+            made.append(recorder.add(produced, name, chain_steps + [{**step_record, **own}], produced_in, extra))
+        warnings = _step_warnings(data, recipe_step, current_metrics, made)
+        for warning in warnings:
+            progress(f"warning: {recipe_step.label}: {warning}")
+        if warnings:
+            timings[-1]["warnings"] = warnings
         first = outputs[0][1]
         if first.chains:
             current, chain_steps = first.variant.module, chain_steps + [step_record]
+            current_metrics = made[0]["metrics"]
 
     extra: dict[str, Any] = {}
     if recipe.sensitivity is not None:

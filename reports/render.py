@@ -301,6 +301,9 @@ def _step_log(timings: Any) -> list[dict[str, Any]]:
             outcome = (f"searched {search.get('field')}: kept {search.get('chosen')}, "
                        + (f"within max_drop {search.get('max_drop')}" if not warn else
                           f"none within max_drop {search.get('max_drop')} of the original, so the weakest was kept"))
+        warnings = t.get("warnings")
+        if isinstance(warnings, list) and warnings:
+            warn, outcome = True, "; ".join([outcome, *map(str, warnings)])
         log.append({"step": t.get("step", "?"), "seconds": t.get("seconds"), "outcome": outcome, "warn": warn})
     return log
 

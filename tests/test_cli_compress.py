@@ -205,3 +205,12 @@ def test_a_terminated_run_removes_its_unfinished_folder(tmp_path: Path):
         proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM and err.strip().endswith("slimlens: terminated")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["slow.toml"]  # no run, no hidden .partial folder
+
+
+def test_quiet_keeps_the_warnings(tmp_path: Path, capsys):
+    recipe = tmp_path / "ruin.toml"
+    recipe.write_text('[[steps]]\nstep = "prune-unstructured"\nsparsity = 0.995\nepochs = 0\n')
+    assert cli.main(["compress", "simplenet", "--recipe", str(recipe), "--out", str(tmp_path / "run"), "--no-latency", "--no-report",
+                     "--quiet"]) == 0
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("warning: prune-unstructured: accuracy fell") and "max_drop with a search" in line

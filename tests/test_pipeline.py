@@ -410,3 +410,26 @@ def test_sizes_within_one_percent_count_as_equal_and_the_smaller_drop_wins():
     one_byte_smaller, smaller_drop, half_the_size = ("b", None, 999, 45.6), ("a", None, 1000, 0.4), ("c", None, 500, 0.9)
     assert _smallest([smaller_drop, one_byte_smaller]) is smaller_drop
     assert _smallest([smaller_drop, one_byte_smaller, half_the_size]) is half_the_size  # really smaller still wins
+
+
+def test_a_step_that_breaks_the_model_or_a_distillation_that_hurts_is_warned_about(tmp_path: Path):
+    from compress.context import data_for
+    from reports.render import _step_log
+
+    said: list[str] = []
+    recipe = [{"step": "prune-unstructured", "sparsity": 0.3, "epochs": 0, "name": "gentle"},
+              {"step": "prune-unstructured", "sparsity": 0.995, "epochs": 0, "name": "ruined"}]
+    variants = run("simplenet", recipe, out_dir=tmp_path / "prune", export=False, progress=said.append)
+    gentle, ruined = variants.results["timings"]["steps"]
+    assert "warnings" not in gentle
+    (warning,) = ruined["warnings"]
+    before, after = (variants.results["variants"][i]["metrics"]["accuracy"] for i in (1, 2))
+    assert before - after > 0.05 and warning.startswith(f"accuracy fell {100 * (before - after):.1f} points in this step")
+    assert f"warning: ruined: {warning}" in said
+    assert [s["warn"] for s in _step_log(variants.results["timings"])] == [False, True]
+
+    # An untrained teacher: its targets are noise, so the student trained on the labels alone does far better.
+    variants = run(VersionedNet(), [{"step": "distill", "student": "self", "epochs": 0.3}], data_for("tests:VersionedNet", data="mnist"),
+                   out_dir=tmp_path / "distill", export=False)
+    (warning,) = variants.results["timings"]["steps"][0]["warnings"]
+    assert warning.startswith("the student trained alone beat the distilled one")

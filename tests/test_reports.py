@@ -365,11 +365,14 @@ def test_recipe_steps_show_skips_and_a_missed_search(results: dict, tmp_path: Pa
     run["timings"] = {"steps": [  # compress/pipeline.py's layout
         {"step": "quantize_static_onnx", "seconds": 0.0, "skipped": "runs on cnn models only, not lstm"},
         {"step": "prune-structured", "seconds": 3.2, "search": {"field": "ratio", "max_drop": 0.0, "chosen": 0.5, "met": False, "trail": []}},
-        {"step": "distill", "seconds": 9.0}]}
+        {"step": "distill", "seconds": 9.0},
+        {"step": "pruned-distilled", "seconds": 9.0, "warnings": ["the student trained alone beat the distilled one (0.837 against 0.579)"]}]}
     html = reports.render([run], tmp_path / "steps.html").read_text()
     assert "Recipe steps" in html and "skipped: runs on cnn models only, not lstm" in html
-    assert '<td class="l bad">searched ratio: kept 0.5, none within max_drop 0.0 of the original' in html
-    assert "made its variant" in html
+    assert '<td class="l wrap bad">searched ratio: kept 0.5, none within max_drop 0.0 of the original' in html
+    assert "made its variant</td>" in html
+    assert '<td class="l wrap bad">made its variant; the student trained alone beat the distilled one (0.837 against 0.579)</td>' in html
+    assert "<b>2 recipe steps warned</b> (prune-structured, pruned-distilled)" in html
 
 
 def _untimed(run: dict) -> dict:
