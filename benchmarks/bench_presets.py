@@ -25,8 +25,8 @@ LIMIT_S = 300
 PRESETS = ("int8", "prune-structured", "distill", "deep-compression", "edge")
 
 
-def run_one(model: str, preset: str, out: Path, threads: int) -> tuple[float, int, str]:
-    """(seconds, exit code, last line of output) of one `slimlens compress` command."""
+def run_one(model: str, preset: str, out: Path, threads: int) -> tuple[float, int, str, list[str]]:
+    """(seconds, exit code, last line of output, warning lines) of one `slimlens compress` command."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     command = [sys.executable, "-m", "cli", "compress", model, "--recipe", preset, "--out", str(out), "--quiet"]
     start = time.perf_counter()
@@ -34,10 +34,11 @@ def run_one(model: str, preset: str, out: Path, threads: int) -> tuple[float, in
         done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=2 * LIMIT_S,
                               cwd=Path(__file__).resolve().parents[1])
     except subprocess.TimeoutExpired:
-        return time.perf_counter() - start, -1, f"killed after {2 * LIMIT_S} s"
+        return time.perf_counter() - start, -1, f"killed after {2 * LIMIT_S} s", []
     seconds = time.perf_counter() - start
     lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip() and "Warning" not in line]
-    return seconds, done.returncode, lines[-1][:110] if lines else ""
+    warnings = [line for line in lines if line.startswith("warning:")]  # --quiet keeps slimlens's own warnings
+    return seconds, done.returncode, lines[-1][:110] if lines else "", warnings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,12 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="slimlens-presets-") as tmp:
         for model in args.models.split(","):
             for preset in args.presets.split(","):
-                seconds, code, last = run_one(model, preset, Path(tmp) / f"{model}-{preset}", args.threads)
+                seconds, code, last, warnings = run_one(model, preset, Path(tmp) / f"{model}-{preset}", args.threads)
                 verdict = "ok" if code == 0 else ("refused: " + last if code == 2 else f"FAILED (exit {code}): {last}")
                 over = seconds > LIMIT_S
                 bad += over or code not in (0, 2)
                 worst = max(worst, seconds)
                 print(f"{model:20s} {preset:18s} {seconds:8.1f}  {verdict}{'  OVER THE LIMIT' if over else ''}", flush=True)
+                for warning in warnings:
+                    print(f"{'':48s}{warning}", flush=True)
     print(f"machine at the end: {machine(args.threads)}")
     print(f"slowest run {worst:.0f} s (limit {LIMIT_S} s); {bad} run(s) over the limit or failed")
     return 1 if bad else 0
