@@ -550,3 +550,15 @@ def test_the_report_says_how_each_variant_was_checked(tmp_path: Path) -> None:
     assert "against its PyTorch model: passed (agreement 1.000" in provenance  # original-onnx
     assert "against its float model: passed (agreement" in provenance  # int8-static-onnx
     assert "no ONNX export: half-precision variants are not exported" in provenance
+
+
+def test_the_headline_size_reduction_shows_what_it_cost(results: dict, tmp_path: Path) -> None:
+    run = copy.deepcopy(results)
+    run["_dir"] = str(tmp_path)
+    metric = run.get("primary_metric") or "accuracy"
+    smallest = min(run["variants"][1:], key=lambda e: e["size_bytes"])
+    smallest["size_bytes"] = run["variants"][0]["size_bytes"] // 10
+    smallest["metrics"][metric] = run["variants"][0]["metrics"][metric] - 0.25  # a broken variant must not read as a win
+    html = reports.render([run], tmp_path / "r.html").read_text()
+    fact = html.split("largest size reduction")[1].split("</div>")[0]
+    assert smallest["name"] in fact and '<span class="bad">accuracy -0.2500</span>' in fact
