@@ -197,15 +197,20 @@ def check_parity(
         return {"passed": False, "reason": f"output shape {tuple(out.shape)} differs from reference {tuple(ref.shape)}",
                 "samples": len(inputs)}
     diff = (ref - out).abs()
+    not_finite = int((~torch.isfinite(out)).sum())
     result: dict[str, Any] = {
         "samples": len(inputs),
-        "max_abs_diff": float(diff.max()),
-        "mean_abs_diff": float(diff.mean()),
+        # NaN is no JSON number, and NaN > bound is False: a variant emitting NaN must neither pass nor break results.json
+        "max_abs_diff": float(diff.max()) if not not_finite else None,
+        "mean_abs_diff": float(diff.mean()) if not not_finite else None,
         "argmax_agreement": None,
         "tolerance": {"atol": atol, "rtol": rtol if atol is not None else None, "min_agreement": min_agreement},
     }
     failures = []
-    if atol is not None:
+    if not_finite:
+        result["not_finite_outputs"] = not_finite
+        failures.append(f"{not_finite} of {out.numel()} output values are NaN or infinite")
+    elif atol is not None:
         bound = atol + rtol * float(ref.abs().max())
         if result["max_abs_diff"] > bound:
             failures.append(f"max abs diff {result['max_abs_diff']:.3g} > {bound:.3g}")

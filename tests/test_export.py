@@ -108,3 +108,17 @@ def test_the_file_has_the_opset_asked_for_or_the_export_fails(tmp_path, capfd):
             StaticInt8Config(opset=bad)
         with pytest.raises(SlimlensError, match=f"opset={bad} is outside"):
             ExportOnnxConfig(opset=bad)
+
+
+def test_parity_check_fails_outputs_that_are_not_finite():
+    model = zoo.load("seed-autoencoder")
+    inputs = data_for("seed-autoencoder").example_input(8)
+
+    def broken(x: torch.Tensor) -> torch.Tensor:
+        out = model(x).clone()
+        out[0, 0, 0, 0] = float("nan")  # NaN > bound is False: an unguarded check would pass this
+        return out
+
+    parity = check_parity(model, broken, inputs)
+    assert not parity["passed"] and parity["reason"] == f"1 of {8 * 28 * 28} output values are NaN or infinite"
+    assert parity["max_abs_diff"] is None and parity["not_finite_outputs"] == 1

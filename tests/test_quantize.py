@@ -131,6 +131,7 @@ def test_steps_called_directly_leave_no_temporary_files(cnn, tmp_path, monkeypat
     ({"calibration": "kl"}, "unknown calibration method"),
     ({"percentile": 12.0}, "percentile"),
     ({"activations": "int4"}, "activations"),
+    ({"activations": "int8", "weights": "uint8"}, "not a pair ONNX Runtime quantizes"),
 ])
 def test_bad_static_settings_are_refused(settings, message):
     with pytest.raises(QuantizationError, match=message):
@@ -179,6 +180,65 @@ def test_qat_deploys_the_ranges_it_learned():
     assert abs(data.evaluate(variant)["accuracy"] - data.evaluate(variant.stand_in)["accuracy"]) <= 0.005
 
 
+def test_qat_folds_batchnorm_into_a_transposed_convolution_as_onnx_runtime_will():
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from compress.quantize import QatConfig, quantization_aware_training
+
+    # dcgan-g's BatchNorms follow ConvTranspose2d, which torch.fx's fuse() does not fold; ONNX Runtime does
+    variant = quantization_aware_training(zoo.load("dcgan-g"), QatConfig(epochs=0.02, samples=16), data_for("dcgan-g"))
+    assert variant.steps[0]["learned_input_ranges"] == "3 of 3 layers"
+    arrays = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(variant.artifact)).graph.initializer}
+    trained = [m.weight.detach().numpy() for m in variant.stand_in.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    deployed = [arrays[name].astype(np.float32) * arrays[name.replace("_quantized", "_scale")].reshape(1, -1, 1, 1)
+                for name in sorted(arrays) if name.endswith("weight_quantized")]
+    assert len(trained) == len(deployed) == 3
+    for weight in trained:  # each deployed int8 weight is exactly the weight QAT trained on its grid
+        assert any(w.shape == weight.shape and np.abs(w - weight).max() < 1e-6 for w in deployed)
+
+
+class _LstmClassifier(torch.nn.Module):
+    """A user's model (family custom) whose main layer is an LSTM."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = torch.nn.LSTM(28, 32, batch_first=True)
+        self.head = torch.nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x[:, 0])[0][:, -1])
+
+
+class _BranchesOnData(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(784, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.fc(x.flatten(1))
+        return out if out.sum() > 0 else -out  # torch.export cannot capture a branch on the data
+
+
+def test_static_int8_of_a_custom_model_with_an_lstm_is_refused_not_mislabelled():
+    from compress.quantize import QatConfig, quantization_aware_training
+
+    data = data_for("tests:_LstmClassifier", data="mnist")
+    with pytest.raises(QuantizationError, match=r"LSTM layer 'rnn' would stay in float; use quantize_dynamic"):
+        quantize_static_onnx(_LstmClassifier().eval(), StaticInt8Config(samples=8), data)
+    with pytest.raises(QuantizationError, match=r"LSTM layer 'rnn' would stay in float"):
+        quantization_aware_training(_LstmClassifier().eval(), QatConfig(samples=8), data)
+
+
+def test_pt2e_of_a_model_torch_export_cannot_capture_is_one_line():
+    from compress.quantize import Pt2eInt8Config, quantize_pt2e
+
+    with pytest.raises(QuantizationError, match=r"PT2E could not capture or quantize .*use quantize_static_onnx") as raised:
+        quantize_pt2e(_BranchesOnData().eval(), Pt2eInt8Config(samples=2, compile=False), data_for("tests:_BranchesOnData", data="mnist"))
+    assert "\n" not in str(raised.value)
+
+
 def test_qat_of_an_lstm_is_refused():
     from compress.quantize import QatConfig, quantization_aware_training
 
@@ -197,6 +257,7 @@ def test_pt2e_int8_cnn_is_accurate_smaller_and_reloads(cnn, tmp_path):
     loaded = load_variant(tmp_path / f"{variant.name}.variant.json")
     x = data.example_input(8)
     assert torch.equal(loaded(x), variant(x))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{variant.name}.pt2", f"{variant.name}.variant.json"]  # no partial file
 
 
 def test_pt2e_int8_quantizes_a_resnet_whose_blocks_call_one_relu_twice():

@@ -101,6 +101,9 @@ class StaticInt8Config:
         for role, value in (("activations", self.activations), ("weights", self.weights)):
             if value not in QUANT_TYPES:
                 raise QuantizationError(f"{role}={value!r} must be one of {', '.join(QUANT_TYPES)}")
+        if (self.activations, self.weights) == ("int8", "uint8"):  # ONNX Runtime has no kernels for this pair
+            raise QuantizationError("activations='int8' with weights='uint8' is not a pair ONNX Runtime quantizes; "
+                                    "use uint8/int8 (the default), int8/int8 or uint8/uint8")
         check_opset(self.opset)
 
 
@@ -113,7 +116,7 @@ def quantize_static_onnx(model: nn.Module, config: StaticInt8Config, data: Compr
     ``layer_ranges`` (weight array, input (min, max)) fixes the input range of the layer holding each
     weight instead of calibrating it (QAT's learned ranges); ``stand_in`` replaces the float copy of ``model``.
     """
-    require_static_family(data, "static int8", "ONNX Runtime cannot calibrate the LSTM op")
+    require_static_family(data, "static int8", "ONNX Runtime cannot calibrate the LSTM op", model)
     calibration = data.inputs(config.samples)
     if len(calibration) == 0:
         raise QuantizationError(f"no calibration inputs for {data.model_name}: its training split is empty")

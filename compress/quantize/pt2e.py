@@ -124,9 +124,13 @@ class Pt2eVariant(TorchVariant):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.artifact = directory / f"{self.name}.pt2"
-        partial = self.artifact.with_suffix(".pt2.partial")  # renamed into place so a crash leaves no half-written file
-        torch.export.save(self.program, str(partial))
-        partial.replace(self.artifact)
+        # Renamed into place so a crash leaves no half-written file; torch.export.save wants the .pt2 suffix.
+        partial = directory / f".{self.name}.partial.pt2"
+        try:
+            torch.export.save(self.program, str(partial))
+            partial.replace(self.artifact)
+        finally:
+            partial.unlink(missing_ok=True)
         return self._write_metadata(directory, {"sha256": hashlib.sha256(self.artifact.read_bytes()).hexdigest()})
 
 
@@ -215,7 +219,7 @@ def load_pt2e_variant(meta: dict[str, Any], common: dict[str, Any]) -> Pt2eVaria
 def quantize_pt2e(model: nn.Module, config: Pt2eInt8Config, data: CompressionData,
                   progress: Progress = no_progress) -> Pt2eVariant:
     """torch.export → prepare_pt2e(X86InductorQuantizer) → calibrate → convert_pt2e → torch.compile (needs torchao)."""
-    require_static_family(data, "PT2E static int8", "X86InductorQuantizer does not quantize LSTM")
+    require_static_family(data, "PT2E static int8", "X86InductorQuantizer does not quantize LSTM", model)
     try:
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -226,13 +230,18 @@ def quantize_pt2e(model: nn.Module, config: Pt2eInt8Config, data: CompressionDat
     progress("PT2E: exporting and inserting observers")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.export/torchao deprecation chatter
-        captured = torch.export.export(clone(model).eval(), (example,), dynamic_shapes=shapes).module()
-        _split_reused_modules(captured)
-        quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
-        prepared = prepare_pt2e(captured, quantizer)
-        with torch.no_grad():
-            prepared(data.inputs(config.samples))
-        converted = convert_pt2e(prepared)
+        try:
+            captured = torch.export.export(clone(model).eval(), (example,), dynamic_shapes=shapes).module()
+            _split_reused_modules(captured)
+            quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
+            prepared = prepare_pt2e(captured, quantizer)
+            with torch.no_grad():
+                prepared(data.inputs(config.samples))
+            converted = convert_pt2e(prepared)
+        except Exception as exc:  # torch.export raises many types (a forward that branches on its data, say)
+            raise QuantizationError(f"PT2E could not capture or quantize {data.model_name} ({type(exc).__name__}: "
+                                    f"{first_line(exc)[:200]}); use quantize_static_onnx, whose export falls back to "
+                                    "TorchScript") from None
         layers = _quantized_layers(converted)
         if layers == 0:  # the quantizer skips ops it has no pattern for; an all-float "int8" model would be mislabelled
             raise QuantizationError(f"X86InductorQuantizer quantized no layer of {data.model_name} (family {data.family}): "

@@ -35,7 +35,7 @@ class QatConfig:
     During fine-tuning every Conv/ConvTranspose/Linear sees its weights on the per-channel
     symmetric int8 grid ONNX Runtime will use (scale = max|w| / 127) and its input on a uint8
     grid (running min/max), with straight-through gradients. BatchNorm is first folded into the
-    convolution before it, as ONNX Runtime's pre-processing will fold it. The fine-tuned weights
+    convolution (plain or transposed) before it, as ONNX Runtime's pre-processing will fold it. The fine-tuned weights
     are then quantized by ONNX Runtime to exactly that weight grid, and each layer's input keeps the
     range it learned; only tensors QAT did not see (e.g. the output of a residual add) are calibrated.
     """
@@ -98,9 +98,37 @@ def _fold_batchnorm(model: nn.Module) -> nn.Module:
     from torch.fx.experimental.optimization import fuse
 
     try:
-        return fuse(model.eval())
+        folded = fuse(model.eval())
     except Exception as exc:  # torch.fx cannot trace data-dependent Python control flow
         raise QuantizationError(f"cannot fold BatchNorm for QAT: torch.fx could not trace the model ({str(exc).splitlines()[0]})") from None
+    return _fold_transposed(folded)
+
+
+def _fold_transposed(folded: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Fold the ConvTranspose+BatchNorm pairs that torch.fx's ``fuse`` leaves (it knows Conv and Linear only).
+
+    ONNX Runtime's pre-processing folds these pairs too; left apart, QAT would train weights on a grid
+    the deployed (folded) layer no longer has, and learn an input range for the wrong layer.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    modules = dict(folded.named_modules())
+    transposed = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+    for node in list(folded.graph.nodes):
+        source = node.args[0] if node.op == "call_module" and node.args else None
+        if not (isinstance(modules.get(node.target), nn.modules.batchnorm._BatchNorm) and isinstance(source, torch.fx.Node)
+                and source.op == "call_module" and isinstance(modules.get(source.target), transposed) and len(source.users) == 1):
+            continue
+        bn = modules[node.target]
+        if bn.running_mean is None:  # batch statistics at inference: nothing fixed to fold
+            continue
+        parent, _, child = source.target.rpartition(".")
+        setattr(folded.get_submodule(parent) if parent else folded, child, fuse_conv_bn_eval(modules[source.target], bn, transpose=True))
+        node.replace_all_uses_with(source)
+        folded.graph.erase_node(node)
+    folded.graph.lint()
+    folded.recompile()
+    return folded
 
 
 def _attach_fake_quant(model: nn.Module, qmax: int) -> list[Any]:
@@ -131,7 +159,7 @@ def _detach_fake_quant(model: nn.Module, handles: list[Any]) -> nn.Module:
 def quantization_aware_training(model: nn.Module, config: QatConfig, data: CompressionData,
                                 progress: Progress = no_progress) -> OnnxVariant:
     """Fine-tune ``model`` under int8 fake quantization, then export it as a calibrated static int8 QDQ ONNX file."""
-    require_static_family(data, "QAT", "its int8 deployment is ONNX Runtime static int8, which cannot calibrate the LSTM op")
+    require_static_family(data, "QAT", "its int8 deployment is ONNX Runtime static int8, which cannot calibrate the LSTM op", model)
     work = _fold_batchnorm(clone(model).eval())
     if work is model:
         work = clone(model)
