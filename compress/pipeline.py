@@ -138,7 +138,8 @@ def _step_warnings(data: CompressionData, recipe_step: RecipeStep, before: dict,
         ahead = metric_drop_points(data, made[1]["metrics"], made[0]["metrics"])
         if ahead >= ALONE_BEATS_DISTILLED:
             warnings.append(f"the student trained alone beat the distilled one ({alone:.3f} against {first:.3f}): the teacher's "
-                            f"targets hurt; a teacher that scores poorly on augmented digits is one cause (try augment = false)")
+                            f"soft targets hurt this student; try a lower temperature or alpha, more epochs, or augment = false "
+                            f"if the teacher scores poorly on augmented digits")
     return warnings
 
 

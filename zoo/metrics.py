@@ -39,7 +39,10 @@ def predicted_labels(outputs: torch.Tensor, threshold: float = 0.5) -> torch.Ten
 def output_parity(reference: torch.Tensor, outputs: torch.Tensor, classifier: bool, threshold: float = 0.5) -> dict:
     """How far ``outputs`` are from ``reference`` on the same inputs: max abs difference and, for classifiers, prediction agreement."""
     outputs = outputs.reshape(reference.shape)
+    not_finite = int((~torch.isfinite(outputs)).sum())
     parity: dict = {"max_abs_diff": float((outputs.float() - reference.float()).abs().max()), "samples": len(reference)}
+    if not_finite:  # NaN is no JSON number: say how many outputs were broken instead
+        parity.update(max_abs_diff=None, not_finite_outputs=not_finite)
     if classifier:
         agree = predicted_labels(outputs, threshold) == predicted_labels(reference, threshold)
         parity["argmax_agreement"] = float(agree.float().mean())
