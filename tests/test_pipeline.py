@@ -402,6 +402,7 @@ def test_int8_of_a_discriminator_records_its_differences_without_a_pass_rule(tmp
     check = variants.results["variants"][-1]["export_check"]
     # its generated digits sit at the decision threshold, where int8 flips a few percent: recorded, not judged
     assert check["passed"] is None and "no pass rule" in check["note"] and 0.9 < check["argmax_agreement"] <= 1.0
+    assert "warnings" not in variants.results["timings"]["steps"][0]  # its near-chance accuracy is no measure of damage
 
 
 def test_sizes_within_one_percent_count_as_equal_and_the_smaller_drop_wins():
