@@ -434,3 +434,10 @@ def test_a_step_that_breaks_the_model_or_a_distillation_that_hurts_is_warned_abo
                    out_dir=tmp_path / "distill", export=False)
     (warning,) = variants.results["timings"]["steps"][0]["warnings"]
     assert warning.startswith("the student trained alone beat the distilled one")
+
+
+def test_a_candidate_exactly_at_max_drop_is_within_it():
+    from compress.pipeline import within_max_drop
+
+    # lenet5's prune-structured at ratio 0.75 went from 0.980 to 0.960: a drop of exactly 2 points, not past max_drop 2
+    assert within_max_drop(100 * (0.98 - 0.96), 2.0) and not within_max_drop(2.1, 2.0)
