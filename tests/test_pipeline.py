@@ -222,8 +222,11 @@ def test_edge_picks_the_steps_that_fit_each_family():
     runs_on = lambda family: [s.step for s in edge.steps if s.families is None or family in s.families]  # noqa: E731
     assert runs_on("cnn") == ["prune-structured", "distill", "quantize_static_onnx"]
     assert runs_on("lstm") == ["prune-structured", "distill", "quantize_dynamic_onnx"]
-    cnn_prune, lstm_prune = (s.config for s in edge.steps if s.step == "prune-structured")
-    assert (cnn_prune.round_to, lstm_prune.ratio) == (8, 0.5)
+    cnn_prune, generative_prune, lstm_prune = (s for s in edge.steps if s.step == "prune-structured")
+    assert (cnn_prune.config.round_to, lstm_prune.config.ratio) == (8, 0.5)
+    # classifiers search their ratio within 3 points; FD and MSE have no points, so generators take the ratio as it is
+    assert (cnn_prune.search_values(), cnn_prune.max_drop, lstm_prune.search_values()) == ((0.5, 0.75), 3.0, (0.3, 0.5))
+    assert generative_prune.max_drop is None and set(generative_prune.families) == {"gan", "autoencoder"}
 
 
 def test_int8_calibrates_gans_at_a_percentile_and_the_rest_at_minmax():
