@@ -175,7 +175,7 @@ def _add_zoo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="slimlens-zoo", help="folder for the new weights and cards (default: ./slimlens-zoo)")
     p.add_argument("--quick", action="store_true", help="one short epoch on 512 images: a smoke test")
     p.add_argument("--data-root", help="a torchvision-format MNIST folder instead of the bundled digits")
-    p.add_argument("--quiet", action="store_true", help="no progress lines (warnings still print)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_zoo_train)
 
     p = zsub.add_parser("samples", help="draw a grid of a generator's samples as a PNG")
@@ -361,7 +361,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-html", action="store_true", help="write results.json only")
     p.add_argument("--out", help="folder to write results.json and report.html into (default: ./bench-MODEL)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
-    p.add_argument("--quiet", action="store_true", help="no progress lines (warnings still print)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_bench)
 
 
@@ -415,7 +415,7 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shared-scale", action="store_true", help="one colour scale per method in the grid instead of one per map")
     p.add_argument("--seed", type=int, default=0, help="seed for noise, random baselines and latents (default: 0)")
     p.add_argument("--weights-root", help="folder of retrained weights and cards (default: the ones shipped with slimlens)")
-    p.add_argument("--quiet", action="store_true", help="no progress lines (warnings still print)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_explain)
 
 

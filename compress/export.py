@@ -197,7 +197,7 @@ def check_parity(
         return {"passed": False, "reason": f"output shape {tuple(out.shape)} differs from reference {tuple(ref.shape)}",
                 "samples": len(inputs)}
     diff = (ref - out).abs()
-    not_finite = int((~torch.isfinite(out)).sum())
+    not_finite = int((~torch.isfinite(out)).sum()) + int((~torch.isfinite(ref)).sum())
     result: dict[str, Any] = {
         "samples": len(inputs),
         # NaN is no JSON number, and NaN > bound is False: a variant emitting NaN must neither pass nor break results.json
@@ -209,7 +209,7 @@ def check_parity(
     failures = []
     if not_finite:
         result["not_finite_outputs"] = not_finite
-        failures.append(f"{not_finite} of {out.numel()} output values are NaN or infinite")
+        failures.append(f"{not_finite} of {out.numel() + ref.numel()} output values (variant and reference) are NaN or infinite")
     elif atol is not None:
         bound = atol + rtol * float(ref.abs().max())
         if result["max_abs_diff"] > bound:

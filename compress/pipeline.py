@@ -135,12 +135,14 @@ def _step_warnings(data: CompressionData, recipe_step: RecipeStep, before: dict,
     first = made[0]["metrics"][metric]
     lost = metric_drop_points(data, before, made[0]["metrics"])
     if recipe_step.max_drop is None and lost > LARGE_STEP_DROP:
+        searchable = getattr(type(recipe_step.config), "strength_field", None)
         warnings.append(f"{metric} fell {lost:.1f} points in this step ({before[metric]:.3f} → {first:.3f}); "
-                        f"a gentler setting, or max_drop with a search, keeps the model usable")
+                        + ("a gentler setting, or max_drop with a search, keeps the model usable" if searchable else
+                           "this step may not suit the model; compare its variant in the report before deploying it"))
     if recipe_step.step == "distill" and len(made) > 1:
         alone = made[1]["metrics"][metric]
         ahead = metric_drop_points(data, made[1]["metrics"], made[0]["metrics"])
-        if ahead >= ALONE_BEATS_DISTILLED:
+        if round(ahead, 9) >= ALONE_BEATS_DISTILLED:  # 100 * (0.94 - 0.93) is 0.9999999999999996
             warnings.append(f"the student trained alone beat the distilled one ({alone:.3f} against {first:.3f}): the teacher's "
                             f"soft targets hurt this student; try a lower temperature or alpha, more epochs, or augment = false "
                             f"if the teacher scores poorly on augmented digits")
@@ -434,6 +436,23 @@ def check_layer_names(recipe: Recipe, model: nn.Module, data: CompressionData) -
                                 f"{type(model).__name__}; its layers: {', '.join(sorted(names))}")
 
 
+STATIC_INT8_STEPS = ("quantize_static_onnx", "qat", "quantize_pt2e")
+
+
+def check_recurrent(recipe: Recipe, model: nn.Module, data: CompressionData) -> None:
+    """Refuse, before any work, a static int8 step (not optional) on a model that holds an LSTM or GRU it would leave in float."""
+    from compress.quantize.common import require_static_family
+
+    for index, recipe_step in enumerate(recipe.steps):
+        if recipe_step.optional or recipe_step.step not in STATIC_INT8_STEPS or (
+                recipe_step.families is not None and data.family not in recipe_step.families):
+            continue
+        try:
+            require_static_family(data, recipe_step.step, "static int8 has no calibrated recurrent op", model)
+        except SlimlensError as exc:
+            raise SlimlensError(f"step {index + 1} ({recipe_step.step}): {exc}") from None
+
+
 def check_fits(model: nn.Module, data: CompressionData) -> None:
     """Fail in one line, before any work, when a user's model cannot take the data's inputs or give its outputs."""
     shape = (8, *data.input_shape)
@@ -479,6 +498,7 @@ def run(
     model, recipe, data = _resolve(model, recipe, data, seed)
     check_families(recipe, data)
     check_layer_names(recipe, model, data)
+    check_recurrent(recipe, model, data)
     if out_dir is None:
         return _run_in_workspace(Path(tempfile.mkdtemp(prefix="slimlens-run-")), model, recipe, data, progress, command, export, exporter)
     out = Path(out_dir)

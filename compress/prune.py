@@ -126,8 +126,8 @@ class PruneStructuredConfig:
     importance: str = "l2"  # group magnitude norm: "l1" or "l2"
     global_pruning: bool = False  # rank channels across layers instead of the same ratio per layer
     round_to: int | None = None  # keep channel counts at the nearest multiple of this (SIMD-friendly widths)
-    # fraction removed from channels shared across a residual add; None: the same as `ratio`. Every
-    # such channel feeds several layers and carries the skip signal, so ResNets keep more of them.
+    # fraction removed from channels shared across a residual add, capped at `ratio`; None: the same as
+    # `ratio`. Every such channel feeds several layers and carries the skip signal, so ResNets keep more.
     residual_ratio: float | None = None
 
     strength_field: ClassVar[str] = "ratio"
@@ -162,7 +162,7 @@ def residual_layers(model: nn.Module, example: torch.Tensor, skip: nn.Module) ->
 
 def layer_ratios(model: nn.Module, ratio: float, skip: nn.Module, round_to: int | None = None,
                  residual: set[nn.Module] = frozenset(), residual_ratio: float | None = None) -> dict[nn.Module, float]:
-    """The pruning ratio of every prunable layer: ``residual_ratio`` on residual streams, ``ratio`` elsewhere, widths rounded.
+    """The pruning ratio of every prunable layer: ``min(residual_ratio, ratio)`` on residual streams, ``ratio`` elsewhere, widths rounded.
 
     With ``round_to`` each layer keeps the multiple of ``round_to`` nearest to its target width.
     Torch-Pruning's own ``round_to`` rounds the kept channels down, so 32 channels at ratio 0.6
@@ -175,7 +175,8 @@ def layer_ratios(model: nn.Module, ratio: float, skip: nn.Module, round_to: int 
     for module in model.modules():
         if module is skip or not isinstance(module, PRUNABLE):
             continue
-        target = residual_ratio if (module in residual and residual_ratio is not None) else ratio
+        # residual streams are cut less, never more: a search that tries a gentler ratio lowers them too
+        target = min(residual_ratio, ratio) if (module in residual and residual_ratio is not None) else ratio
         if round_to is None:
             ratios[module] = target
             continue

@@ -120,10 +120,11 @@ def test_parity_check_fails_outputs_that_are_not_finite():
         return out
 
     parity = check_parity(model, broken, inputs)
-    assert not parity["passed"] and parity["reason"] == f"1 of {8 * 28 * 28} output values are NaN or infinite"
+    assert not parity["passed"] and parity["reason"] == f"1 of {2 * 8 * 28 * 28} output values (variant and reference) are NaN or infinite"
     assert parity["max_abs_diff"] is None and parity["not_finite_outputs"] == 1
     from zoo.metrics import output_parity  # results.json's parity against the original: no NaN written there either
 
     with torch.no_grad():
         recorded = output_parity(model(inputs), broken(inputs), classifier=False)
     assert recorded["max_abs_diff"] is None and recorded["not_finite_outputs"] == 1
+    assert not check_parity(broken, model, inputs)["passed"]  # a broken reference does not pass either

@@ -14,6 +14,7 @@ from compress.prune import (
     PruneUnstructuredConfig,
     check_output_shape,
     cubic_sparsity,
+    layer_ratios,
     output_layer,
     prunable_weights,
     prune_structured,
@@ -93,6 +94,9 @@ def test_round_to_keeps_the_nearest_multiple_and_residual_streams_keep_more():
     assert (inner.layer1[0].conv1.out_channels, inner.layer1[0].conv2.out_channels) == (8, 16)
     assert (inner.layer3[1].conv1.out_channels, inner.layer3[1].conv2.out_channels) == (32, 48)
     assert inner(data.example_input(2)).shape == (2, 10)
+    # a gentler ratio than residual_ratio (edge's search tries 0.5) cuts residual streams no harder than the rest
+    gentle = layer_ratios(model, 0.5, model.head, round_to=None, residual={model.layer2[0].conv2}, residual_ratio=0.6)
+    assert gentle[model.layer2[0].conv2] == gentle[model.layer2[0].conv1] == 0.5
     cnn = zoo.load("seed-cnn")
     assert residual_layers(cnn, data.example_input(2), cnn.head) == set()
     plain = prune_structured(cnn, PruneStructuredConfig(ratio=0.5, residual_ratio=0.1, steps=1, epochs=0), data_for("seed-cnn"))

@@ -239,9 +239,11 @@ def quantize_pt2e(model: nn.Module, config: Pt2eInt8Config, data: CompressionDat
                 prepared(data.inputs(config.samples))
             converted = convert_pt2e(prepared)
         except Exception as exc:  # torch.export raises many types (a forward that branches on its data, say)
+            # No route to recommend for a forward that branches on its data: TorchScript tracing (the ONNX
+            # fallback) would freeze one branch and give a model that is wrong on other inputs.
             raise QuantizationError(f"PT2E could not capture or quantize {data.model_name} ({type(exc).__name__}: "
-                                    f"{first_line(exc)[:200]}); use quantize_static_onnx, whose export falls back to "
-                                    "TorchScript") from None
+                                    f"{first_line(exc)[:200]}); torch.export needs a forward without Python control flow "
+                                    "on tensor values (use torch.where or torch.cond there)") from None
         layers = _quantized_layers(converted)
         if layers == 0:  # the quantizer skips ops it has no pattern for; an all-float "int8" model would be mislabelled
             raise QuantizationError(f"X86InductorQuantizer quantized no layer of {data.model_name} (family {data.family}): "

@@ -120,13 +120,15 @@ def _fold_transposed(folded: torch.fx.GraphModule) -> torch.fx.GraphModule:
                 and source.op == "call_module" and isinstance(modules.get(source.target), transposed) and len(source.users) == 1):
             continue
         bn = modules[node.target]
-        if bn.running_mean is None:  # batch statistics at inference: nothing fixed to fold
+        # batch statistics at inference leave nothing fixed to fold; fuse_conv_bn_eval assumes one group
+        if bn.running_mean is None or modules[source.target].groups != 1:
             continue
         parent, _, child = source.target.rpartition(".")
         setattr(folded.get_submodule(parent) if parent else folded, child, fuse_conv_bn_eval(modules[source.target], bn, transpose=True))
         node.replace_all_uses_with(source)
         folded.graph.erase_node(node)
     folded.graph.lint()
+    folded.delete_all_unused_submodules()
     folded.recompile()
     return folded
 
