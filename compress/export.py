@@ -153,12 +153,12 @@ def _export_legacy(model: nn.Module, example: torch.Tensor, path: Path, opset: i
 _EXPORT = {"dynamo": _export_dynamo, "legacy": _export_legacy}
 
 
-def _strip_node_metadata(graph: onnx.GraphProto) -> None:
-    for node in graph.node:
+def _strip_node_metadata(nodes: Any) -> None:
+    for node in nodes:
         del node.metadata_props[:]
         for attribute in node.attribute:  # If/Loop/Scan bodies are graphs of their own
             for body in (attribute.g, *attribute.graphs):
-                _strip_node_metadata(body)
+                _strip_node_metadata(body.node)
 
 
 def _tag_exporter(path: Path, exporter: str, skipped: dict[str, str]) -> None:
@@ -166,10 +166,8 @@ def _tag_exporter(path: Path, exporter: str, skipped: dict[str, str]) -> None:
     # The dynamo exporter annotates every node with its FX node and Python stack trace: debug text
     # that names local file paths, is not needed to run the model, and on a small network is a third
     # of the file, so a deployed artifact (and its size in results.json) would carry it for nothing.
-    _strip_node_metadata(proto.graph)
-    for function in proto.functions:
-        for node in function.node:
-            del node.metadata_props[:]
+    for nodes in (proto.graph.node, *(function.node for function in proto.functions)):
+        _strip_node_metadata(nodes)
     onnx.helper.set_model_props(proto, {EXPORTER_KEY: exporter, **{f"slimlens.{k}_failed": v for k, v in skipped.items()}})
     onnx.save(proto, str(path))
 
