@@ -109,14 +109,15 @@ def _slimmer_by_pruning(model: nn.Module, width: float, example: torch.Tensor) -
     # from every coupled layer (the output layer keeps its classes); the weights are then re-drawn.
     import torch_pruning as tp
 
-    from compress.prune import check_output_shape, output_layer, output_shape  # prune imports this module
+    from compress.prune import check_output_shape, output_layer, output_shape, recurrent_pruners, ROOT_TYPES  # prune imports this module
 
     student = copy.deepcopy(model).eval()
     head, shape = output_layer(student, example), output_shape(student, example)
     try:
         pruner = tp.pruner.MetaPruner(
             student, example, importance=tp.importance.MagnitudeImportance(p=1),
-            pruning_ratio=1 - width, ignored_layers=[head],
+            pruning_ratio=1 - width, ignored_layers=[head], customized_pruners=recurrent_pruners(),
+            root_module_types=ROOT_TYPES,
         )
         pruner.step()
     except Exception as exc:  # Torch-Pruning raises plain errors on graphs it cannot trace
@@ -238,12 +239,13 @@ def _student(config: DistillConfig, model: nn.Module, data: CompressionData) -> 
             from compress.prune import output_layer  # prune imports this module
 
             head = output_layer(model, example)
-            hidden = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d | nn.ConvTranspose2d) and m is not head]
+            hidden = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d | nn.ConvTranspose2d | nn.RNNBase) and m is not head]
             if not hidden:  # the output layer keeps its classes, so nothing is left to narrow
                 raise SlimlensError(f"distill derives no smaller student from {data.model_name}: its only weighted layer is the output "
                                     "layer, which keeps its classes; name a smaller zoo model as student, or distill a model with hidden layers")
             # Torch-Pruning leaves a layer whole when the width would keep less than one channel of it
-            narrowest = min(m.weight.shape[1 if isinstance(m, nn.ConvTranspose2d) else 0] for m in hidden)
+            narrowest = min(m.hidden_size if isinstance(m, nn.RNNBase) else m.weight.shape[1 if isinstance(m, nn.ConvTranspose2d) else 0]
+                            for m in hidden)
             suggestion = f", e.g. {2 / narrowest:.3g}" if 2 / narrowest < 1 else ""  # two channels of the narrowest layer kept
             raise SlimlensError(f"width={config.width} derives no smaller student from {data.model_name}: its narrowest layer has "
                                 f"{narrowest} channels, of which it would keep less than one; choose a larger width{suggestion}")

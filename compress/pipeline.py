@@ -402,7 +402,17 @@ def _resolve(model: nn.Module | str, recipe: Recipe | str | Path | list, data: C
         data = data_for(data, seed=seed)
     if data.family == "custom":
         check_fits(model.eval(), data)
+        data = recurrent_family(model, data)
     return model.eval(), recipe, data
+
+
+def recurrent_family(model: nn.Module, data: CompressionData) -> CompressionData:
+    """``data`` as family "lstm" when a user's model holds an LSTM, GRU or RNN layer, so recipes route it as a recurrent model."""
+    # The presets give recurrent models gentler pruning and dynamic instead of static int8 by family;
+    # as "custom", the edge preset's static int8 step would refuse a user's LSTM after minutes of work.
+    if data.family == "custom" and any(isinstance(m, nn.RNNBase) for m in model.modules()):
+        return dataclasses.replace(data, family="lstm")
+    return data
 
 
 def check_families(recipe: Recipe, data: CompressionData) -> None:
@@ -412,7 +422,8 @@ def check_families(recipe: Recipe, data: CompressionData) -> None:
             continue
         supported = get_step(recipe_step.step).families
         if supported is not None and data.family not in supported:
-            raise SlimlensError(f"step {index + 1} ({recipe_step.step}) does not apply to {data.model_name} (family {data.family}): "
+            family = f"family {data.family}" + (", as it holds a recurrent layer" if "builder" in data.source and data.family == "lstm" else "")
+            raise SlimlensError(f"step {index + 1} ({recipe_step.step}) does not apply to {data.model_name} ({family}): "
                                 f"it compresses {', '.join(supported)} models; mark it optional = true, "
                                 f"or give it families = [...] in the recipe")
         if getattr(recipe_step.config, "mixup", 0) > 0 and not data.labelled:

@@ -97,15 +97,19 @@ def _teacher(model: nn.Module, data: CompressionData, original: nn.Module | None
 # ---------------------------------------------------------------- structured (channel) pruning
 
 
-class _LSTMPruner(LSTMPruner):
-    """Torch-Pruning 1.6.1's LSTM pruner slices weight_hh by the wrong rows; this one removes a hidden unit from all four gates."""
+RECURRENT = (nn.LSTM, nn.GRU, nn.RNN)
+_GATES = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}  # gate blocks stacked in weight_ih/weight_hh: LSTM i,f,g,o; GRU r,z,n
 
-    def prune_out_channels(self, layer: nn.LSTM, idxs: list) -> nn.Module:
+
+class _RecurrentPruner(LSTMPruner):
+    """Removes a hidden unit from every gate of an LSTM, GRU or RNN (Torch-Pruning 1.6.1's LSTM pruner slices weight_hh by the wrong rows)."""
+
+    def prune_out_channels(self, layer: nn.RNNBase, idxs: list) -> nn.Module:
         if layer.num_layers != 1:
-            raise SlimlensError("structured pruning supports single-layer LSTMs only; use prune-unstructured")
+            raise SlimlensError(f"structured pruning supports single-layer {type(layer).__name__}s only; use prune-unstructured")
         drop = {int(i) for i in idxs}
         keep = torch.tensor([i for i in range(layer.hidden_size) if i not in drop])
-        gates = torch.cat([keep + g * layer.hidden_size for g in range(4)])  # i, f, g, o blocks
+        gates = torch.cat([keep + g * layer.hidden_size for g in range(_GATES[type(layer)])])
         for suffix in [""] + (["_reverse"] if layer.bidirectional else []):
             for attr, dim, index in (("weight_ih_l0", 0, gates), ("weight_hh_l0", 0, gates), ("weight_hh_l0", 1, keep),
                                      ("bias_ih_l0", 0, gates), ("bias_hh_l0", 0, gates)):
@@ -115,9 +119,20 @@ class _LSTMPruner(LSTMPruner):
         return layer
 
 
+def recurrent_pruners() -> dict[type, _RecurrentPruner]:
+    """Torch-Pruning ``customized_pruners`` for every recurrent layer type (it knows only LSTM, and slices that wrongly)."""
+    pruner = _RecurrentPruner()
+    return {kind: pruner for kind in RECURRENT}
+
+
+# Layers a Torch-Pruning group may start from; its default list has the LSTM but no GRU or RNN, whose
+# hidden units would then never be offered for removal.
+ROOT_TYPES = [nn.modules.conv._ConvNd, nn.Linear, *RECURRENT]
+
+
 @dataclass(frozen=True)
 class PruneStructuredConfig:
-    """Remove whole channels (and LSTM hidden units) with Torch-Pruning's dependency graph, fine-tuning between rounds."""
+    """Remove whole channels (and LSTM/GRU hidden units) with Torch-Pruning's dependency graph, fine-tuning between rounds."""
 
     ratio: float = 0.5  # fraction of channels removed from every prunable group (0.5 → about 4x fewer MACs in convs)
     steps: int = 3  # prune → fine-tune rounds; the ratio rises linearly over them
@@ -189,7 +204,7 @@ def layer_ratios(model: nn.Module, ratio: float, skip: nn.Module, round_to: int 
 
 def _require_hidden_layer(model: nn.Module, head: nn.Module, name: str) -> None:
     """Refuse, before any fine-tuning, a model whose only weighted layer is the output layer (kept whole)."""
-    if not any(isinstance(m, (*PRUNABLE, nn.LSTM)) and m is not head for m in model.modules()):
+    if not any(isinstance(m, (*PRUNABLE, *RECURRENT)) and m is not head for m in model.modules()):
         raise SlimlensError(f"prune-structured found no channels to remove in {name}: its only weighted layer is "
                             "the output layer; use prune-unstructured instead")
 
@@ -213,7 +228,7 @@ def prune_structured(model: nn.Module, config: PruneStructuredConfig, data: Comp
         pruner = tp.pruner.BasePruner(
             pruned, example, importance=importance, pruning_ratio=config.ratio, pruning_ratio_dict=per_layer,
             iterative_steps=config.steps, global_pruning=config.global_pruning, ignored_layers=[head],
-            customized_pruners={nn.LSTM: _LSTMPruner()},
+            customized_pruners=recurrent_pruners(), root_module_types=ROOT_TYPES,
         )
     except Exception as exc:  # Torch-Pruning raises plain errors on graphs it cannot trace
         raise SlimlensError(f"Torch-Pruning cannot trace {type(model).__name__} ({first_line(exc, 200)}); "
@@ -239,12 +254,12 @@ def prune_structured(model: nn.Module, config: PruneStructuredConfig, data: Comp
 
 
 def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    """(module, parameter name) of every weight matrix magnitude pruning may zero: Conv/Linear weights, LSTM weights."""
+    """(module, parameter name) of every weight matrix magnitude pruning may zero: Conv/Linear weights, LSTM/GRU/RNN weights."""
     found: list[tuple[nn.Module, str]] = []
     for module in model.modules():
         if isinstance(module, PRUNABLE):
             found.append((module, "weight"))
-        elif isinstance(module, nn.LSTM):
+        elif isinstance(module, RECURRENT):
             found += [(module, name) for name, _ in module.named_parameters(recurse=False) if name.startswith("weight")]
     return found
 

@@ -315,5 +315,5 @@ def _fit_shapes(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
             sub.out_features, sub.in_features = sub.weight.shape
         elif isinstance(sub, nn.BatchNorm2d | nn.BatchNorm1d):
             sub.num_features = sub.weight.shape[0] if sub.weight is not None else sub.running_mean.shape[0]
-        elif isinstance(sub, nn.LSTM):  # hidden units removed by structured pruning
+        elif isinstance(sub, nn.RNNBase):  # hidden units removed by structured pruning
             sub.hidden_size, sub.input_size = sub.weight_hh_l0.shape[1], sub.weight_ih_l0.shape[1]

@@ -221,7 +221,7 @@ def test_edge_picks_the_steps_that_fit_each_family():
     edge = load_recipe("edge")
     runs_on = lambda family: [s.step for s in edge.steps if s.families is None or family in s.families]  # noqa: E731
     assert runs_on("cnn") == ["prune-structured", "distill", "quantize_static_onnx"]
-    assert runs_on("lstm") == ["prune-structured", "distill", "quantize_dynamic_onnx"]
+    assert runs_on("lstm") == ["prune-structured", "distill", "quantize_dynamic", "quantize_dynamic_onnx"]
     cnn_prune, generative_prune, lstm_prune = (s for s in edge.steps if s.step == "prune-structured")
     assert (cnn_prune.config.round_to, lstm_prune.config.ratio) == (8, 0.5)
     # classifiers search their ratio within 3 points; FD and MSE have no points, so generators take the ratio as it is

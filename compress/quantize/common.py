@@ -31,15 +31,15 @@ class QuantizationError(SlimlensError):
 
 def require_static_family(data: CompressionData, what: str, reason: str, model: nn.Module | None = None) -> None:
     """Refuse, in one line naming the way out, a static-int8 technique on a model it cannot quantize (an LSTM)."""
-    if data.family not in STATIC_FAMILIES:
-        raise QuantizationError(f"{what} does not apply to {data.model_name} (family {data.family}): {reason}; "
-                                "use quantize_dynamic or quantize_dynamic_onnx instead")
-    # A user's model (family custom) can hold a recurrent layer too: static int8 would quantize only the
-    # layers around it and leave most of the weights in float under an "int8" name.
+    # Named first: a user's recurrent model is as much refused for its layer as the zoo's LSTM is for its family,
+    # and static int8 would quantize only the layers around it, leaving most weights in float under an "int8" name.
     recurrent = [name for name, m in (model.named_modules() if model is not None else ()) if isinstance(m, nn.RNNBase)]
     if recurrent:
         raise QuantizationError(f"{what} does not apply to {data.model_name}: {reason}, and its {type(model.get_submodule(recurrent[0])).__name__} "
                                 f"layer {recurrent[0]!r} would stay in float; use quantize_dynamic or quantize_dynamic_onnx instead")
+    if data.family not in STATIC_FAMILIES:
+        raise QuantizationError(f"{what} does not apply to {data.model_name} (family {data.family}): {reason}; "
+                                "use quantize_dynamic or quantize_dynamic_onnx instead")
 
 
 def no_progress(message: str) -> None:

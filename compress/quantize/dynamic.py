@@ -1,4 +1,4 @@
-"""PyTorch dynamic int8 of Linear and LSTM layers, stored as int8 weights with scales in safetensors.
+"""PyTorch dynamic int8 of Linear, LSTM and GRU layers, stored as int8 weights with scales in safetensors.
 
 The variant's file holds the int8 weights, their scales and zero points, and the float biases and
 other tensors, so its size on disk is the int8 size. Loading rebuilds the architecture, re-applies
@@ -24,14 +24,14 @@ from compress.variant import TorchVariant, _fit_shapes, _rebuild_module
 from zoo.cards import write_atomic
 from zoo.weights import read_state_dict
 
-DYNAMIC_LAYERS = {"linear": nn.Linear, "lstm": nn.LSTM}
+DYNAMIC_LAYERS = {"linear": nn.Linear, "lstm": nn.LSTM, "gru": nn.GRU}
 
 
 @dataclass(frozen=True)
 class DynamicInt8Config:
     """PyTorch dynamic int8: int8 weights for the named layer types, activations quantized per batch at run time."""
 
-    layers: tuple[str, ...] = ("linear", "lstm")
+    layers: tuple[str, ...] = ("linear", "lstm", "gru")
     name: str = "int8-dynamic"
 
     def __post_init__(self) -> None:
@@ -51,13 +51,17 @@ def _quantize_dynamic_module(model: nn.Module, layers: tuple[str, ...]) -> nn.Mo
 @register_step("quantize_dynamic", DynamicInt8Config)
 def quantize_dynamic(model: nn.Module, config: DynamicInt8Config, data: CompressionData,
                      progress: Progress = no_progress) -> "Int8TorchVariant":
-    """Dynamic int8 of Linear/LSTM layers with ``torch.ao.quantization.quantize_dynamic`` (deprecated in torch 2.x, still shipped)."""
+    """Dynamic int8 of Linear/LSTM/GRU layers with ``torch.ao.quantization.quantize_dynamic`` (deprecated in torch 2.x, still shipped)."""
     types = tuple(DYNAMIC_LAYERS[k] for k in config.layers)
     if not any(isinstance(m, types) for m in model.modules()):
         raise QuantizationError(
             f"{data.model_name} (family {data.family}) has no {'/'.join(config.layers)} layer for dynamic int8; "
             "use quantize_static_onnx (calibrated int8 of convolutions) instead"
         )
+    plain_rnn = next((name for name, m in model.named_modules() if type(m) is nn.RNN), None)
+    if plain_rnn is not None:  # its weights would stay float in a file named int8
+        raise QuantizationError(f"PyTorch dynamic int8 has no RNN layer: {data.model_name}'s RNN layer {plain_rnn!r} would stay in "
+                                "float; weight-sharing or prune-unstructured shrink its file")
     progress(f"dynamic int8 of {', '.join(config.layers)} layers")
     quantized = _quantize_dynamic_module(clone(model).eval(), config.layers)
     tensors, int8 = int8_state(quantized)
@@ -69,7 +73,7 @@ def quantize_dynamic(model: nn.Module, config: DynamicInt8Config, data: Compress
 def _quantized_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     from torch.ao.nn.quantized import dynamic as qdynamic
 
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, qdynamic.Linear | qdynamic.LSTM)]
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, qdynamic.Linear | qdynamic.LSTM | qdynamic.GRU)]
 
 
 def _weights_of(layer: nn.Module) -> dict[str, torch.Tensor | None]:
@@ -157,7 +161,7 @@ def _restore_int8(quantized: nn.Module, tensors: dict[str, torch.Tensor], int8: 
 class Int8TorchVariant(TorchVariant):
     """A dynamic-int8 PyTorch module; saved as int8 weights + scales in safetensors, so its file is its int8 size."""
 
-    layers: tuple[str, ...] = ("linear", "lstm")
+    layers: tuple[str, ...] = ("linear", "lstm", "gru")
 
     def metadata(self) -> dict[str, Any]:
         """Metadata naming the int8 loader and the layer types to re-quantize."""

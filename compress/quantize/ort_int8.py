@@ -49,6 +49,13 @@ class OrtDynamicInt8Config:
 def quantize_dynamic_onnx(model: nn.Module, config: OrtDynamicInt8Config, data: CompressionData,
                           progress: Progress = no_progress) -> OnnxVariant:
     """Export to ONNX, then ``onnxruntime.quantization.quantize_dynamic``; refuses a model with nothing it can quantize."""
+    unquantized = next(((name, m) for name, m in model.named_modules() if isinstance(m, nn.GRU | nn.RNN)), None)
+    if unquantized is not None:  # its weights would stay float in a file named int8
+        name, layer = unquantized
+        way_out = ("use quantize_dynamic (PyTorch int8 of GRU layers) instead" if isinstance(layer, nn.GRU)
+                   else "no int8 step quantizes it; weight-sharing or prune-unstructured shrink its file")
+        raise QuantizationError(f"ONNX Runtime's dynamic int8 quantizes the LSTM op but not {type(layer).__name__}: "
+                                f"{data.model_name}'s {type(layer).__name__} layer {name!r} would stay in float; {way_out}")
     with step_folder() as folder:
         progress("exporting to ONNX for dynamic int8")
         fp32, exporter = export_fp32(model, data, config.opset, folder)
@@ -116,7 +123,7 @@ def quantize_static_onnx(model: nn.Module, config: StaticInt8Config, data: Compr
     ``layer_ranges`` (weight array, input (min, max)) fixes the input range of the layer holding each
     weight instead of calibrating it (QAT's learned ranges); ``stand_in`` replaces the float copy of ``model``.
     """
-    require_static_family(data, "static int8", "ONNX Runtime cannot calibrate the LSTM op", model)
+    require_static_family(data, "static int8", "ONNX Runtime cannot calibrate recurrent ops (LSTM, GRU)", model)
     calibration = data.inputs(config.samples)
     if len(calibration) == 0:
         raise QuantizationError(f"no calibration inputs for {data.model_name}: its training split is empty")

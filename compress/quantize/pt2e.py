@@ -219,7 +219,7 @@ def load_pt2e_variant(meta: dict[str, Any], common: dict[str, Any]) -> Pt2eVaria
 def quantize_pt2e(model: nn.Module, config: Pt2eInt8Config, data: CompressionData,
                   progress: Progress = no_progress) -> Pt2eVariant:
     """torch.export → prepare_pt2e(X86InductorQuantizer) → calibrate → convert_pt2e → torch.compile (needs torchao)."""
-    require_static_family(data, "PT2E static int8", "X86InductorQuantizer does not quantize LSTM", model)
+    require_static_family(data, "PT2E static int8", "X86InductorQuantizer does not quantize recurrent layers", model)
     try:
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e

@@ -161,7 +161,7 @@ def _detach_fake_quant(model: nn.Module, handles: list[Any]) -> nn.Module:
 def quantization_aware_training(model: nn.Module, config: QatConfig, data: CompressionData,
                                 progress: Progress = no_progress) -> OnnxVariant:
     """Fine-tune ``model`` under int8 fake quantization, then export it as a calibrated static int8 QDQ ONNX file."""
-    require_static_family(data, "QAT", "its int8 deployment is ONNX Runtime static int8, which cannot calibrate the LSTM op", model)
+    require_static_family(data, "QAT", "its int8 deployment is ONNX Runtime static int8, which cannot calibrate recurrent ops (LSTM, GRU)", model)
     work = _fold_batchnorm(clone(model).eval())
     if work is model:
         work = clone(model)

@@ -1,0 +1,99 @@
+"""A user's recurrent model (a GRU, which the zoo has none of): every preset step routes and compresses it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress import run
+from compress.context import data_for
+from compress.distill import slimmer
+from compress.prune import PruneStructuredConfig, prune_structured
+from compress.quantize import DynamicInt8Config, OrtDynamicInt8Config, quantize_dynamic, quantize_dynamic_onnx
+from compress.quantize.common import QuantizationError
+from compress.variant import TorchVariant, load_variant
+
+BUILDER = "test_recurrent:RowGRU"  # importable: pytest puts tests/ on sys.path
+
+
+class RowGRU(torch.nn.Module):
+    """Reads a digit as 28 rows of 28 pixels with a GRU; the last hidden state feeds a linear head."""
+
+    def __init__(self, hidden: int = 32):
+        super().__init__()
+        self.gru = torch.nn.GRU(28, hidden, batch_first=True)
+        self.head = torch.nn.Linear(hidden, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.gru(x[:, 0])[0][:, -1])
+
+
+def _with_dead_units(model: RowGRU, dead: list[int]) -> RowGRU:
+    """Zero every weight into, out of and inside ``dead`` hidden units: they stay 0 and change nothing."""
+    hidden = model.gru.hidden_size
+    with torch.no_grad():
+        for unit in dead:
+            rows = [unit + gate * hidden for gate in range(3)]  # r, z, n
+            for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+                getattr(model.gru, name)[rows] = 0
+            model.gru.weight_hh_l0[:, unit] = 0
+            model.head.weight[:, unit] = 0
+    return model
+
+
+def test_structured_pruning_removes_gru_hidden_units_from_all_three_gates(tmp_path: Path):
+    torch.manual_seed(0)
+    model = _with_dead_units(RowGRU(), dead=list(range(0, 32, 2))).eval()
+    data = data_for(BUILDER, data="mnist")
+    pruned = prune_structured(model, PruneStructuredConfig(ratio=0.5, steps=1, epochs=0), data)
+    assert pruned.gru.hidden_size == 16 and pruned.gru.weight_hh_l0.shape == (48, 16) and pruned.head.in_features == 16
+    x = data.inputs(64, split="test")
+    with torch.no_grad():
+        # the dead units went and nothing else: a gate sliced by the wrong rows would change the outputs
+        assert torch.allclose(pruned(x), model(x), atol=1e-5)
+    variant = TorchVariant(name="gru", source=data.source, module=pruned)
+    variant.save(tmp_path)
+    reloaded = load_variant(tmp_path / "gru.variant.json", trust_code=True)
+    with torch.no_grad():
+        assert torch.equal(reloaded.module(x), pruned(x))
+
+
+def test_a_slimmer_student_of_a_gru_narrows_its_hidden_units():
+    student, shape = slimmer(RowGRU(), 0.5, torch.rand(2, 1, 28, 28))
+    assert student.gru.hidden_size == 16 and shape == {"width": 0.5} and student(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_pytorch_dynamic_int8_quantizes_the_gru_and_reloads_exactly(tmp_path: Path):
+    torch.manual_seed(0)
+    model, data = RowGRU().eval(), data_for(BUILDER, data="mnist")
+    variant = quantize_dynamic(model, DynamicInt8Config(), data)
+    variant.save(tmp_path)
+    reloaded = load_variant(tmp_path / "int8-dynamic.variant.json", trust_code=True)
+    stored = json.loads((tmp_path / "int8-dynamic.variant.json").read_text())["int8_weights"]
+    assert {"gru.weight_ih_l0", "gru.weight_hh_l0", "head.weight"} <= set(stored)
+    float_bytes = sum(p.numel() * 4 for p in model.parameters())
+    assert (tmp_path / "int8-dynamic.safetensors").stat().st_size < float_bytes / 2.5
+    x = data.inputs(32, split="test")
+    with torch.no_grad():
+        assert torch.equal(reloaded.module(x), variant.module(x))
+        assert (reloaded.module(x).argmax(1) == model(x).argmax(1)).float().mean() > 0.9
+
+
+def test_onnx_runtime_dynamic_int8_refuses_a_gru_it_would_leave_in_float():
+    with pytest.raises(QuantizationError, match=r"not GRU: test_recurrent:RowGRU's GRU layer 'gru' would stay in float; use quantize_dynamic"):
+        quantize_dynamic_onnx(RowGRU().eval(), OrtDynamicInt8Config(), data_for(BUILDER, data="mnist"))
+
+
+def test_a_users_recurrent_model_takes_the_recurrent_route_of_a_recipe(tmp_path: Path):
+    recipe = [{"step": "quantize_static_onnx", "samples": 8, "families": ["cnn", "custom"]},
+              {"step": "quantize_dynamic_onnx", "families": ["lstm"], "optional": True},
+              {"step": "quantize_dynamic", "families": ["lstm"]}]
+    variants = run(RowGRU().eval(), recipe, data_for(BUILDER, data="mnist"), out_dir=tmp_path, export=False)
+    results = variants.results
+    steps = {s["step"]: s for s in results["timings"]["steps"]}
+    assert results["family"] == "lstm" and steps["quantize_static_onnx"]["skipped"] == "runs on cnn, custom models only, not lstm"
+    assert "would stay in float" in steps["quantize_dynamic_onnx"]["skipped"]
+    assert [v["name"] for v in results["variants"]] == ["original", "int8-dynamic"]
