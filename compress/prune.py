@@ -102,19 +102,23 @@ _GATES = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}  # gate blocks stacked in weight_ih/
 
 
 class _RecurrentPruner(LSTMPruner):
-    """Removes a hidden unit from every gate of an LSTM, GRU or RNN (Torch-Pruning 1.6.1's LSTM pruner slices weight_hh by the wrong rows)."""
+    """Removes a hidden unit from every gate and layer of an LSTM, GRU or RNN (Torch-Pruning 1.6.1's LSTM pruner slices weight_hh by the wrong rows)."""
 
     def prune_out_channels(self, layer: nn.RNNBase, idxs: list) -> nn.Module:
-        if layer.num_layers != 1:
-            raise SlimlensError(f"structured pruning supports single-layer {type(layer).__name__}s only; use prune-unstructured")
+        # nn.LSTM holds one hidden size for all its layers, so the same units go from each; layer k > 0
+        # reads layer k - 1's units, so its input columns go too.
         drop = {int(i) for i in idxs}
         keep = torch.tensor([i for i in range(layer.hidden_size) if i not in drop])
         gates = torch.cat([keep + g * layer.hidden_size for g in range(_GATES[type(layer)])])
-        for suffix in [""] + (["_reverse"] if layer.bidirectional else []):
-            for attr, dim, index in (("weight_ih_l0", 0, gates), ("weight_hh_l0", 0, gates), ("weight_hh_l0", 1, keep),
-                                     ("bias_ih_l0", 0, gates), ("bias_hh_l0", 0, gates)):
-                if getattr(layer, attr + suffix, None) is not None:
-                    setattr(layer, attr + suffix, self._prune_parameter_and_grad(getattr(layer, attr + suffix), index, dim))
+        for k in range(layer.num_layers):
+            for suffix in [""] + (["_reverse"] if layer.bidirectional else []):
+                edits = [("weight_ih", 0, gates), ("weight_hh", 0, gates), ("weight_hh", 1, keep), ("bias_ih", 0, gates), ("bias_hh", 0, gates)]
+                if k > 0:
+                    edits.append(("weight_ih", 1, keep))
+                for attr, dim, index in edits:
+                    name = f"{attr}_l{k}{suffix}"
+                    if getattr(layer, name, None) is not None:
+                        setattr(layer, name, self._prune_parameter_and_grad(getattr(layer, name), index, dim))
         layer.hidden_size = len(keep)
         return layer
 
@@ -209,6 +213,15 @@ def _require_hidden_layer(model: nn.Module, head: nn.Module, name: str) -> None:
                             "the output layer; use prune-unstructured instead")
 
 
+def _refuse_untraceable_recurrent(model: nn.Module, name: str) -> None:
+    """Refuse in one line a recurrent layer whose outputs are not its hidden units (two directions, or an LSTM projection)."""
+    for layer_name, layer in model.named_modules():
+        if isinstance(layer, nn.RNNBase) and (layer.bidirectional or getattr(layer, "proj_size", 0)):
+            shape = "bidirectional" if layer.bidirectional else "projected"
+            raise SlimlensError(f"prune-structured cannot remove hidden units from {name}'s {shape} {type(layer).__name__} "
+                                f"{layer_name!r}: Torch-Pruning does not trace its outputs to them; use prune-unstructured instead")
+
+
 @register_step("prune-structured", PruneStructuredConfig)
 def prune_structured(model: nn.Module, config: PruneStructuredConfig, data: CompressionData,
                      progress: Progress = lambda message: None, original: nn.Module | None = None) -> nn.Module:
@@ -219,6 +232,7 @@ def prune_structured(model: nn.Module, config: PruneStructuredConfig, data: Comp
     head = output_layer(pruned, example)
     shape = output_shape(pruned, example)
     _require_hidden_layer(pruned, head, data.model_name)
+    _refuse_untraceable_recurrent(pruned, data.model_name)
     params = module_params(pruned)["params"]
     per_layer = None
     if config.round_to is not None or config.residual_ratio is not None:

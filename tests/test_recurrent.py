@@ -15,6 +15,7 @@ from compress.prune import PruneStructuredConfig, prune_structured
 from compress.quantize import DynamicInt8Config, OrtDynamicInt8Config, quantize_dynamic, quantize_dynamic_onnx
 from compress.quantize.common import QuantizationError
 from compress.variant import TorchVariant, load_variant
+from zoo.errors import SlimlensError
 
 BUILDER = "test_recurrent:RowGRU"  # importable: pytest puts tests/ on sys.path
 
@@ -22,48 +23,78 @@ BUILDER = "test_recurrent:RowGRU"  # importable: pytest puts tests/ on sys.path
 class RowGRU(torch.nn.Module):
     """Reads a digit as 28 rows of 28 pixels with a GRU; the last hidden state feeds a linear head."""
 
+    kind, layers = torch.nn.GRU, 1
+
     def __init__(self, hidden: int = 32):
         super().__init__()
-        self.gru = torch.nn.GRU(28, hidden, batch_first=True)
+        self.rnn = self.kind(28, hidden, num_layers=self.layers, batch_first=True)
         self.head = torch.nn.Linear(hidden, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.gru(x[:, 0])[0][:, -1])
+        return self.head(self.rnn(x[:, 0])[0][:, -1])
+
+
+class TwoLayerLSTM(RowGRU):
+    """The same with two stacked LSTM layers."""
+
+    kind, layers = torch.nn.LSTM, 2
+
+
+class BiLSTM(torch.nn.Module):
+    """Reads the rows both ways: its output holds two directions' hidden units, which Torch-Pruning cannot trace."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.head = torch.nn.LSTM(28, 8, bidirectional=True, batch_first=True), torch.nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x[:, 0])[0][:, -1])
 
 
 def _with_dead_units(model: RowGRU, dead: list[int]) -> RowGRU:
-    """Zero every weight into, out of and inside ``dead`` hidden units: they stay 0 and change nothing."""
-    hidden = model.gru.hidden_size
+    """Zero every weight into, out of and inside ``dead`` hidden units in every layer: they stay 0 and change nothing."""
+    rnn, gates = model.rnn, 4 if isinstance(model.rnn, torch.nn.LSTM) else 3
     with torch.no_grad():
         for unit in dead:
-            rows = [unit + gate * hidden for gate in range(3)]  # r, z, n
-            for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
-                getattr(model.gru, name)[rows] = 0
-            model.gru.weight_hh_l0[:, unit] = 0
+            rows = [unit + gate * rnn.hidden_size for gate in range(gates)]
+            for k in range(rnn.num_layers):
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                    getattr(rnn, f"{name}_l{k}")[rows] = 0
+                rnn.get_parameter(f"weight_hh_l{k}")[:, unit] = 0
+                if k > 0:  # layer k reads layer k - 1's units
+                    rnn.get_parameter(f"weight_ih_l{k}")[:, unit] = 0
             model.head.weight[:, unit] = 0
     return model
 
 
-def test_structured_pruning_removes_gru_hidden_units_from_all_three_gates(tmp_path: Path):
+@pytest.mark.parametrize("architecture", [RowGRU, TwoLayerLSTM])
+def test_structured_pruning_removes_hidden_units_from_every_gate_and_layer(architecture: type, tmp_path: Path):
     torch.manual_seed(0)
-    model = _with_dead_units(RowGRU(), dead=list(range(0, 32, 2))).eval()
-    data = data_for(BUILDER, data="mnist")
+    model = _with_dead_units(architecture(), dead=list(range(0, 32, 2))).eval()
+    data = data_for(f"test_recurrent:{architecture.__name__}", data="mnist")
     pruned = prune_structured(model, PruneStructuredConfig(ratio=0.5, steps=1, epochs=0), data)
-    assert pruned.gru.hidden_size == 16 and pruned.gru.weight_hh_l0.shape == (48, 16) and pruned.head.in_features == 16
+    gates = 4 if architecture is TwoLayerLSTM else 3
+    assert pruned.rnn.hidden_size == 16 and pruned.head.in_features == 16
+    assert pruned.rnn.weight_hh_l0.shape == (gates * 16, 16) and pruned.get_parameter(f"rnn.weight_ih_l{model.layers - 1}").shape[0] == gates * 16
     x = data.inputs(64, split="test")
     with torch.no_grad():
-        # the dead units went and nothing else: a gate sliced by the wrong rows would change the outputs
+        # the dead units went and nothing else: a gate or layer sliced by the wrong rows would change the outputs
         assert torch.allclose(pruned(x), model(x), atol=1e-5)
-    variant = TorchVariant(name="gru", source=data.source, module=pruned)
+    variant = TorchVariant(name="rnn", source=data.source, module=pruned)
     variant.save(tmp_path)
-    reloaded = load_variant(tmp_path / "gru.variant.json", trust_code=True)
+    reloaded = load_variant(tmp_path / "rnn.variant.json", trust_code=True)
     with torch.no_grad():
         assert torch.equal(reloaded.module(x), pruned(x))
 
 
+def test_structured_pruning_refuses_a_bidirectional_lstm_in_one_line():
+    with pytest.raises(SlimlensError, match=r"cannot remove hidden units from tests:BiLSTM's bidirectional LSTM 'rnn'.*prune-unstructured"):
+        prune_structured(BiLSTM(), PruneStructuredConfig(steps=1, epochs=0), data_for("tests:BiLSTM", data="mnist"))
+
+
 def test_a_slimmer_student_of_a_gru_narrows_its_hidden_units():
     student, shape = slimmer(RowGRU(), 0.5, torch.rand(2, 1, 28, 28))
-    assert student.gru.hidden_size == 16 and shape == {"width": 0.5} and student(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+    assert student.rnn.hidden_size == 16 and shape == {"width": 0.5} and student(torch.rand(3, 1, 28, 28)).shape == (3, 10)
 
 
 def test_pytorch_dynamic_int8_quantizes_the_gru_and_reloads_exactly(tmp_path: Path):
@@ -73,7 +104,7 @@ def test_pytorch_dynamic_int8_quantizes_the_gru_and_reloads_exactly(tmp_path: Pa
     variant.save(tmp_path)
     reloaded = load_variant(tmp_path / "int8-dynamic.variant.json", trust_code=True)
     stored = json.loads((tmp_path / "int8-dynamic.variant.json").read_text())["int8_weights"]
-    assert {"gru.weight_ih_l0", "gru.weight_hh_l0", "head.weight"} <= set(stored)
+    assert {"rnn.weight_ih_l0", "rnn.weight_hh_l0", "head.weight"} <= set(stored)
     float_bytes = sum(p.numel() * 4 for p in model.parameters())
     assert (tmp_path / "int8-dynamic.safetensors").stat().st_size < float_bytes / 2.5
     x = data.inputs(32, split="test")
@@ -83,7 +114,7 @@ def test_pytorch_dynamic_int8_quantizes_the_gru_and_reloads_exactly(tmp_path: Pa
 
 
 def test_onnx_runtime_dynamic_int8_refuses_a_gru_it_would_leave_in_float():
-    with pytest.raises(QuantizationError, match=r"not GRU: test_recurrent:RowGRU's GRU layer 'gru' would stay in float; use quantize_dynamic"):
+    with pytest.raises(QuantizationError, match=r"not GRU: test_recurrent:RowGRU's GRU layer 'rnn' would stay in float; use quantize_dynamic"):
         quantize_dynamic_onnx(RowGRU().eval(), OrtDynamicInt8Config(), data_for(BUILDER, data="mnist"))
 
 
