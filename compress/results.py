@@ -84,12 +84,11 @@ def staging_dir(out: str | Path, force: bool = False) -> Path:
     if out.is_dir() and any(out.iterdir()) and not force:
         raise SlimlensError(f"--out {out} exists and is not empty; pass --force to replace it or name a new folder")
     parent = out.resolve().parent
-    if not parent.is_dir():
-        raise SlimlensError(f"cannot write {out}: its parent folder {parent} does not exist")
     try:
+        parent.mkdir(parents=True, exist_ok=True)  # as explain and report do: --out may name a new nested folder
         staged = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.", suffix=".partial"))
     except OSError as exc:
-        raise SlimlensError(f"cannot write {out}: {exc.strerror or exc} in {parent}") from None
+        raise SlimlensError(f"cannot write {out}: {exc.strerror or exc} ({exc.filename or parent}); name a folder you can write") from None
     usual_mode(staged)
     return staged
 

@@ -25,7 +25,7 @@ def recipe(tmp_path: Path) -> Path:
 
 
 def test_compress_end_to_end_with_a_builder_and_weights(tmp_path: Path, recipe: Path):
-    out = tmp_path / "run"
+    out = tmp_path / "runs" / "run"  # a new nested folder, made as explain and report make theirs
     cmd = [sys.executable, "-m", "cli", "compress", "zoo.models.mlp:SimpleNet", "--weights", str(TRAINED_DIR / "simplenet.safetensors"),
            "--data", "mnist-ge5", "--recipe", str(recipe), "--out", str(out), "--no-latency", "--no-report", "--onnx-exporter", "legacy"]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(cli.__file__).parent, timeout=300)
@@ -41,7 +41,7 @@ def test_compress_end_to_end_with_a_builder_and_weights(tmp_path: Path, recipe: 
     assert f"--out {out.resolve()}" in results["command"] and f"--recipe {recipe.resolve()}" in results["command"]
     assert "--no-latency --no-report" in results["command"]
     assert all((out / v["artifact"]).is_file() for v in results["variants"])
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.")]  # the staging folder was renamed away
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".run.")]  # the staging folder was renamed away
 
 
 def _fails(args: list[str], capsys) -> str:
@@ -65,7 +65,7 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tmp_path: Path, recip
     assert "--data" in _fails(["zoo.models.mlp:SimpleNet", "--recipe", str(recipe), *common], capsys)
     assert "timing setting threads must be a whole number of at least 1" in _fails(
         ["simplenet", "--recipe", str(recipe), "--out", str(out), "--threads", "0"], capsys)
-    assert "parent folder" in _fails(["simplenet", "--recipe", str(recipe), "--out", str(tmp_path / "a" / "b"), "--no-latency"], capsys)
+    assert "Not a directory" in _fails(["simplenet", "--recipe", str(recipe), "--out", str(bad / "a" / "b"), "--no-latency"], capsys)
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml", "fast.toml"]
 
     out.mkdir()
