@@ -128,3 +128,18 @@ def test_a_users_recurrent_model_takes_the_recurrent_route_of_a_recipe(tmp_path:
     assert results["family"] == "lstm" and steps["quantize_static_onnx"]["skipped"] == "runs on cnn, custom models only, not lstm"
     assert "would stay in float" in steps["quantize_dynamic_onnx"]["skipped"]
     assert [v["name"] for v in results["variants"]] == ["original", "int8-dynamic"]
+
+
+@pytest.mark.parametrize("architecture", [RowGRU, TwoLayerLSTM])
+def test_onnx_macs_count_every_recurrent_layer(architecture: type, tmp_path: Path):
+    from compress.export import export_onnx
+    from compress.onnx_utils import quantize_dynamic_file
+    from zoo.footprint import module_macs, onnx_macs
+
+    model, example = architecture().eval(), torch.rand(1, 1, 28, 28)
+    macs = module_macs(model, example)
+    assert macs > 28 * 3 * 32 * (28 + 32)  # at least one layer's gates over 28 rows
+    fp32 = export_onnx(model, example, tmp_path / "m.onnx")
+    assert onnx_macs(fp32, example) == macs  # a GRU, or the second of two stacked LSTMs, counted too
+    if architecture is TwoLayerLSTM:  # ONNX Runtime's int8 LSTM leaves the batch unknown to shape inference downstream
+        assert onnx_macs(quantize_dynamic_file(fp32, tmp_path / "int8.onnx"), example) == macs

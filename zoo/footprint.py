@@ -148,11 +148,14 @@ def onnx_macs(path: str | Path, example: torch.Tensor) -> int:
     for init in model.graph.initializer:
         shapes[init.name] = list(init.dims)
     attrs = lambda node: {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}  # noqa: E731
+    batch = int(example.shape[0])
     total = 0
     for node in model.graph.node:
         op = node.op_type
         ins = [shapes.get(n) for n in node.input]
         out = shapes.get(node.output[0]) if node.output else None
+        if out and not out[0] and all(out[1:]):
+            out = [batch, *out[1:]]  # contrib ops (DynamicQuantizeLSTM) leave the batch unknown downstream
         if op in ("Conv", "ConvInteger", "QLinearConv") and out and all(out):
             w = ins[3] if op == "QLinearConv" else ins[1]
             if w:
@@ -166,10 +169,10 @@ def onnx_macs(path: str | Path, example: torch.Tensor) -> int:
             if op == "Gemm" and attrs(node).get("transA", 0) and a:
                 k = a[0]
             total += int(np.prod(out)) * int(k)
-        elif op in ("LSTM", "DynamicQuantizeLSTM") and ins[0] and all(ins[0]):
-            hidden = attrs(node).get("hidden_size", 0)
-            seq, batch, inp = ins[0]
-            dirs = 2 if attrs(node).get("direction", b"forward") in (b"bidirectional", "bidirectional") else 1
-            total += seq * batch * 4 * hidden * (inp + hidden) * dirs
+        elif op in ("LSTM", "GRU", "RNN", "DynamicQuantizeLSTM") and ins[0] and len(ins) > 2 and ins[1] and ins[2]:
+            # every step multiplies the input by W and the state by R, all gates and directions at once; W and
+            # R are initializers, so their shapes are known where a stacked layer's input size is not
+            steps, rows = ins[0][0] or (out[0] if out else 0), ins[0][1] or batch
+            total += steps * rows * (int(np.prod(ins[1])) + int(np.prod(ins[2])))
     del numpy_helper
     return int(total)
