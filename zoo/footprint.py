@@ -169,10 +169,9 @@ def onnx_macs(path: str | Path, example: torch.Tensor) -> int:
             if op == "Gemm" and attrs(node).get("transA", 0) and a:
                 k = a[0]
             total += int(np.prod(out)) * int(k)
-        elif op in ("LSTM", "GRU", "RNN", "DynamicQuantizeLSTM") and ins[0] and len(ins) > 2 and ins[1] and ins[2]:
+        elif op in ("LSTM", "GRU", "RNN", "DynamicQuantizeLSTM") and ins[0] and ins[0][0] and len(ins) > 2 and ins[1] and ins[2]:
             # every step multiplies the input by W and the state by R, all gates and directions at once; W and
             # R are initializers, so their shapes are known where a stacked layer's input size is not
-            steps, rows = ins[0][0] or (out[0] if out else 0), ins[0][1] or batch
-            total += steps * rows * (int(np.prod(ins[1])) + int(np.prod(ins[2])))
+            total += ins[0][0] * (ins[0][1] or batch) * (int(np.prod(ins[1])) + int(np.prod(ins[2])))
     del numpy_helper
     return int(total)
