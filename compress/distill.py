@@ -109,14 +109,17 @@ def _slimmer_by_pruning(model: nn.Module, width: float, example: torch.Tensor) -
     # from every coupled layer (the output layer keeps its classes); the weights are then re-drawn.
     import torch_pruning as tp
 
-    from compress.prune import check_output_shape, output_layer, output_shape, recurrent_pruners, ROOT_TYPES  # prune imports this module
+    from compress.prune import (  # prune imports this module
+        ROOT_TYPES, check_output_shape, output_layer, output_shape, recurrent_pruners, refuse_untraceable_recurrent)
 
     student = copy.deepcopy(model).eval()
     head, shape = output_layer(student, example), output_shape(student, example)
+    refuse_untraceable_recurrent(student, type(model).__name__, "distill cannot derive a narrower student from",
+                                 "name a smaller zoo model as student")
     try:
         pruner = tp.pruner.MetaPruner(
             student, example, importance=tp.importance.MagnitudeImportance(p=1),
-            pruning_ratio=1 - width, ignored_layers=[head], customized_pruners=recurrent_pruners(),
+            pruning_ratio=1 - width, ignored_layers=[head], customized_pruners=recurrent_pruners(student),
             root_module_types=ROOT_TYPES,
         )
         pruner.step()
@@ -246,6 +249,10 @@ def _student(config: DistillConfig, model: nn.Module, data: CompressionData) -> 
             # Torch-Pruning leaves a layer whole when the width would keep less than one channel of it
             narrowest = min(m.hidden_size if isinstance(m, nn.RNNBase) else m.weight.shape[1 if isinstance(m, nn.ConvTranspose2d) else 0]
                             for m in hidden)
+            if narrowest * config.width >= 1:  # the width was not the cause: Torch-Pruning found nothing it could narrow
+                raise SlimlensError(f"distill derives no smaller student from {data.model_name}: Torch-Pruning could not trace its "
+                                    "layers to the output (a head reading a recurrent layer's final state h_n is one such case); "
+                                    "name a smaller zoo model as student")
             suggestion = f", e.g. {2 / narrowest:.3g}" if 2 / narrowest < 1 else ""  # two channels of the narrowest layer kept
             raise SlimlensError(f"width={config.width} derives no smaller student from {data.model_name}: its narrowest layer has "
                                 f"{narrowest} channels, of which it would keep less than one; choose a larger width{suggestion}")

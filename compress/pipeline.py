@@ -410,8 +410,10 @@ def recurrent_family(model: nn.Module, data: CompressionData) -> CompressionData
     """``data`` as family "lstm" when a user's model holds an LSTM, GRU or RNN layer, so recipes route it as a recurrent model."""
     # The presets give recurrent models gentler pruning and dynamic instead of static int8 by family;
     # as "custom", the edge preset's static int8 step would refuse a user's LSTM after minutes of work.
+    # Fine-tuning clips the gradient norm at 1 as the zoo's LSTM was trained (the presets' learning rates
+    # were tuned with it), unless the caller set a norm of their own.
     if data.family == "custom" and any(isinstance(m, nn.RNNBase) for m in model.modules()):
-        return dataclasses.replace(data, family="lstm")
+        return dataclasses.replace(data, family="lstm", clip_grad_norm=1.0 if data.clip_grad_norm is None else data.clip_grad_norm)
     return data
 
 

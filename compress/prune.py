@@ -102,14 +102,17 @@ _GATES = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}  # gate blocks stacked in weight_ih/
 
 
 class _RecurrentPruner(LSTMPruner):
-    """Removes a hidden unit from every gate and layer of an LSTM, GRU or RNN (Torch-Pruning 1.6.1's LSTM pruner slices weight_hh by the wrong rows)."""
+    """Removes a hidden unit from every gate and layer of an LSTM, GRU or RNN (Torch-Pruning 1.6's LSTM pruner slices weight_hh by the wrong rows)."""
+
+    # Torch-Pruning ranks the units by the layers around this one only: its magnitude importance has no
+    # branch for a customized pruner, so the gate weights themselves do not count.
 
     def prune_out_channels(self, layer: nn.RNNBase, idxs: list) -> nn.Module:
         # nn.LSTM holds one hidden size for all its layers, so the same units go from each; layer k > 0
         # reads layer k - 1's units, so its input columns go too.
         drop = {int(i) for i in idxs}
         keep = torch.tensor([i for i in range(layer.hidden_size) if i not in drop])
-        gates = torch.cat([keep + g * layer.hidden_size for g in range(_GATES[type(layer)])])
+        gates = torch.cat([keep + g * layer.hidden_size for g in range(next(n for kind, n in _GATES.items() if isinstance(layer, kind)))])
         for k in range(layer.num_layers):
             for suffix in [""] + (["_reverse"] if layer.bidirectional else []):
                 edits = [("weight_ih", 0, gates), ("weight_hh", 0, gates), ("weight_hh", 1, keep), ("bias_ih", 0, gates), ("bias_hh", 0, gates)]
@@ -123,10 +126,12 @@ class _RecurrentPruner(LSTMPruner):
         return layer
 
 
-def recurrent_pruners() -> dict[type, _RecurrentPruner]:
-    """Torch-Pruning ``customized_pruners`` for every recurrent layer type (it knows only LSTM, and slices that wrongly)."""
+def recurrent_pruners(model: nn.Module) -> dict[type, _RecurrentPruner]:
+    """Torch-Pruning ``customized_pruners`` for every recurrent layer type in ``model`` (it knows only LSTM, and slices that wrongly)."""
+    # keyed by each layer's own type, since Torch-Pruning matches types exactly: a subclass of nn.LSTM would
+    # otherwise fall to its LSTM pruner (per-layer keys fail in Torch-Pruning 1.6.0)
     pruner = _RecurrentPruner()
-    return {kind: pruner for kind in RECURRENT}
+    return {kind: pruner for kind in {*RECURRENT, *(type(m) for m in model.modules() if isinstance(m, RECURRENT))}}
 
 
 # Layers a Torch-Pruning group may start from; its default list has the LSTM but no GRU or RNN, whose
@@ -213,13 +218,14 @@ def _require_hidden_layer(model: nn.Module, head: nn.Module, name: str) -> None:
                             "the output layer; use prune-unstructured instead")
 
 
-def _refuse_untraceable_recurrent(model: nn.Module, name: str) -> None:
+def refuse_untraceable_recurrent(model: nn.Module, name: str, what: str = "prune-structured cannot remove hidden units from",
+                                 way_out: str = "use prune-unstructured instead") -> None:
     """Refuse in one line a recurrent layer whose outputs are not its hidden units (two directions, or an LSTM projection)."""
     for layer_name, layer in model.named_modules():
         if isinstance(layer, nn.RNNBase) and (layer.bidirectional or getattr(layer, "proj_size", 0)):
             shape = "bidirectional" if layer.bidirectional else "projected"
-            raise SlimlensError(f"prune-structured cannot remove hidden units from {name}'s {shape} {type(layer).__name__} "
-                                f"{layer_name!r}: Torch-Pruning does not trace its outputs to them; use prune-unstructured instead")
+            raise SlimlensError(f"{what} {name}'s {shape} {type(layer).__name__} {layer_name!r}: Torch-Pruning does not trace "
+                                f"its outputs to its hidden units; {way_out}")
 
 
 @register_step("prune-structured", PruneStructuredConfig)
@@ -232,7 +238,7 @@ def prune_structured(model: nn.Module, config: PruneStructuredConfig, data: Comp
     head = output_layer(pruned, example)
     shape = output_shape(pruned, example)
     _require_hidden_layer(pruned, head, data.model_name)
-    _refuse_untraceable_recurrent(pruned, data.model_name)
+    refuse_untraceable_recurrent(pruned, data.model_name)
     params = module_params(pruned)["params"]
     per_layer = None
     if config.round_to is not None or config.residual_ratio is not None:
@@ -242,12 +248,16 @@ def prune_structured(model: nn.Module, config: PruneStructuredConfig, data: Comp
         pruner = tp.pruner.BasePruner(
             pruned, example, importance=importance, pruning_ratio=config.ratio, pruning_ratio_dict=per_layer,
             iterative_steps=config.steps, global_pruning=config.global_pruning, ignored_layers=[head],
-            customized_pruners=recurrent_pruners(), root_module_types=ROOT_TYPES,
+            customized_pruners=recurrent_pruners(pruned), root_module_types=ROOT_TYPES,
         )
     except Exception as exc:  # Torch-Pruning raises plain errors on graphs it cannot trace
         raise SlimlensError(f"Torch-Pruning cannot trace {type(model).__name__} ({first_line(exc, 200)}); "
                             "prune it with prune-unstructured instead") from None
     teacher = _teacher(model, data, original)
+    removed_none = SlimlensError(f"prune-structured removed no channels from {data.model_name} at ratio={config.ratio}; raise ratio, "
+                                 "or use prune-unstructured instead" + (
+                                     " (Torch-Pruning cannot follow a recurrent layer's final state h_n to the layer that reads it)"
+                                     if any(isinstance(m, nn.RNNBase) for m in model.modules()) else ""))
     for step in range(config.steps):
         try:
             pruner.step()
@@ -255,13 +265,26 @@ def prune_structured(model: nn.Module, config: PruneStructuredConfig, data: Comp
             raise SlimlensError(f"Torch-Pruning failed to remove channels from {type(model).__name__} "
                                 f"({first_line(exc, 200)}); prune it with prune-unstructured instead") from None
         check_output_shape(pruned, example, shape, "prune-structured", "prune it with prune-unstructured instead")
+        if step == 0 and module_params(pruned)["params"] >= params and not _removes_any(model, example, config.ratio):
+            raise removed_none  # before any fine-tuning: later rounds would remove nothing either
         progress(f"structured prune round {step + 1}/{config.steps}: {module_params(pruned)['params']:,} params")
         if config.epochs > 0:
             finetune(pruned, data, config.epochs / config.steps, lr=config.lr, teacher=teacher, progress=progress)
     if module_params(pruned)["params"] >= params:  # a fine-tuned copy of the same size is not a pruned variant
-        raise SlimlensError(f"prune-structured removed no channels from {data.model_name} at ratio={config.ratio}; "
-                            "raise ratio, or use prune-unstructured instead")
+        raise removed_none
     return pruned.eval()
+
+
+def _removes_any(model: nn.Module, example: torch.Tensor, ratio: float) -> bool:
+    """Whether one Torch-Pruning step at ``ratio`` removes anything from a copy of ``model`` (the first of several rounds may not)."""
+    probe = trainable_clone(model)
+    try:
+        tp.pruner.BasePruner(probe, example, importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=ratio,
+                             ignored_layers=[output_layer(probe, example)], customized_pruners=recurrent_pruners(probe),
+                             root_module_types=ROOT_TYPES).step()
+    except Exception:  # the caller's own pruner already traced this graph; a probe that fails proves nothing
+        return True
+    return module_params(probe)["params"] < module_params(model)["params"]
 
 
 # ---------------------------------------------------------------- unstructured (magnitude) pruning

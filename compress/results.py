@@ -83,12 +83,18 @@ def staging_dir(out: str | Path, force: bool = False) -> Path:
     check_replaceable(out, "results.json")  # before the --force advice: --force never replaces a folder slimlens did not write
     if out.is_dir() and any(out.iterdir()) and not force:
         raise SlimlensError(f"--out {out} exists and is not empty; pass --force to replace it or name a new folder")
-    parent = out.resolve().parent
+    # --out may name a new nested folder, as explain's and report's may. The run is staged in the nearest
+    # folder that exists and the missing ones are made only when it is renamed into place, so a run that
+    # fails or is refused leaves no empty folders behind.
+    anchor = out.parent
+    while not anchor.exists():
+        anchor = anchor.parent
+    if not anchor.is_dir():
+        raise SlimlensError(f"cannot write {out}: {anchor} is a file; name a folder")
     try:
-        parent.mkdir(parents=True, exist_ok=True)  # as explain and report do: --out may name a new nested folder
-        staged = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.", suffix=".partial"))
+        staged = Path(tempfile.mkdtemp(dir=anchor, prefix=f".{out.name}.", suffix=".partial"))
     except OSError as exc:
-        raise SlimlensError(f"cannot write {out}: {exc.strerror or exc} ({exc.filename or parent}); name a folder you can write") from None
+        raise SlimlensError(f"cannot write {out}: {exc.strerror or exc} in {anchor}; name a folder you can write") from None
     usual_mode(staged)
     return staged
 
@@ -96,6 +102,10 @@ def staging_dir(out: str | Path, force: bool = False) -> Path:
 def move_into_place(staged: Path, out: str | Path) -> Path:
     """Rename a finished ``staged`` folder to ``out``, replacing an old ``out`` only once the new one is complete."""
     out = Path(out).resolve()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)  # staging_dir left a new --out's missing parents to now
+    except OSError as exc:
+        raise SlimlensError(f"cannot write {out}: {exc.strerror or exc} making {out.parent}; name a folder you can write") from None
     old = None
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")

@@ -65,8 +65,13 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tmp_path: Path, recip
     assert "--data" in _fails(["zoo.models.mlp:SimpleNet", "--recipe", str(recipe), *common], capsys)
     assert "timing setting threads must be a whole number of at least 1" in _fails(
         ["simplenet", "--recipe", str(recipe), "--out", str(out), "--threads", "0"], capsys)
-    assert "Not a directory" in _fails(["simplenet", "--recipe", str(recipe), "--out", str(bad / "a" / "b"), "--no-latency"], capsys)
-    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml", "fast.toml"]
+    assert f"{bad} is a file; name a folder" in _fails(["simplenet", "--recipe", str(recipe), "--out", str(bad / "a" / "b"), "--no-latency"], capsys)
+    # a refused run leaves no new folders: the missing parents of --out are made only as a finished run moves in
+    static = tmp_path / "static.toml"
+    static.write_text('[[steps]]\nstep = "quantize_static_onnx"\n')
+    assert "does not apply to seed-lstm" in _fails(["seed-lstm", "--recipe", str(static), "--out", str(tmp_path / "new" / "run"), "--no-latency"],
+                                                   capsys)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml", "fast.toml", "static.toml"]
 
     out.mkdir()
     (out / "keep.txt").write_text("mine")

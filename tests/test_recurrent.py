@@ -128,6 +128,10 @@ def test_a_users_recurrent_model_takes_the_recurrent_route_of_a_recipe(tmp_path:
     assert results["family"] == "lstm" and steps["quantize_static_onnx"]["skipped"] == "runs on cnn, custom models only, not lstm"
     assert "would stay in float" in steps["quantize_dynamic_onnx"]["skipped"]
     assert [v["name"] for v in results["variants"]] == ["original", "int8-dynamic"]
+    from compress.pipeline import recurrent_family
+
+    # fine-tuned with the gradient clipping the zoo's LSTM trained and its presets were tuned with
+    assert recurrent_family(RowGRU(), data_for(BUILDER, data="mnist")).clip_grad_norm == 1.0
 
 
 @pytest.mark.parametrize("architecture", [RowGRU, TwoLayerLSTM])
@@ -143,3 +147,40 @@ def test_onnx_macs_count_every_recurrent_layer(architecture: type, tmp_path: Pat
     assert onnx_macs(fp32, example) == macs  # a GRU, or the second of two stacked LSTMs, counted too
     if architecture is TwoLayerLSTM:  # ONNX Runtime's int8 LSTM leaves the batch unknown to shape inference downstream
         assert onnx_macs(quantize_dynamic_file(fp32, tmp_path / "int8.onnx"), example) == macs
+
+
+class FinalStateGRU(RowGRU):
+    """Its head reads the GRU's final state h_n, which Torch-Pruning does not trace back to the GRU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x[:, 0])[1][-1])
+
+
+class _OwnGRU(torch.nn.GRU):
+    """A user's subclass of nn.GRU: Torch-Pruning matches layer types exactly."""
+
+
+class SubclassedGRU(RowGRU):
+    kind = _OwnGRU
+
+
+def test_a_head_on_the_final_state_is_refused_before_any_fine_tuning():
+    said: list[str] = []
+    data = data_for("test_recurrent:FinalStateGRU", data="mnist")
+    with pytest.raises(SlimlensError, match=r"removed no channels from .* at ratio=0.5; .*final state h_n"):
+        prune_structured(FinalStateGRU().eval(), PruneStructuredConfig(ratio=0.5, steps=2, epochs=4.0), data, progress=said.append)
+    assert not said  # refused after the first pruning round, before its fine-tuning
+    with pytest.raises(SlimlensError, match=r"distill derives no smaller student from .*could not trace .*h_n"):
+        from compress.distill import DistillConfig, distill
+
+        distill(FinalStateGRU().eval(), DistillConfig(student="auto", width=0.25, epochs=0.01), data)
+
+
+def test_a_subclass_of_gru_is_pruned_by_the_recurrent_pruner():
+    torch.manual_seed(0)
+    model = _with_dead_units(SubclassedGRU(), dead=list(range(0, 32, 2))).eval()
+    data = data_for("test_recurrent:SubclassedGRU", data="mnist")
+    pruned = prune_structured(model, PruneStructuredConfig(ratio=0.5, steps=1, epochs=0), data)
+    x = data.inputs(16, split="test")
+    with torch.no_grad():
+        assert pruned.rnn.hidden_size == 16 and torch.allclose(pruned(x), model(x), atol=1e-5)

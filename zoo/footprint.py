@@ -149,13 +149,16 @@ def onnx_macs(path: str | Path, example: torch.Tensor) -> int:
         shapes[init.name] = list(init.dims)
     attrs = lambda node: {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}  # noqa: E731
     batch = int(example.shape[0])
+    # ONNX Runtime's int8 LSTM (a contrib op) leaves the batch unknown to shape inference downstream; only
+    # there is an unknown leading dimension taken to be the batch (elsewhere it may be a sequence length)
+    batch_lost = any(node.op_type == "DynamicQuantizeLSTM" for node in model.graph.node)
     total = 0
     for node in model.graph.node:
         op = node.op_type
         ins = [shapes.get(n) for n in node.input]
         out = shapes.get(node.output[0]) if node.output else None
-        if out and not out[0] and all(out[1:]):
-            out = [batch, *out[1:]]  # contrib ops (DynamicQuantizeLSTM) leave the batch unknown downstream
+        if batch_lost and out and not out[0] and all(out[1:]):
+            out = [batch, *out[1:]]
         if op in ("Conv", "ConvInteger", "QLinearConv") and out and all(out):
             w = ins[3] if op == "QLinearConv" else ins[1]
             if w:
