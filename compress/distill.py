@@ -110,18 +110,19 @@ def _slimmer_by_pruning(model: nn.Module, width: float, example: torch.Tensor) -
     import torch_pruning as tp
 
     from compress.prune import (  # prune imports this module
-        ROOT_TYPES, check_output_shape, output_layer, output_shape, recurrent_pruners, refuse_untraceable_recurrent)
+        ROOT_TYPES, check_output_shape, output_layer, output_shape, recurrent_pruners, refuse_untraceable_recurrent, traceable_recurrent)
 
     student = copy.deepcopy(model).eval()
     head, shape = output_layer(student, example), output_shape(student, example)
     refuse_untraceable_recurrent(student, type(model).__name__, "distill cannot derive a narrower student from",
                                  "name a smaller zoo model as student")
     try:
-        pruner = tp.pruner.MetaPruner(
-            student, example, importance=tp.importance.MagnitudeImportance(p=1),
-            pruning_ratio=1 - width, ignored_layers=[head], customized_pruners=recurrent_pruners(student),
-            root_module_types=ROOT_TYPES,
-        )
+        with traceable_recurrent(student):
+            pruner = tp.pruner.MetaPruner(
+                student, example, importance=tp.importance.MagnitudeImportance(p=1),
+                pruning_ratio=1 - width, ignored_layers=[head], customized_pruners=recurrent_pruners(student),
+                root_module_types=ROOT_TYPES,
+            )
         pruner.step()
     except Exception as exc:  # Torch-Pruning raises plain errors on graphs it cannot trace
         raise SlimlensError(f"cannot derive a slimmer {type(model).__name__} student ({exc}); name a zoo model as student") from None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 import torch_pruning as tp
@@ -134,6 +134,42 @@ def recurrent_pruners(model: nn.Module) -> dict[type, _RecurrentPruner]:
     return {kind: pruner for kind in {*RECURRENT, *(type(m) for m in model.modules() if isinstance(m, RECURRENT))}}
 
 
+class _Join(torch.autograd.Function):
+    """``value`` as one autograd node whose inputs are ``sources``: what Torch-Pruning's trace follows."""
+
+    @staticmethod
+    def forward(ctx: Any, value: torch.Tensor, *sources: torch.Tensor) -> torch.Tensor:
+        ctx.count = len(sources)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        return (grad, *[None] * ctx.count)
+
+
+@contextmanager
+def traceable_recurrent(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` with each GRU and RNN computing its outputs as one autograd node while Torch-Pruning traces it.
+
+    On the CPU, PyTorch runs an LSTM as one fused kernel (one node between its input and output) but a
+    GRU or RNN step by step, and Torch-Pruning's trace then wanders through hundreds of small
+    operations and fails (IndexError) whenever a layer feeds the GRU. Joined into one node, they trace
+    as the LSTM does; the outputs themselves are the layer's own.
+    """
+    patched = [layer for layer in model.modules() if isinstance(layer, nn.GRU | nn.RNN)]
+    for layer in patched:
+        def forward(input: torch.Tensor, hx: torch.Tensor | None = None, _layer: nn.RNNBase = layer) -> tuple:
+            with torch.no_grad():
+                output, state = type(_layer).forward(_layer, input, hx)
+            return _Join.apply(output, input, *_layer.parameters()), state
+        layer.forward = forward
+    try:
+        yield model
+    finally:
+        for layer in patched:
+            del layer.forward
+
+
 # Layers a Torch-Pruning group may start from; its default list has the LSTM but no GRU or RNN, whose
 # hidden units would then never be offered for removal.
 ROOT_TYPES = [nn.modules.conv._ConvNd, nn.Linear, *RECURRENT]
@@ -174,7 +210,8 @@ class PruneStructuredConfig:
 
 def residual_layers(model: nn.Module, example: torch.Tensor, skip: nn.Module) -> set[nn.Module]:
     """Layers whose output channels are tied to another layer's by an elementwise add (a residual stream)."""
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    with traceable_recurrent(model):
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, customized_pruners=recurrent_pruners(model))
     coupled: set[nn.Module] = set()
     for group in graph.get_all_groups(ignored_layers=[skip], root_module_types=PRUNABLE):
         producers = {item.dep.target.module for item in group
@@ -245,11 +282,12 @@ def prune_structured(model: nn.Module, config: PruneStructuredConfig, data: Comp
         residual = residual_layers(pruned, example, head) if config.residual_ratio is not None else set()
         per_layer = layer_ratios(pruned, config.ratio, head, config.round_to, residual, config.residual_ratio)
     try:
-        pruner = tp.pruner.BasePruner(
-            pruned, example, importance=importance, pruning_ratio=config.ratio, pruning_ratio_dict=per_layer,
-            iterative_steps=config.steps, global_pruning=config.global_pruning, ignored_layers=[head],
-            customized_pruners=recurrent_pruners(pruned), root_module_types=ROOT_TYPES,
-        )
+        with traceable_recurrent(pruned):
+            pruner = tp.pruner.BasePruner(
+                pruned, example, importance=importance, pruning_ratio=config.ratio, pruning_ratio_dict=per_layer,
+                iterative_steps=config.steps, global_pruning=config.global_pruning, ignored_layers=[head],
+                customized_pruners=recurrent_pruners(pruned), root_module_types=ROOT_TYPES,
+            )
     except Exception as exc:  # Torch-Pruning raises plain errors on graphs it cannot trace
         raise SlimlensError(f"Torch-Pruning cannot trace {type(model).__name__} ({first_line(exc, 200)}); "
                             "prune it with prune-unstructured instead") from None
@@ -279,9 +317,11 @@ def _removes_any(model: nn.Module, example: torch.Tensor, ratio: float) -> bool:
     """Whether one Torch-Pruning step at ``ratio`` removes anything from a copy of ``model`` (the first of several rounds may not)."""
     probe = trainable_clone(model)
     try:
-        tp.pruner.BasePruner(probe, example, importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=ratio,
-                             ignored_layers=[output_layer(probe, example)], customized_pruners=recurrent_pruners(probe),
-                             root_module_types=ROOT_TYPES).step()
+        with traceable_recurrent(probe):
+            pruner = tp.pruner.BasePruner(probe, example, importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=ratio,
+                                          ignored_layers=[output_layer(probe, example)], customized_pruners=recurrent_pruners(probe),
+                                          root_module_types=ROOT_TYPES)
+        pruner.step()
     except Exception:  # the caller's own pruner already traced this graph; a probe that fails proves nothing
         return True
     return module_params(probe)["params"] < module_params(model)["params"]

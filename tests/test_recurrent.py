@@ -40,6 +40,18 @@ class TwoLayerLSTM(RowGRU):
     kind, layers = torch.nn.LSTM, 2
 
 
+class FedGRU(RowGRU):
+    """A GRU reading a linear layer's features: on the CPU a GRU runs step by step, which Torch-Pruning cannot trace alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Linear(28, 24)
+        self.rnn = torch.nn.GRU(24, 32, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(torch.relu(self.embed(x[:, 0])))[0][:, -1])
+
+
 class BiLSTM(torch.nn.Module):
     """Reads the rows both ways: its output holds two directions' hidden units, which Torch-Pruning cannot trace."""
 
@@ -67,15 +79,20 @@ def _with_dead_units(model: RowGRU, dead: list[int]) -> RowGRU:
     return model
 
 
-@pytest.mark.parametrize("architecture", [RowGRU, TwoLayerLSTM])
+@pytest.mark.parametrize("architecture", [RowGRU, TwoLayerLSTM, FedGRU])
 def test_structured_pruning_removes_hidden_units_from_every_gate_and_layer(architecture: type, tmp_path: Path):
     torch.manual_seed(0)
     model = _with_dead_units(architecture(), dead=list(range(0, 32, 2))).eval()
+    if architecture is FedGRU:  # half the features it reads are dead too: they and their GRU input columns go
+        with torch.no_grad():
+            model.embed.weight[::2], model.embed.bias[::2] = 0, 0
     data = data_for(f"test_recurrent:{architecture.__name__}", data="mnist")
     pruned = prune_structured(model, PruneStructuredConfig(ratio=0.5, steps=1, epochs=0), data)
     gates = 4 if architecture is TwoLayerLSTM else 3
     assert pruned.rnn.hidden_size == 16 and pruned.head.in_features == 16
     assert pruned.rnn.weight_hh_l0.shape == (gates * 16, 16) and pruned.get_parameter(f"rnn.weight_ih_l{model.layers - 1}").shape[0] == gates * 16
+    if architecture is FedGRU:
+        assert pruned.embed.out_features == pruned.rnn.input_size == 12
     x = data.inputs(64, split="test")
     with torch.no_grad():
         # the dead units went and nothing else: a gate or layer sliced by the wrong rows would change the outputs
@@ -92,8 +109,9 @@ def test_structured_pruning_refuses_a_bidirectional_lstm_in_one_line():
         prune_structured(BiLSTM(), PruneStructuredConfig(steps=1, epochs=0), data_for("tests:BiLSTM", data="mnist"))
 
 
-def test_a_slimmer_student_of_a_gru_narrows_its_hidden_units():
-    student, shape = slimmer(RowGRU(), 0.5, torch.rand(2, 1, 28, 28))
+@pytest.mark.parametrize("architecture", [RowGRU, FedGRU])
+def test_a_slimmer_student_of_a_gru_narrows_its_hidden_units(architecture: type):
+    student, shape = slimmer(architecture(), 0.5, torch.rand(2, 1, 28, 28))
     assert student.rnn.hidden_size == 16 and shape == {"width": 0.5} and student(torch.rand(3, 1, 28, 28)).shape == (3, 10)
 
 
