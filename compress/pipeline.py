@@ -619,6 +619,7 @@ def _run_into(out: Path, model: nn.Module, recipe: Recipe, data: CompressionData
         "model": data.model_name,
         "task": data.task,
         "family": data.family,
+        "input_shape": list(data.input_shape),  # what `slimlens bench DIR` times a user's model on
         "primary_metric": data.primary_metric,
         "higher_is_better": data.higher_is_better,
         "recipe": recipe.to_dict(),

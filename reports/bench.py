@@ -40,6 +40,11 @@ def zoo_variants(model: str, folder: Path, onnx: bool = True) -> tuple[list[Any]
     return variants, failed
 
 
+def run_input_shape(run_dir: Path) -> tuple[int, ...]:
+    """The input shape a run folder's model takes: recorded by compress, else the digits every user model is checked on."""
+    return tuple(read_results(run_dir).get("input_shape") or (1, 28, 28))
+
+
 def run_variants(run_dir: Path, threads: int, trust_code: bool = False) -> tuple[str | None, list[Any]]:
     """The model name and saved variants (original first) of a run folder written by compress or bench."""
     from compress.variant import METADATA_SUFFIX, load_variant
@@ -116,7 +121,9 @@ def bench(
             model = target
             (tmp / "variants").mkdir()
             variants, failed = zoo_variants(model, tmp / "variants", onnx)
-        results = measure(variants, model, devices, cfg, memory=memory, run_dir=tmp, seed=INPUT_SEED, command=command, progress=progress)
+        shape = run_input_shape(source) if is_run else None  # a user's model is timed on noise of its own input shape
+        results = measure(variants, model, devices, cfg, input_shape=shape, memory=memory, run_dir=tmp, seed=INPUT_SEED, command=command,
+                          progress=progress)
         results["recipe"] = {"name": "bench", "steps": [], "note": f"measured without compressing ({'variants of ' + str(source) if is_run else 'zoo model'})"}
         if failed:
             results["failed_variants"] = failed

@@ -202,3 +202,14 @@ def test_a_subclass_of_gru_is_pruned_by_the_recurrent_pruner():
     x = data.inputs(16, split="test")
     with torch.no_grad():
         assert pruned.rnn.hidden_size == 16 and torch.allclose(pruned(x), model(x), atol=1e-5)
+
+
+def test_bench_times_a_run_of_a_users_model(tmp_path: Path):
+    import reports
+
+    run(RowGRU().eval(), [{"step": "quantize_dynamic"}], data_for(BUILDER, data="mnist"), out_dir=tmp_path / "run", export=False)
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["input_shape"] == [1, 28, 28]
+    cfg = reports.TimingConfig(warmup=1, min_repetitions=3, max_repetitions=5, min_seconds=0.01, compile=False, rounds=1)
+    reports.bench(str(tmp_path / "run"), tmp_path / "bench", "cpu", cfg, memory=False, html=False, trust_code=True)
+    timed = json.loads((tmp_path / "bench" / "results.json").read_text())["variants"]
+    assert [v["name"] for v in timed] == ["original", "int8-dynamic"] and all(v["latency"]["cpu"]["batch1_p50_ms"] > 0 for v in timed)
