@@ -347,6 +347,9 @@ def load_model(model: str, weights: str | Path | None = None, trust_pickle: bool
     return module.eval()
 
 
+CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model")
+
+
 def _read_weights(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor]:
     import pickle
 
@@ -376,9 +379,16 @@ def _read_weights(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor]:
         raise WeightsError(not_a_checkpoint) from None
     if isinstance(loaded, nn.Module):
         loaded = loaded.state_dict()
-    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+    is_state = lambda value: isinstance(value, dict) and value and all(isinstance(v, torch.Tensor) for v in value.values())  # noqa: E731
+    if isinstance(loaded, dict) and not is_state(loaded):
+        # a training checkpoint: the weights under the key PyTorch's tutorials and Lightning use, beside the epoch and optimizer
+        inner = next((loaded[key] for key in CHECKPOINT_KEYS if is_state(loaded.get(key))), None)
+        if inner is None:
+            keys = ", ".join(map(str, list(loaded)[:6]))
+            raise WeightsError(f"{path} holds a dict ({keys}) with no state dict (name → tensor) under "
+                               f"{', '.join(CHECKPOINT_KEYS)}; save model.state_dict() and pass that file")
+        loaded = inner
+    if not is_state(loaded):
         raise WeightsError(f"{path} does not hold a state dict (name → tensor)")
     return loaded
 

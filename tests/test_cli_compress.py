@@ -97,6 +97,25 @@ def test_full_pickle_weights_need_trust(tmp_path: Path, recipe: Path, capsys):
     assert torch.equal(model.hidden.weight, zoo.load("simplenet").hidden.weight)
 
 
+def test_weights_from_a_training_checkpoint_or_a_wrapped_model_load(tmp_path: Path, recipe: Path, capsys):
+    import zoo
+    from compress.pipeline import load_model
+
+    state = zoo.load("lenet5").state_dict()
+    saved = {
+        "tutorial.pt": {"epoch": 3, "model_state_dict": state, "optimizer_state_dict": {"param_groups": []}},  # PyTorch's tutorials
+        "dataparallel.pt": {f"module.{k}": v for k, v in state.items()},
+        "compiled-ddp.pt": {f"module._orig_mod.{k}": v for k, v in state.items()},
+    }
+    for name, content in saved.items():
+        torch.save(content, tmp_path / name)
+        loaded = load_model("zoo.models.lenet:lenet5", tmp_path / name).state_dict()
+        assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state), name
+    torch.save({"epoch": 3, "optimizer": {"lr": 0.1}}, tmp_path / "no-weights.pt")
+    err = _fails(["lenet5", "--weights", str(tmp_path / "no-weights.pt"), "--recipe", str(recipe), "--out", str(tmp_path / "run")], capsys)
+    assert "holds a dict (epoch, optimizer) with no state dict" in err and "save model.state_dict()" in err
+
+
 def test_a_model_that_does_not_fit_the_data_or_the_recipe_fails_in_one_line(tmp_path: Path, recipe: Path, capsys):
     out = tmp_path / "run"
     common = ["--recipe", str(recipe), "--out", str(out), "--no-latency"]

@@ -43,6 +43,7 @@ def read_state_dict(path: Path, expected_sha256: str | None = None) -> dict[str,
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
     """Load ``state`` into ``model`` strictly, turning a shape or key mismatch into a one-line WeightsError."""
     expected = model.state_dict()
+    state = _without_wrapper_prefix(state, expected)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     reshaped = [f"{k} {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model" for k, v in expected.items() if k in state and state[k].shape != v.shape]
@@ -57,6 +58,18 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> n
         detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[:3])
         raise WeightsError(f"weights file {path} does not fit {type(model).__name__}: {detail}") from None
     return model
+
+
+# What wrappers put in front of every key: DataParallel/DistributedDataParallel, torch.compile
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _without_wrapper_prefix(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with a wrapper's prefix taken off every key, when that is what keeps it from matching ``expected``."""
+    for prefix in WRAPPER_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in expected):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
 
 
 def save_state_dict(model: nn.Module, path: Path) -> str:
