@@ -381,11 +381,13 @@ def _read_weights(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor]:
         loaded = loaded.state_dict()
     is_state = lambda value: isinstance(value, dict) and value and all(isinstance(v, torch.Tensor) for v in value.values())  # noqa: E731
     if isinstance(loaded, dict) and not is_state(loaded):
-        # a training checkpoint: the weights under the key PyTorch's tutorials and Lightning use, beside the epoch and optimizer
-        inner = next((loaded[key] for key in CHECKPOINT_KEYS if is_state(loaded.get(key))), None)
+        # a training checkpoint: the weights under the key PyTorch's tutorials use, beside the epoch and optimizer
+        found = [loaded.get(key) for key in CHECKPOINT_KEYS]
+        found = [value.state_dict() if isinstance(value, nn.Module) else value for value in found]  # a whole module (--trust-pickle)
+        inner = next((value for value in found if is_state(value)), None)
         if inner is None:
-            keys = ", ".join(map(str, list(loaded)[:6]))
-            raise WeightsError(f"{path} holds a dict ({keys}) with no state dict (name → tensor) under "
+            keys = ", ".join(repr(k) for k in list(loaded)[:6]) + (", …" if len(loaded) > 6 else "")
+            raise WeightsError(f"{path} holds a dict ({keys or 'empty'}) with no state dict (name → tensor) under "
                                f"{', '.join(CHECKPOINT_KEYS)}; save model.state_dict() and pass that file")
         loaded = inner
     if not is_state(loaded):

@@ -84,7 +84,10 @@ def output_layer(model: nn.Module, example: torch.Tensor, kinds: tuple[type, ...
 
 def check_output_shape(model: nn.Module, example: torch.Tensor, expected: tuple[int, ...], what: str, fix: str) -> None:
     """Raise a one-line SlimlensError if ``what`` (a step) changed the shape of ``model``'s output from ``expected``."""
-    shape = output_shape(model, example)
+    try:
+        shape = output_shape(model, example)
+    except SlimlensError as exc:  # e.g. a layer reading a recurrent layer's final state, which Torch-Pruning did not narrow with it
+        raise SlimlensError(f"{what} left {exc}; {fix}") from None
     if shape != expected:
         raise SlimlensError(f"{what} changed the output shape of {type(model).__name__} from {expected} to {shape}; {fix}")
 
@@ -157,17 +160,31 @@ def traceable_recurrent(model: nn.Module) -> Iterator[nn.Module]:
     as the LSTM does; the outputs themselves are the layer's own.
     """
     patched = [layer for layer in model.modules() if isinstance(layer, nn.GRU | nn.RNN)]
+    own = {layer: layer.__dict__["forward"] for layer in patched if "forward" in layer.__dict__}  # a forward set on the instance
     for layer in patched:
-        def forward(input: torch.Tensor, hx: torch.Tensor | None = None, _layer: nn.RNNBase = layer) -> tuple:
+        call = layer.forward  # the layer's own forward, a subclass's included
+
+        def forward(*args: Any, _call: Callable = call, _layer: nn.RNNBase = layer, **kwargs: Any) -> Any:
+            input = args[0] if args else kwargs.get("input")
+            states = [a for a in (*args[1:], *kwargs.values()) if isinstance(a, torch.Tensor)]
+            if not isinstance(input, torch.Tensor) or any(a.requires_grad for a in states):
+                return _call(*args, **kwargs)  # a packed sequence, or a state another layer computes: traced as it is
             with torch.no_grad():
-                output, state = type(_layer).forward(_layer, input, hx)
-            return _Join.apply(output, input, *_layer.parameters()), state
+                result = _call(*args, **kwargs)
+            if isinstance(result, torch.Tensor):
+                return _Join.apply(result, input, *_layer.parameters())
+            if isinstance(result, tuple) and result and isinstance(result[0], torch.Tensor):
+                return (_Join.apply(result[0], input, *_layer.parameters()), *result[1:])
+            return _call(*args, **kwargs)
         layer.forward = forward
     try:
         yield model
     finally:
         for layer in patched:
-            del layer.forward
+            if layer in own:
+                layer.forward = own[layer]
+            else:
+                del layer.forward
 
 
 # Layers a Torch-Pruning group may start from; its default list has the LSTM but no GRU or RNN, whose

@@ -106,6 +106,7 @@ def test_weights_from_a_training_checkpoint_or_a_wrapped_model_load(tmp_path: Pa
         "tutorial.pt": {"epoch": 3, "model_state_dict": state, "optimizer_state_dict": {"param_groups": []}},  # PyTorch's tutorials
         "dataparallel.pt": {f"module.{k}": v for k, v in state.items()},
         "compiled-ddp.pt": {f"module._orig_mod.{k}": v for k, v in state.items()},
+        "ddp-of-compiled.pt": {f"_orig_mod.module.{k}": v for k, v in state.items()},
     }
     for name, content in saved.items():
         torch.save(content, tmp_path / name)
@@ -113,7 +114,7 @@ def test_weights_from_a_training_checkpoint_or_a_wrapped_model_load(tmp_path: Pa
         assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state), name
     torch.save({"epoch": 3, "optimizer": {"lr": 0.1}}, tmp_path / "no-weights.pt")
     err = _fails(["lenet5", "--weights", str(tmp_path / "no-weights.pt"), "--recipe", str(recipe), "--out", str(tmp_path / "run")], capsys)
-    assert "holds a dict (epoch, optimizer) with no state dict" in err and "save model.state_dict()" in err
+    assert "holds a dict ('epoch', 'optimizer') with no state dict" in err and "save model.state_dict()" in err
 
 
 def test_a_model_that_does_not_fit_the_data_or_the_recipe_fails_in_one_line(tmp_path: Path, recipe: Path, capsys):

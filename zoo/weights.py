@@ -66,9 +66,12 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 def _without_wrapper_prefix(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``state`` with a wrapper's prefix taken off every key, when that is what keeps it from matching ``expected``."""
-    for prefix in WRAPPER_PREFIXES:
-        if state and all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in expected):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+    stripped = True
+    while stripped:  # nested wrappers: torch.compile of a DDP model saves _orig_mod.module.
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if state and all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in expected):
+                state, stripped = {k[len(prefix):]: v for k, v in state.items()}, True
     return state
 
 
