@@ -109,21 +109,14 @@ def _slimmer_by_pruning(model: nn.Module, width: float, example: torch.Tensor) -
     # from every coupled layer (the output layer keeps its classes); the weights are then re-drawn.
     import torch_pruning as tp
 
-    from compress.prune import (  # prune imports this module
-        ROOT_TYPES, check_output_shape, output_layer, output_shape, recurrent_pruners, refuse_untraceable_recurrent, traceable_recurrent)
+    from compress.prune import channel_pruner, check_output_shape, output_layer, output_shape, refuse_untraceable_recurrent  # prune imports this module
 
     student = copy.deepcopy(model).eval()
     head, shape = output_layer(student, example), output_shape(student, example)
     refuse_untraceable_recurrent(student, type(model).__name__, "distill cannot derive a narrower student from",
                                  "name a smaller zoo model as student")
     try:
-        with traceable_recurrent(student):
-            pruner = tp.pruner.MetaPruner(
-                student, example, importance=tp.importance.MagnitudeImportance(p=1),
-                pruning_ratio=1 - width, ignored_layers=[head], customized_pruners=recurrent_pruners(student),
-                root_module_types=ROOT_TYPES,
-            )
-        pruner.step()
+        channel_pruner(student, example, tp.importance.MagnitudeImportance(p=1), 1 - width, head).step()
     except Exception as exc:  # Torch-Pruning raises plain errors on graphs it cannot trace
         raise SlimlensError(f"cannot derive a slimmer {type(model).__name__} student ({exc}); name a zoo model as student") from None
     check_output_shape(student, example, shape, "deriving a slimmer student", "name a zoo model as student")

@@ -100,10 +100,6 @@ def _teacher(model: nn.Module, data: CompressionData, original: nn.Module | None
 # ---------------------------------------------------------------- structured (channel) pruning
 
 
-RECURRENT = (nn.LSTM, nn.GRU, nn.RNN)
-_GATES = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}  # gate blocks stacked in weight_ih/weight_hh: LSTM i,f,g,o; GRU r,z,n
-
-
 class _RecurrentPruner(LSTMPruner):
     """Removes a hidden unit from every gate and layer of an LSTM, GRU or RNN (Torch-Pruning 1.6's LSTM pruner slices weight_hh by the wrong rows)."""
 
@@ -115,7 +111,8 @@ class _RecurrentPruner(LSTMPruner):
         # reads layer k - 1's units, so its input columns go too.
         drop = {int(i) for i in idxs}
         keep = torch.tensor([i for i in range(layer.hidden_size) if i not in drop])
-        gates = torch.cat([keep + g * layer.hidden_size for g in range(next(n for kind, n in _GATES.items() if isinstance(layer, kind)))])
+        blocks = layer.weight_hh_l0.shape[0] // layer.hidden_size  # gate blocks stacked by rows: LSTM i,f,g,o; GRU r,z,n; RNN one
+        gates = torch.cat([keep + g * layer.hidden_size for g in range(blocks)])
         for k in range(layer.num_layers):
             for suffix in [""] + (["_reverse"] if layer.bidirectional else []):
                 edits = [("weight_ih", 0, gates), ("weight_hh", 0, gates), ("weight_hh", 1, keep), ("bias_ih", 0, gates), ("bias_hh", 0, gates)]
@@ -134,7 +131,7 @@ def recurrent_pruners(model: nn.Module) -> dict[type, _RecurrentPruner]:
     # keyed by each layer's own type, since Torch-Pruning matches types exactly: a subclass of nn.LSTM would
     # otherwise fall to its LSTM pruner (per-layer keys fail in Torch-Pruning 1.6.0)
     pruner = _RecurrentPruner()
-    return {kind: pruner for kind in {*RECURRENT, *(type(m) for m in model.modules() if isinstance(m, RECURRENT))}}
+    return {type(m): pruner for m in model.modules() if isinstance(m, nn.RNNBase)}
 
 
 class _Join(torch.autograd.Function):
@@ -189,7 +186,15 @@ def traceable_recurrent(model: nn.Module) -> Iterator[nn.Module]:
 
 # Layers a Torch-Pruning group may start from; its default list has the LSTM but no GRU or RNN, whose
 # hidden units would then never be offered for removal.
-ROOT_TYPES = [nn.modules.conv._ConvNd, nn.Linear, *RECURRENT]
+ROOT_TYPES = [nn.modules.conv._ConvNd, nn.Linear, nn.RNNBase]
+
+
+def channel_pruner(model: nn.Module, example: torch.Tensor, importance: tp.importance.Importance, ratio: float,
+                   head: nn.Module, **options: Any) -> tp.pruner.BasePruner:
+    """Torch-Pruning's pruner for ``model`` (``head`` kept whole), its recurrent layers traced and pruned as this module does."""
+    with traceable_recurrent(model):
+        return tp.pruner.BasePruner(model, example, importance=importance, pruning_ratio=ratio, ignored_layers=[head],
+                                    customized_pruners=recurrent_pruners(model), root_module_types=ROOT_TYPES, **options)
 
 
 @dataclass(frozen=True)
@@ -267,7 +272,7 @@ def layer_ratios(model: nn.Module, ratio: float, skip: nn.Module, round_to: int 
 
 def _require_hidden_layer(model: nn.Module, head: nn.Module, name: str) -> None:
     """Refuse, before any fine-tuning, a model whose only weighted layer is the output layer (kept whole)."""
-    if not any(isinstance(m, (*PRUNABLE, *RECURRENT)) and m is not head for m in model.modules()):
+    if not any(isinstance(m, (*PRUNABLE, nn.RNNBase)) and m is not head for m in model.modules()):
         raise SlimlensError(f"prune-structured found no channels to remove in {name}: its only weighted layer is "
                             "the output layer; use prune-unstructured instead")
 
@@ -299,12 +304,8 @@ def prune_structured(model: nn.Module, config: PruneStructuredConfig, data: Comp
         residual = residual_layers(pruned, example, head) if config.residual_ratio is not None else set()
         per_layer = layer_ratios(pruned, config.ratio, head, config.round_to, residual, config.residual_ratio)
     try:
-        with traceable_recurrent(pruned):
-            pruner = tp.pruner.BasePruner(
-                pruned, example, importance=importance, pruning_ratio=config.ratio, pruning_ratio_dict=per_layer,
-                iterative_steps=config.steps, global_pruning=config.global_pruning, ignored_layers=[head],
-                customized_pruners=recurrent_pruners(pruned), root_module_types=ROOT_TYPES,
-            )
+        pruner = channel_pruner(pruned, example, importance, config.ratio, head, pruning_ratio_dict=per_layer,
+                                iterative_steps=config.steps, global_pruning=config.global_pruning)
     except Exception as exc:  # Torch-Pruning raises plain errors on graphs it cannot trace
         raise SlimlensError(f"Torch-Pruning cannot trace {type(model).__name__} ({first_line(exc, 200)}); "
                             "prune it with prune-unstructured instead") from None
@@ -334,11 +335,7 @@ def _removes_any(model: nn.Module, example: torch.Tensor, ratio: float) -> bool:
     """Whether one Torch-Pruning step at ``ratio`` removes anything from a copy of ``model`` (the first of several rounds may not)."""
     probe = trainable_clone(model)
     try:
-        with traceable_recurrent(probe):
-            pruner = tp.pruner.BasePruner(probe, example, importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=ratio,
-                                          ignored_layers=[output_layer(probe, example)], customized_pruners=recurrent_pruners(probe),
-                                          root_module_types=ROOT_TYPES)
-        pruner.step()
+        channel_pruner(probe, example, tp.importance.GroupMagnitudeImportance(p=2), ratio, output_layer(probe, example)).step()
     except Exception:  # the caller's own pruner already traced this graph; a probe that fails proves nothing
         return True
     return module_params(probe)["params"] < module_params(model)["params"]
@@ -353,7 +350,7 @@ def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
     for module in model.modules():
         if isinstance(module, PRUNABLE):
             found.append((module, "weight"))
-        elif isinstance(module, RECURRENT):
+        elif isinstance(module, nn.RNNBase):
             found += [(module, name) for name, _ in module.named_parameters(recurse=False) if name.startswith("weight")]
     return found
 
