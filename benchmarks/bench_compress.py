@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import compress  # noqa: E402
 import reports  # noqa: E402
-from zoo.environment import cpu_model  # noqa: E402
+from zoo.environment import cpu_description  # noqa: E402
 from reports.inputs import timing_inputs  # noqa: E402
 
 CASES = (("deep-compression", "lenet5"), ("edge", "resnet-mnist"), ("distill", "resnet-mnist"), ("int8", "seed-lstm"))
@@ -151,7 +151,7 @@ def machine(threads: int) -> str:
     import onnxruntime
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"{cpu_model()}, {os.cpu_count()} cores, {threads} threads, load average {load}; "
+    return (f"{cpu_description()}, {os.cpu_count()} cores, {threads} threads, load average {load}; "
             f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
 
 

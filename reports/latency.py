@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from zoo.environment import cpu_model, cuda_device_name, library_versions
+from zoo.environment import cpu_features, cpu_model, cuda_device_name, library_versions
 from reports.errors import ReportError
 from zoo.errors import first_line
 
@@ -218,6 +218,7 @@ def cpu_latency(variant: Any, x1: torch.Tensor, xb: torch.Tensor, cfg: TimingCon
     """
     how = {
         "device": cpu_model(),
+        "cpu_features": cpu_features(),
         "threads": cfg.threads,
         "timing": cfg.how(),
         "timer": TIMER,

@@ -254,6 +254,7 @@ def run_context(run: dict[str, Any]) -> dict[str, Any]:
         "seed": env.get("seed", run.get("seed")),
         "timing": timing,
         "cpu_name": _lat(original, "cpu").get("device") or env.get("cpu"),
+        "cpu_features": _lat(original, "cpu").get("cpu_features") or env.get("cpu_features"),
         "threads": _lat(original, "cpu").get("threads") or env.get("threads"),
         "batch": timing.get("batch") if isinstance(timing, dict) else None,
         "gpu_present": gpu_present,

@@ -139,6 +139,8 @@ def test_report_renders_self_contained_from_stored_results(bench_dir: Path, tmp_
     assert not re.search(r'(src|href)="(https?:)?//', html), "no external resource may be referenced"
     assert "<script" not in html
     assert "slimlens bench seed-cnn" in html  # provenance: the reproducing command
+    features = reports.read_results(bench_dir)["variants"][0]["latency"]["cpu"]["cpu_features"]
+    assert features is not None and features in html  # two CPUs of one name can differ in the SIMD that sets the speed
 
 
 def test_report_warns_when_the_machine_was_busy(results: dict, tmp_path: Path) -> None:
