@@ -35,6 +35,7 @@ from compress.quantize import (
     quantize_static_onnx,
 )
 from compress.variant import TorchVariant
+from zoo.environment import cpu_description
 
 
 def median_ms(forward: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, reps: int, warmup: int = 10) -> float:
@@ -124,7 +125,7 @@ def main() -> None:
     parser.add_argument("--skip-qat", action="store_true")
     parser.add_argument("--skip-pt2e", action="store_true")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {args.threads} threads, batch 8, median of {args.reps} calls")
+    print(f"{cpu_description()}; torch {torch.__version__}, {args.threads} threads, batch 8, median of {args.reps} calls")
     print(f"{'model':<20}{'variant':<40}{'bytes':>10}{'x smaller':>10}{'drop':>16}{'ms/b8':>9}{'make s':>8}")
     for name in args.models:
         for r in bench_model(name, args):

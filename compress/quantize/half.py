@@ -49,7 +49,7 @@ class HalfTorchVariant(TorchVariant):
 @register_step("half_precision", HalfPrecisionConfig)
 def half_precision(model: nn.Module, config: HalfPrecisionConfig, data: CompressionData,
                    progress: Progress = no_progress) -> HalfTorchVariant:
-    """A copy of ``model`` in float16/bfloat16 (halves the file; fast on GPUs, mostly not on CPUs)."""
+    """A copy of ``model`` in float16/bfloat16 (halves the file; faster on GPUs, and in bf16 on CPUs with AVX-512 BF16 or AMX)."""
     progress(f"casting to {config.dtype}")
     module = clone(model).eval().to(HALF_DTYPES[config.dtype])
     return HalfTorchVariant(name=config.name or config.dtype, steps=[step_record("half_precision", config)],
