@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from compress.context import CompressionData, data_for
+from compress.prune import dense_weights_warning, prunable_weights
 from compress.recipe import Recipe, RecipeStep, load_recipe
 from compress.results import SCHEMA, is_float_module, move_into_place, staging_dir, write_results
 from compress.steps import get_step
@@ -446,8 +447,10 @@ def check_families(recipe: Recipe, data: CompressionData) -> None:
 
 
 def check_layer_names(recipe: Recipe, model: nn.Module, data: CompressionData) -> None:
-    """Refuse, before any work, ``layer_sparsity`` names that are not layers of ``model`` (steps skipped or optional aside)."""
-    names = {name for name, _ in model.named_modules() if name}
+    """Refuse, before any work, ``layer_sparsity`` names that are not prunable layers of ``model`` (steps skipped or optional aside)."""
+    # a pooling layer or a container is a layer too, but one the step would silently leave alone
+    layer_names = {module: name for name, module in model.named_modules()}
+    names = {layer_names[module] for module, _ in prunable_weights(model)}
     for index, recipe_step in enumerate(recipe.steps):
         if recipe_step.families is not None and data.family not in recipe_step.families:
             continue
@@ -457,8 +460,8 @@ def check_layer_names(recipe: Recipe, model: nn.Module, data: CompressionData) -
             continue  # when it runs, its own check makes it a recorded skip
         unknown = sorted({name for name, _ in getattr(recipe_step.config, "layer_sparsity", ())} - names)
         if unknown:
-            raise SlimlensError(f"step {index + 1} ({recipe_step.step}): layer_sparsity names {unknown}, which are not layers of "
-                                f"{type(model).__name__}; its layers: {', '.join(sorted(names))}")
+            raise SlimlensError(f"step {index + 1} ({recipe_step.step}): layer_sparsity names {unknown}, which are not prunable layers of "
+                                f"{type(model).__name__}; its prunable layers: {', '.join(sorted(names))}")
 
 
 STATIC_INT8_STEPS = ("quantize_static_onnx", "qat", "quantize_pt2e")
@@ -611,6 +614,9 @@ def _run_into(out: Path, model: nn.Module, recipe: Recipe, data: CompressionData
             produced_in = own.get("training_seconds", seconds)
             made.append(recorder.add(produced, name, chain_steps + [{**step_record, **own}], produced_in, extra))
         warnings = _step_warnings(data, recipe_step, current_metrics, made)
+        if recipe_step.step in ("prune-unstructured", "weight-sharing"):  # a user's layer the step cannot treat stays as it was
+            left = dense_weights_warning(outputs[0][1].variant.module) if hasattr(outputs[0][1].variant, "module") else None
+            warnings += [left] if left else []
         for warning in warnings:
             progress(f"warning: {recipe_step.label}: {warning}")
         if warnings:

@@ -28,6 +28,11 @@ from zoo.footprint import module_params
 
 Progress = Callable[[str], None]
 PRUNABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+# Layers whose `weight` is the whole of their matrix, so magnitude pruning and weight sharing can treat it
+# element by element. A MultiheadAttention keeps its input projection under other names, and a user's
+# module may hold a bare nn.Parameter: those stay dense, and dense_weights_left names them.
+MAGNITUDE_PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+                      nn.Linear, nn.Embedding, nn.EmbeddingBag)
 
 
 def _check_fraction(name: str, value: float) -> None:
@@ -345,14 +350,36 @@ def _removes_any(model: nn.Module, example: torch.Tensor, ratio: float) -> bool:
 
 
 def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    """(module, parameter name) of every weight matrix magnitude pruning may zero: Conv/Linear weights, LSTM/GRU/RNN weights."""
+    """(module, parameter name) of every weight matrix magnitude pruning may zero: Conv/Linear/Embedding weights, LSTM/GRU/RNN weights."""
     found: list[tuple[nn.Module, str]] = []
     for module in model.modules():
-        if isinstance(module, PRUNABLE):
+        if isinstance(module, MAGNITUDE_PRUNABLE):
             found.append((module, "weight"))
         elif isinstance(module, nn.RNNBase):
             found += [(module, name) for name, _ in module.named_parameters(recurse=False) if name.startswith("weight")]
     return found
+
+
+def dense_weights_left(model: nn.Module) -> list[tuple[str, str, int]]:
+    """(parameter name, layer type, element count) of every weight of 2 or more dimensions that prunable_weights leaves out."""
+    covered = {id(getattr(module, name)) for module, name in prunable_weights(model)}
+    left = []
+    for owner_name, owner in model.named_modules():
+        for name, param in owner.named_parameters(recurse=False):
+            if param.dim() >= 2 and id(param) not in covered:
+                left.append((f"{owner_name}.{name}" if owner_name else name, type(owner).__name__, param.numel()))
+    return left
+
+
+def dense_weights_warning(model: nn.Module) -> str | None:
+    """One line naming the weights magnitude pruning and weight sharing cannot reach in ``model``, or None when there are none."""
+    left = dense_weights_left(model)
+    if not left:
+        return None
+    count, total = sum(n for _, _, n in left), sum(p.numel() for p in model.parameters())
+    named = ", ".join(f"{name} ({kind})" for name, kind, _ in left[:4]) + (f" and {len(left) - 4} more" if len(left) > 4 else "")
+    return (f"{len(left)} weight tensor(s) in layers this step cannot treat stay dense and unshared ({count:,} parameters, "
+            f"{count / total:.0%} of the model): {named}; only Conv, Linear, Embedding and LSTM/GRU/RNN weights are pruned and shared")
 
 
 def cubic_sparsity(step: int, total: int, final: float, initial: float = 0.0) -> float:
@@ -398,11 +425,14 @@ class _Masks:
     def __init__(self, model: nn.Module, config: PruneUnstructuredConfig):
         names = {module: name for name, module in model.named_modules()}
         overrides = dict(config.layer_sparsity)
-        unknown = set(overrides) - set(names.values())
-        if unknown:
-            raise SlimlensError(f"layer_sparsity names unknown layers {sorted(unknown)}; layers: {sorted(v for v in names.values() if v)}")
-        self.config = config
         self.targets = prunable_weights(model)
+        prunable = {names[m] for m, _ in self.targets}
+        # a pooling layer or a container would pass a plain name check and then be silently ignored
+        unknown = set(overrides) - prunable
+        if unknown:
+            raise SlimlensError(f"layer_sparsity names {sorted(unknown)}, not prunable layers of this model; "
+                                f"prunable layers: {sorted(prunable)}")
+        self.config = config
         # each overridden layer's own final sparsity: it follows the schedule even where config.sparsity is 0
         self.final = {(m, p): overrides.get(names[m]) for m, p in self.targets}
         for module, pname in self.targets:
@@ -416,10 +446,10 @@ class _Masks:
         sparsity = progress * self.config.sparsity
         free = [(m, p) for m, p in self.targets if self.final[(m, p)] is None]
         if self.config.scope == "global" and free:
-            magnitudes = torch.cat([self._weight(m, p).abs().flatten() for m, p in free])
-            threshold = _kth_smallest(magnitudes, sparsity)
-            for m, p in free:
-                self._set(m, p, self._weight(m, p).abs() > threshold)
+            weights = [self._weight(m, p) for m, p in free]
+            keep = keep_largest(torch.cat([w.abs().flatten() for w in weights]), sparsity)
+            for (m, p), part in zip(free, keep.split([w.numel() for w in weights])):
+                self._set(m, p, part.view_as(getattr(m, p + "_mask")))
         else:
             for m, p in free:
                 self._set_fraction(m, p, sparsity)
@@ -429,7 +459,7 @@ class _Masks:
 
     def _set_fraction(self, module: nn.Module, pname: str, sparsity: float) -> None:
         magnitudes = self._weight(module, pname).abs()
-        self._set(module, pname, magnitudes > _kth_smallest(magnitudes.flatten(), sparsity))
+        self._set(module, pname, keep_largest(magnitudes.flatten(), sparsity).view_as(magnitudes))
 
     @staticmethod
     def _set(module: nn.Module, pname: str, keep: torch.Tensor) -> None:
@@ -451,10 +481,21 @@ def self_distill_loss(data: CompressionData, weight: float, temperature: float =
     return loss
 
 
-def _kth_smallest(values: torch.Tensor, fraction: float) -> float:
-    """The magnitude at or below which a ``fraction`` of ``values`` lies (−1 when nothing is to be pruned)."""
-    k = int(round(fraction * values.numel()))
-    return float(values.kthvalue(k).values) if k > 0 else -1.0
+def keep_largest(magnitudes: torch.Tensor, fraction: float) -> torch.Tensor:
+    """A flat mask that prunes exactly the ``fraction`` smallest of ``magnitudes`` (all of them that are already zero, at least)."""
+    k = int(round(fraction * magnitudes.numel()))
+    if k <= 0:
+        return torch.ones_like(magnitudes, dtype=torch.bool)
+    threshold = magnitudes.kthvalue(k).values
+    keep = magnitudes > threshold
+    # Weights that share values (weight sharing before pruning) tie at the threshold, and pruning every
+    # tied one overshot: 0.45 sparsity where 0.30 was asked. Keep back as many as were pruned beyond k,
+    # unless they are zeros, which stay pruned so a masked weight never grows back.
+    excess = int((~keep).sum()) - k
+    if excess > 0 and threshold > 0:
+        tied = (magnitudes == threshold).nonzero().flatten()
+        keep[tied[:excess]] = True
+    return keep
 
 
 @register_step("prune-unstructured", PruneUnstructuredConfig)

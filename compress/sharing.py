@@ -24,7 +24,7 @@ from torch.nn.utils import parametrize
 
 from compress.context import CompressionData
 from compress.finetune import check_budget, finetune, trainable_clone
-from compress.prune import PRUNABLE, prunable_weights
+from compress.prune import MAGNITUDE_PRUNABLE, prunable_weights
 from compress.steps import register_step
 from zoo.errors import SlimlensError
 
@@ -82,11 +82,13 @@ class WeightSharingConfig:
         for name, value in (("bits", self.bits), ("conv_bits", self.conv_bits)):
             if value is not None and not 1 <= value <= 8:
                 raise SlimlensError(f"{name}={value} is out of range; give 1 to 8 bits (compressed storage keeps ≤256 values)")
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
+            raise SlimlensError(f"iterations={self.iterations!r} must be a whole number of k-means iterations, at least 1, e.g. iterations=30")
         check_budget(self.epochs, self.lr)
 
 
 def _bits_for(module: nn.Module, config: WeightSharingConfig) -> int:
-    is_conv = isinstance(module, nn.Conv2d | nn.ConvTranspose2d)
+    is_conv = isinstance(module, nn.modules.conv._ConvNd)  # every Conv and ConvTranspose, 1-D to 3-D
     return config.conv_bits if is_conv and config.conv_bits is not None else config.bits
 
 
@@ -97,7 +99,7 @@ def share_weights(model: nn.Module, config: WeightSharingConfig, data: Compressi
     shared = trainable_clone(model)
     targets = prunable_weights(shared)
     for module, name in targets:
-        if isinstance(module, PRUNABLE):
+        if isinstance(module, MAGNITUDE_PRUNABLE):
             parametrize.register_parametrization(module, name, SharedWeight(getattr(module, name), _bits_for(module, config), config.iterations))
             getattr(module.parametrizations, name).original.requires_grad_(False)
         else:  # LSTM weights cannot be parametrized (cuDNN-style flat weights): shared once, frozen while fine-tuning

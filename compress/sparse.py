@@ -2,7 +2,8 @@
 
 The ``compressed-storage`` step turns a pruned and/or weight-shared module into a ``CompressedVariant``
 whose artifact (``<name>.slz``) is what a deployment would ship; ``load_variant`` decodes it back into
-a float module, so it is evaluated and exported like any other TorchVariant.
+a float module, so it is evaluated, timed and explained like any other TorchVariant. A run does not
+export it to ONNX: decoded, it is the float model the step before it exported, zeros and all.
 
 File layout (all integers little-endian)::
 
@@ -41,6 +42,7 @@ from compress.finetune import clone
 from compress.steps import register_step
 from compress.variant import TorchVariant, VariantError
 from zoo.cards import write_atomic
+from zoo.errors import first_line
 
 MAGIC = b"SLZ1"
 STORAGE = "slimlens-compressed/1"  # the ``storage`` key of a variant's metadata
@@ -241,7 +243,11 @@ def read_compressed(path: Path, storage: str, expected_sha256: str | None = None
         raise VariantError(f"compressed artifact {path} is missing") from None
     if expected_sha256 is not None and hashlib.sha256(blob).hexdigest() != expected_sha256:
         raise VariantError(f"compressed artifact {path} does not match the sha256 in its metadata (corrupt or replaced)")
-    return decode_state(blob)
+    try:
+        return decode_state(blob)
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file fails in struct, zlib, json or numpy alike
+        raise VariantError(f"compressed artifact {path} cannot be decoded ({type(exc).__name__}: {first_line(exc)}); "
+                           "it is damaged or not a slimlens .slz file: compress the model again") from None
 
 
 @dataclass

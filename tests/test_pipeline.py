@@ -210,9 +210,13 @@ def test_mixup_without_labels_is_refused_before_any_work(tmp_path: Path):
 
 def test_unknown_layer_sparsity_names_are_refused_before_any_work(tmp_path: Path):
     recipe = [{"step": "prune-structured", "ratio": 0.5, "epochs": 0.1}, {"step": "prune-unstructured", "layer_sparsity": [["fc9", 0.5]]}]
-    with pytest.raises(SlimlensError, match=r"step 2 \(prune-unstructured\): layer_sparsity names \['fc9'\], which are not layers of LeNet5"):
+    with pytest.raises(SlimlensError, match=r"step 2 \(prune-unstructured\): layer_sparsity names \['fc9'\], which are not prunable layers of LeNet5"):
         run("lenet5", recipe, out_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+    # features.2 is LeNet-5's first max-pooling: a real layer, but one without weights to prune
+    pooling = [{"step": "prune-unstructured", "layer_sparsity": [["features.2", 0.9]], "epochs": 0}]
+    with pytest.raises(SlimlensError, match=r"layer_sparsity names \['features.2'\], which are not prunable layers of LeNet5; its prunable layers: features.1, features.3, features.6, head"):
+        run("lenet5", pooling, out_dir=tmp_path / "run")
     elsewhere = [{"step": "prune-unstructured", "layer_sparsity": [["lstm", 0.5]], "families": ["lstm"]}, {"step": "quantize_dynamic"}]
     assert [v.name for v in run("lenet5", elsewhere, out_dir=tmp_path / "ok", export=False)] == ["original", "int8-dynamic"]
 

@@ -197,7 +197,7 @@ def test_bad_settings_are_refused_with_a_fix():
         PruneStructuredConfig(ratio=1.5)
     with pytest.raises(SlimlensError, match="choose one"):
         PruneStructuredConfig(round_to=8, global_pruning=True)
-    with pytest.raises(SlimlensError, match="unknown layers"):
+    with pytest.raises(SlimlensError, match=r"layer_sparsity names \[.nope.\], not prunable layers of this model; prunable layers: \[.0.\]"):
         prune_unstructured(nn.Sequential(nn.Linear(2, 2)), PruneUnstructuredConfig(layer_sparsity=(("nope", 0.5),)),
                            data_for("lenet5"))
     assert get_step("prune-structured").config_class.strength_field == "ratio"

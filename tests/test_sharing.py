@@ -77,3 +77,82 @@ def test_huffman_and_state_encoding_are_lossless():
 def test_bits_out_of_range_are_refused():
     with pytest.raises(SlimlensError, match="bits=9"):
         WeightSharingConfig(bits=9)
+
+
+class RowsAttention(torch.nn.Module):
+    """A user's model reading digit rows: Conv1d, a token embedding of row sums, attention, a Linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(28, 32, 3, padding=1)
+        self.embed = torch.nn.Embedding(29, 32)
+        self.attn = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+        self.head = torch.nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x[:, 0]  # (batch, 28 rows, 28 columns)
+        tokens = self.conv(rows.transpose(1, 2)).transpose(1, 2) + self.embed((rows > 0.5).sum(2))
+        mixed, _ = self.attn(tokens, tokens, tokens)
+        return self.head(mixed.mean(1))
+
+
+def test_conv1d_and_embedding_weights_are_pruned_and_shared_and_attention_is_named_as_left_dense():
+    from compress.prune import dense_weights_left, dense_weights_warning
+
+    torch.manual_seed(0)
+    data, model = data_for("rows", data="mnist"), RowsAttention().eval()
+    pruned = prune_unstructured(model, PruneUnstructuredConfig(sparsity=0.9, epochs=0, scope="layer"), data)
+    targets = {type(m).__name__ for m, _ in prunable_weights(pruned)}
+    assert {"Conv1d", "Embedding", "Linear"} <= targets  # the head and attention's output projection are Linear
+    for module, name in prunable_weights(pruned):
+        assert (getattr(module, name) == 0).float().mean().item() == pytest.approx(0.9, abs=0.01)
+    shared = share_weights(pruned, WeightSharingConfig(bits=4, epochs=0), data)
+    for weight in (shared.conv.weight, shared.embed.weight):
+        assert torch.unique(weight[weight != 0]).numel() <= 16
+    # attention's input projection is no layer `weight`: it stays dense, and the warning says so
+    assert [(name, kind) for name, kind, _ in dense_weights_left(shared)] == [("attn.in_proj_weight", "MultiheadAttention")]
+    warning = dense_weights_warning(shared)
+    assert warning.startswith("1 weight tensor(s)") and "attn.in_proj_weight (MultiheadAttention)" in warning
+    assert dense_weights_warning(zoo.load("lenet5")) is None
+
+
+def test_a_run_warns_about_weights_its_pruning_left_dense(tmp_path):
+    from compress import run
+
+    torch.manual_seed(0)
+    said: list[str] = []
+    result = run(RowsAttention(), [{"step": "prune-unstructured", "sparsity": 0.5, "epochs": 0}], data=data_for("rows", data="mnist"),
+                 out_dir=tmp_path / "run", export=False, progress=said.append)
+    warned = [m for m in said if m.startswith("warning: prune-unstructured:") and "attn.in_proj_weight" in m]
+    assert len(warned) == 1
+    assert "attn.in_proj_weight" in result.results["timings"]["steps"][0]["warnings"][0]
+
+
+def test_ties_at_the_threshold_do_not_overshoot_the_sparsity(pruned_lenet):
+    data, _ = pruned_lenet
+    # two-bit sharing first leaves every layer with 3 distinct magnitudes, so most weights tie
+    shared = share_weights(zoo.load("lenet5"), WeightSharingConfig(bits=2, epochs=0), data)
+    pruned = prune_unstructured(shared, PruneUnstructuredConfig(sparsity=0.3, epochs=0), data)
+    weights = torch.cat([getattr(m, p).flatten() for m, p in prunable_weights(pruned)])
+    assert (weights == 0).float().mean().item() == pytest.approx(0.3, abs=1e-4)
+
+
+def test_bad_weight_sharing_iterations_and_a_damaged_artifact_are_one_line(pruned_lenet, tmp_path):
+    from compress.variant import VariantError
+
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(SlimlensError, match="iterations=.* must be a whole number of k-means iterations"):
+            WeightSharingConfig(iterations=bad)
+    data, pruned = pruned_lenet
+    variant = compressed_storage(pruned, CompressedStorageConfig(), data)
+    variant.name = "dc"
+    meta_path = variant.save(tmp_path)
+    blob = variant.artifact.read_bytes()
+    variant.artifact.write_bytes(blob[: len(blob) // 2])
+    import json
+
+    meta = json.loads(meta_path.read_text())
+    meta.pop("sha256", None)  # without the checksum, decoding itself must fail cleanly
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(VariantError, match="cannot be decoded .*damaged or not a slimlens .slz file"):
+        load_variant(meta_path)
