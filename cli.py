@@ -11,6 +11,34 @@ import threading
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
+MAX_THREADS = 1024  # far past any CPU we time on; 999999 aborted the process natively, leaving its staging folder
+MAX_SEED = 2**32 - 1  # NumPy's and torch's seeds both take it; a larger one was a torch traceback
+
+
+def _bounded_int(low: int, high: int, what: str):
+    """An argparse type: a whole number from ``low`` to ``high``, refused in argparse's own one-line usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give {what} from {low} to {high}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range; give {what} from {low} to {high}")
+        return value
+
+    return parse
+
+
+seed_arg = _bounded_int(0, MAX_SEED, "a seed")
+threads_arg = _bounded_int(1, MAX_THREADS, "a thread count")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's parser, but a bad argument is one line naming the fix (argparse prints the whole usage first)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}; '{self.prog} --help' lists the options\n")
 
 
 def _say(args: argparse.Namespace, message: str) -> None:
@@ -182,7 +210,7 @@ def _add_zoo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", nargs="?", default="dcgan-g")
     p.add_argument("--out", default="dcgan-samples.png", help="the PNG file to write (default: ./dcgan-samples.png)")
     p.add_argument("--n", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--weights-root", help=root_help)
     p.set_defaults(func=cmd_zoo_samples)
 
@@ -236,6 +264,17 @@ def _compress_command(args: argparse.Namespace) -> str:
     return f"PYTHONPATH={shlex.quote(os.pathsep.join(dict.fromkeys(entries)))} {command}"
 
 
+def _refuse_inputs_inside(out: Path, inputs: dict[str, str | None]) -> None:
+    """Refuse a --force run whose own input file lies inside the --out folder it would replace."""
+    from zoo.errors import SlimlensError
+
+    out = out.resolve()
+    for flag, given in inputs.items():
+        if given and Path(given).exists() and Path(given).resolve().is_relative_to(out):
+            raise SlimlensError(f"{flag} {given} lies inside --out {out}, which --force replaces with the new run; "
+                                f"move it out of {out} first, or name another --out")
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
     """Apply a recipe to a model; write variants, results.json and report.html."""
     import shutil
@@ -250,6 +289,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     import reports  # compress never imports reports; the CLI joins them: latency, then the HTML report
 
     recipe = load_recipe(args.recipe)  # bad input fails here, before anything is built or written
+    if args.force:
+        _refuse_inputs_inside(Path(args.out), {"--recipe": args.recipe, "--weights": args.weights, "--data-root": args.data_root})
     timing = reports.TimingConfig(compile=False, threads=args.threads, rounds=args.rounds)
     model = load_model(args.model, args.weights, args.trust_pickle)
     data = data_for(args.model, args.data, args.data_root, seed=args.seed)
@@ -293,10 +334,10 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-pickle", action="store_true", help="allow --weights that need full unpickling (runs code from the file)")
     p.add_argument("--data", choices=("mnist", "mnist-ge5"), help="the dataset to calibrate, fine-tune and evaluate on (zoo models know theirs)")
     p.add_argument("--data-root", help="a torchvision-format MNIST folder instead of the bundled digits")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     p.add_argument("--no-latency", dest="latency", action="store_false", help="skip the latency measurement")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for timing PyTorch and ONNX Runtime (default: 2)")
+    p.add_argument("--threads", type=threads_arg, default=2, help="CPU threads for timing PyTorch and ONNX Runtime (default: 2)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds over the variants (default: 3)")
     p.add_argument("--no-report", dest="report", action="store_false", help="skip report.html")
     p.add_argument("--onnx-exporter", choices=("auto", "dynamo", "legacy"), default="auto", help="ONNX exporter for the fp32 exports")
@@ -351,7 +392,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("target", metavar="MODEL", help="a zoo model name, or a run folder written by compress or bench")
     p.add_argument("--devices", default="cpu", help="comma-separated: cpu, cuda (default: cpu)")
     p.add_argument("--batch", type=int, default=8, help="the throughput batch size (default: 8)")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for PyTorch and ONNX Runtime (default: 2)")
+    p.add_argument("--threads", type=threads_arg, default=2, help="CPU threads for PyTorch and ONNX Runtime (default: 2)")
     p.add_argument("--warmup", type=int, default=10, help="untimed calls before timing (default: 10)")
     p.add_argument("--min-seconds", type=float, default=0.5, help="time each measurement at least this long (default: 0.5)")
     p.add_argument("--rounds", type=int, default=3,
@@ -413,7 +454,7 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="explain-out", help="output folder, written all at once (default: ./explain-out)")
     p.add_argument("--no-trust", action="store_true", help="skip the trust metrics (faithfulness, sensitivity, randomisation)")
     p.add_argument("--shared-scale", action="store_true", help="one colour scale per method in the grid instead of one per map")
-    p.add_argument("--seed", type=int, default=0, help="seed for noise, random baselines and latents (default: 0)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed for noise, random baselines and latents (default: 0)")
     p.add_argument("--weights-root", help="folder of retrained weights and cards (default: the ones shipped with slimlens)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_explain)
@@ -424,7 +465,7 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``slimlens`` argument parser."""
-    parser = argparse.ArgumentParser(prog="slimlens", description="Make neural networks smaller and faster, and show what they look at.")
+    parser = OneLineParser(prog="slimlens", description="Make neural networks smaller and faster, and show what they look at.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_zoo(sub)
     _add_compress(sub)

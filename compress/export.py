@@ -244,6 +244,8 @@ class ExportOnnxConfig:
 
     def __post_init__(self) -> None:
         check_opset(self.opset)
+        if self.exporter not in (*EXPORTERS, "auto"):  # a typo is refused when the recipe is read, not after the first steps
+            raise SlimlensError(f"exporter={self.exporter!r} is unknown; use one of: auto, {', '.join(EXPORTERS)}")
 
 
 @register_step("export_onnx", ExportOnnxConfig)

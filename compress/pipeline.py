@@ -171,7 +171,16 @@ def _search(recipe_step: RecipeStep, module: nn.Module, data: CompressionData, o
     for value in recipe_step.search_values():
         config = dataclasses.replace(recipe_step.config, **{field: value})
         progress(f"{recipe_step.label}: trying {field}={value}")
-        output = _call(recipe_step, config, module, data, original, progress)
+        try:
+            output = _call(recipe_step, config, module, data, original, progress)
+        except SlimlensError as exc:
+            if weakest is None:
+                raise  # the step refuses even the weakest: the model does not suit it (an optional step is skipped)
+            # a stronger value the step cannot make (a width that keeps no channel) ends the search, as one
+            # past max_drop does, instead of throwing away the candidates already made
+            trail.append({field: value, "refused": str(exc), "within": False})
+            progress(f"{recipe_step.label}: {field}={value} refused ({exc}); the search stops here")
+            break
         candidate = _outputs(output, recipe_step, data.source, module)[0][1].variant
         metrics = data.evaluate(candidate, reference=_forward(original))
         drop = metric_drop_points(data, base_metrics, metrics)

@@ -76,6 +76,7 @@ class RecipeStep:
         if self.families is not None:
             out["families"] = list(self.families)
         if self.max_drop is not None:
+            out.pop(type(self.config).strength_field)  # each candidate sets it; the variant's own steps record the one kept
             out["max_drop"] = self.max_drop
             out["search"] = list(self.search_values())
         return out
@@ -203,7 +204,7 @@ def _config(config_class: type, table: dict[str, Any], where: str, what: str) ->
     hints = typing.get_type_hints(config_class)
     settings = {}
     for key, value in table.items():
-        if key in RESERVED:
+        if key in RESERVED and what != "sensitivity":  # the step-level keys belong to steps only
             continue
         if key not in fields:
             known = ", ".join(dict.fromkeys([*fields, *RESERVED[1:]])) if what != "sensitivity" else ", ".join(fields)
@@ -255,6 +256,10 @@ def parse_step(table: Any, index: int, origin: str) -> RecipeStep:
     step = RecipeStep(name, config, label, max_drop, tuple(search) if search is not None else None, optional, families)
     if max_drop is not None:
         _check_search(step, config_class, typing.get_type_hints(config_class), where)
+        strength = config_class.strength_field
+        if strength in table:  # every candidate replaces it, so the value given would be recorded but never run
+            raise SlimlensError(f"{where}: {strength} = {table[strength]!r} is not used when max_drop searches {strength} over "
+                                f"{list(step.search_values())}; remove {strength}, or remove max_drop to run {strength} = {table[strength]!r} alone")
     _check_applies(step, table, where)
     return step
 

@@ -63,8 +63,6 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tmp_path: Path, recip
     assert "does not fit SeedCNN: tensors 6 missing" in _fails(
         ["seed-cnn", "--weights", str(TRAINED_DIR / "lenet5.safetensors"), "--recipe", str(recipe), *common], capsys)
     assert "--data" in _fails(["zoo.models.mlp:SimpleNet", "--recipe", str(recipe), *common], capsys)
-    assert "timing setting threads must be a whole number of at least 1" in _fails(
-        ["simplenet", "--recipe", str(recipe), "--out", str(out), "--threads", "0"], capsys)
     assert f"{bad} is a file; name a folder" in _fails(["simplenet", "--recipe", str(recipe), "--out", str(bad / "a" / "b"), "--no-latency"], capsys)
     # a refused run leaves no new folders: the missing parents of --out are made only as a finished run moves in
     static = tmp_path / "static.toml"
@@ -239,3 +237,29 @@ def test_quiet_keeps_the_warnings(tmp_path: Path, capsys):
                      "--quiet"]) == 0
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("warning: prune-unstructured: accuracy fell") and "max_drop with a search" in line
+
+
+def test_out_of_range_numbers_and_unknown_options_are_one_line(tmp_path: Path, recipe: Path, capsys):
+    out = str(tmp_path / "run")
+    for args, expected in (
+        (["--threads", "0"], "argument --threads: 0 is out of range; give a thread count from 1 to 1024"),
+        (["--threads", "999999"], "argument --threads: 999999 is out of range"),  # aborted natively, leaving its .partial folder
+        (["--seed", "99999999999999999999999"], "argument --seed: 99999999999999999999999 is out of range; give a seed from 0 to 4294967295"),
+        (["--seed", "x"], "argument --seed: 'x' is not a whole number"),
+        (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+    ):
+        with pytest.raises(SystemExit) as exited:
+            cli.main(["compress", "simplenet", "--recipe", str(recipe), "--out", out, *args])
+        err = capsys.readouterr().err.strip()
+        assert exited.value.code == 2 and "\n" not in err and expected in err and err.endswith("--help' lists the options")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fast.toml"]
+
+
+def test_force_refuses_to_replace_a_folder_holding_its_own_inputs(tmp_path: Path, recipe: Path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["compress", "simplenet", "--recipe", str(recipe), "--out", str(out), "--no-latency", "--no-report", "--quiet"]) == 0
+    inside = out / "my-recipe.toml"
+    inside.write_text(recipe.read_text())
+    err = _fails(["simplenet", "--recipe", str(inside), "--out", str(out), "--force", "--no-latency"], capsys)
+    assert f"--recipe {inside} lies inside --out {out.resolve()}, which --force replaces" in err and "move it out" in err
+    assert inside.read_text() == recipe.read_text() and (out / "results.json").is_file()

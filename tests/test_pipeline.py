@@ -13,6 +13,7 @@ from compress import load_variant
 from compress.pipeline import run
 from compress.recipe import Recipe, list_presets, load_recipe, parse_recipe
 from compress.results import SCHEMA, validate
+from compress.steps import get_step
 from reports.measure import size_figures
 from zoo.errors import SlimlensError
 
@@ -27,6 +28,8 @@ def test_every_preset_parses():
         resolved = recipe.to_dict()  # what results.json records rebuilds the same recipe
         rebuilt = Recipe.from_steps(resolved["steps"], sensitivity=resolved.get("sensitivity", False))
         assert rebuilt.to_dict()["steps"] == resolved["steps"]
+        for step in resolved["steps"]:  # a searched strength is set by each candidate: recording one would claim it ran
+            assert "max_drop" not in step or get_step(step["step"]).config_class.strength_field not in step
 
 
 def test_recipe_resolves_defaults_and_round_trips():
@@ -66,10 +69,15 @@ def test_recipe_resolves_defaults_and_round_trips():
         ('[[steps]]\nstep = "distill"\nmax_drop = 1\nsearch = [0.5, 0.5]\n', "weakest to strongest width, each value once"),
         ('[[steps]]\nstep = "quantize_static_onnx"\npercentile = 99.9\n',
          "percentile applies only with calibration = 'percentile', and this step uses 'minmax'; remove percentile"),
-        ('[[steps]]\nstep = "quantize_static_onnx"\ncalibration = "entropy"\nmax_drop = 1\nsearch = ["minmax", "entropy"]\npercentile = 99.9\n',
-         "this step uses 'entropy' / 'minmax'"),
+        ('[[steps]]\nstep = "quantize_static_onnx"\nmax_drop = 1\nsearch = ["minmax", "entropy"]\npercentile = 99.9\n',
+         "this step uses 'entropy' / 'minmax'"),  # the candidates' calibrations, not the step's default
         ('[[steps]]\nstep = "quantize_static_onnx"\ncalibration = "percentile"\nmax_drop = 1\nsearch = ["minmax", "entropy"]\npercentile = 99.9\n',
-         "this step uses 'entropy' / 'minmax'"),  # the search replaces the step's own calibration
+         "calibration = 'percentile' is not used when max_drop searches calibration over ['minmax', 'entropy']"),
+        ('[[steps]]\nstep = "prune-structured"\nratio = 0.9\nmax_drop = 1\nsearch = [0.3, 0.5]\n',
+         "step 1 (prune-structured): ratio = 0.9 is not used when max_drop searches ratio over [0.3, 0.5]; remove ratio, or remove max_drop"),
+        ('[sensitivity]\nmax_drop = 1\n[[steps]]\nstep = "distill"\n', "sensitivity: unknown setting 'max_drop'"),
+        ('[sensitivity]\nfamilies = ["zzz"]\n[[steps]]\nstep = "distill"\n', "sensitivity: unknown setting 'families'"),
+        ('[[steps]]\nstep = "export_onnx"\nexporter = "nope"\n', "step 1 (export_onnx): exporter='nope' is unknown; use one of: auto, dynamo"),
     ],
 )
 def test_recipe_errors_name_file_step_and_key(text, expected):
@@ -449,3 +457,17 @@ def test_a_candidate_exactly_at_max_drop_is_within_it():
 
     # lenet5's prune-structured at ratio 0.75 went from 0.980 to 0.960: a drop of exactly 2 points, not past max_drop 2
     assert within_max_drop(100 * (0.98 - 0.96), 2.0) and not within_max_drop(2.1, 2.0)
+
+
+def test_a_search_value_the_step_refuses_ends_the_search_and_keeps_what_it_made(tmp_path: Path):
+    # width 0.05 keeps no channel of simplenet's 10 hidden units: before, that threw away the 0.5 student already made
+    recipe = [{"step": "distill", "epochs": 0.05, "max_drop": 50, "search": [0.5, 0.05]}]
+    said: list[str] = []
+    result = run("simplenet", recipe, out_dir=tmp_path / "run", export=False, progress=said.append)
+    search = result.results["timings"]["steps"][0]["search"]
+    assert search["chosen"] == 0.5 and [t["width"] for t in search["trail"]] == [0.5, 0.05]
+    assert "derives no smaller student" in search["trail"][-1]["refused"] and not search["trail"][-1]["within"]
+    assert any("width=0.05 refused" in m and "the search stops here" in m for m in said)
+    assert [v.name for v in result] == ["original", "distill", "distill-alone"]
+    with pytest.raises(SlimlensError, match="width=0.01 derives no smaller student"):  # the weakest refused: the step does not suit
+        run("simplenet", [{"step": "distill", "epochs": 0.05, "max_drop": 50, "search": [0.01]}], out_dir=tmp_path / "run2", export=False)
