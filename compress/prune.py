@@ -408,6 +408,10 @@ class PruneUnstructuredConfig:
         _check_fraction("sparsity", self.sparsity)
         for name, value in self.layer_sparsity:
             _check_fraction(f"layer_sparsity[{name}]", value)
+        named = [name for name, _ in self.layer_sparsity]
+        twice = sorted({name for name in named if named.count(name) > 1})
+        if twice:  # the last would silently win
+            raise SlimlensError(f"layer_sparsity gives {', '.join(twice)} more than once; give each layer one sparsity")
         if self.scope not in ("global", "layer"):
             raise SlimlensError(f"scope={self.scope!r} is unknown; use 'global' or 'layer'")
         if not 0.0 < self.ramp <= 1.0:

@@ -69,6 +69,8 @@ class RecipeStep:
     def to_dict(self) -> dict[str, Any]:
         """The step as recipe data, every setting resolved (defaults included)."""
         out: dict[str, Any] = {"step": self.step, **_plain(dataclasses.asdict(self.config))}
+        if out.get("name") == "":  # a config's unset name (half_precision's) is no name; "" is refused when read back
+            del out["name"]
         if self.name:
             out["name"] = self.name
         if self.optional:
@@ -298,11 +300,14 @@ def _check_order(step: RecipeStep, where: str) -> None:
     # The search stops at the first value past max_drop, taking every later one to be stronger:
     # in another order, weaker values would go untried.
     values, defaults = step.search_values(), step.default_search_values()
+    field = type(step.config).strength_field
+    numeric = all(_is_number(v) for v in values)  # numbers are checked for order below, which catches a repeat too
+    if not numeric and len(set(map(repr, values))) < len(values):  # ["minmax", "minmax"] would pay for one candidate twice
+        raise SlimlensError(f"{where}: search lists a {field} more than once, got {list(values)}; give each value once")
     if step.search is None or len(values) < 2 or len(defaults) < 2 or not all(_is_number(v) for v in (*values, *defaults)):
         return
     rising = defaults[-1] > defaults[0]  # the defaults are weakest first, so they tell which way is stronger
     if not all((b > a) if rising else (b < a) for a, b in zip(values, values[1:])):
-        field = type(step.config).strength_field
         raise SlimlensError(f"{where}: search must go from weakest to strongest {field}, each value once "
                             f"({'rising' if rising else 'falling'}, like {list(defaults)}), got {list(values)}")
 

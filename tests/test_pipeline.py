@@ -32,6 +32,12 @@ def test_every_preset_parses():
             assert "max_drop" not in step or get_step(step["step"]).config_class.strength_field not in step
 
 
+def test_a_half_precision_step_round_trips_through_results_json():
+    recipe = parse_recipe('[[steps]]\nstep = "half_precision"\ndtype = "bfloat16"\n', origin="r.toml")
+    step = recipe.to_dict()["steps"][0]
+    assert "name" not in step and Recipe.from_steps([step]).to_dict()["steps"][0] == step
+
+
 def test_recipe_resolves_defaults_and_round_trips():
     recipe = parse_recipe('[[steps]]\nstep = "distill"\nepochs = 2\nname = "small"\n', origin="r.toml")
     step = recipe.to_dict()["steps"][0]
@@ -78,6 +84,10 @@ def test_recipe_resolves_defaults_and_round_trips():
         ('[sensitivity]\nmax_drop = 1\n[[steps]]\nstep = "distill"\n', "sensitivity: unknown setting 'max_drop'"),
         ('[sensitivity]\nfamilies = ["zzz"]\n[[steps]]\nstep = "distill"\n', "sensitivity: unknown setting 'families'"),
         ('[[steps]]\nstep = "export_onnx"\nexporter = "nope"\n', "step 1 (export_onnx): exporter='nope' is unknown; use one of: auto, dynamo"),
+        ('[[steps]]\nstep = "quantize_static_onnx"\nmax_drop = 1\nsearch = ["minmax", "minmax"]\n',
+         "search lists a calibration more than once, got ['minmax', 'minmax']; give each value once"),
+        ('[[steps]]\nstep = "prune-unstructured"\nlayer_sparsity = [["head", 0.5], ["head", 0.9]]\n',
+         "layer_sparsity gives head more than once; give each layer one sparsity"),
     ],
 )
 def test_recipe_errors_name_file_step_and_key(text, expected):
