@@ -353,8 +353,11 @@ def test_pt2e_int8_variant_loads_in_a_fresh_process(pt2e_run, tmp_path):
     assert torch.equal(torch.load(tmp_path / "y.pt"), pt2e_run.variant("int8-pt2e")(x))
 
 
-def _tampered_pt2e(run_dir, folder, edit):
-    """A copy of a saved int8-pt2e variant with .pt2 entries rewritten by ``edit(name, data)``, its sha256 updated to match."""
+def _tampered_pt2e(run_dir, folder, edit, append=False):
+    """A copy of a saved int8-pt2e variant with .pt2 entries rewritten by ``edit(name, data)``, its sha256 updated to match.
+
+    ``append``: the original entries are written again after the edited ones, as second copies.
+    """
     import hashlib
     import json
     import zipfile
@@ -363,8 +366,11 @@ def _tampered_pt2e(run_dir, folder, edit):
     folder.mkdir()
     source, forged = run_dir / "variants" / meta["artifact"], folder / meta["artifact"]
     with zipfile.ZipFile(source) as src, zipfile.ZipFile(forged, "w") as dst:
-        for info in src.infolist():
-            dst.writestr(info, edit(info.filename, src.read(info)))
+        entries = [(info.filename, src.read(info)) for info in src.infolist()]  # writestr alters the ZipInfo it is given
+        for name, data in entries:
+            dst.writestr(name, edit(name, data))
+        for name, data in entries if append else []:
+            dst.writestr(name, data)
     meta["sha256"] = hashlib.sha256(forged.read_bytes()).hexdigest()
     (folder / "int8-pt2e.variant.json").write_text(json.dumps(meta))
     return folder / "int8-pt2e.variant.json"
@@ -400,6 +406,29 @@ def test_pt2e_archive_that_would_unpickle_code_is_refused(pt2e_run, tmp_path, en
 
     meta = _tampered_pt2e(pt2e_run.out_dir, tmp_path / "forged", edit)
     with pytest.raises(VariantError, match="which torch.export.load would unpickle"):
+        load_variant(meta)
+    assert not marker.exists()
+
+
+def test_pt2e_archive_with_a_clean_second_copy_of_its_config_is_refused(pt2e_run, tmp_path):
+    import pickle
+    import warnings
+
+    from compress import VariantError
+
+    marker = tmp_path / "code-ran"
+
+    def edit(name, data):  # first copies: what torch's reader takes; the clean second copies are what zipfile reads
+        if name.endswith("data/weights/weight_0"):
+            return pickle.dumps(_CreatesFile(marker))
+        if name.endswith("model_weights_config.json"):
+            return data.replace(b'"use_pickle": false', b'"use_pickle": true', 1)
+        return data
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate names it is asked to write
+        meta = _tampered_pt2e(pt2e_run.out_dir, tmp_path / "forged", edit, append=True)
+    with pytest.raises(VariantError, match="twice"):
         load_variant(meta)
     assert not marker.exists()
 

@@ -148,6 +148,10 @@ def _refuse_unpickling(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
+            # zipfile reads the last of two same-named entries and torch's reader the first (case-blind), so
+            # a second copy of a config could show this check a clean one while torch unpickles the other
+            seen: set[str] = set()
+            twice = [n for n in names if n.lower() in seen or seen.add(n.lower())]
             root = names[0].partition("/")[0] + "/" if names else ""
             risky = [n for n in names if not (n.startswith(root) and _PLAIN_ENTRIES.fullmatch(n[len(root):]))]
             for config in ("data/weights/model_weights_config.json", "data/constants/model_constants_config.json"):
@@ -156,6 +160,9 @@ def _refuse_unpickling(path: Path) -> None:
             sample_inputs = archive.read(root + _SAMPLE_INPUTS)
     except Exception as exc:  # zipfile, json and a malformed config raise many types; the file is not a .pt2 we wrote
         raise VariantError(f"{path} is not a torch.export .pt2 archive slimlens can read ({first_line(exc, 200)})") from None
+    if twice:
+        raise VariantError(f"{path} holds the entry {twice[0]} twice, and torch.export.load may read another copy than the one "
+                           "checked for pickled code; slimlens writes each entry once, so it does not load this file")
     try:  # torch.export.load retries these with full unpickling when a weights-only load fails
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # protocol chatter about a pickle that is refused below anyway
