@@ -246,6 +246,19 @@ def load_variant(path: str | Path, threads: int = 1, trust_code: bool = False) -
         raise VariantError(f"variant metadata {path} is not valid JSON ({exc})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
         raise VariantError(f"variant metadata {path} has no variant name; it was not written by slimlens")
+    try:
+        return _load_from_metadata(path, meta, threads, trust_code)
+    except SlimlensError:
+        raise
+    except (OSError, KeyError, TypeError, AttributeError, IndexError, ValueError, RuntimeError) as exc:
+        # a damaged or hand-edited metadata file or artifact (a folder where a file belongs, a key the
+        # model lacks, a list where a name belongs) fails in many places; the user needs one line
+        raise VariantError(f"variant {path} cannot be loaded ({type(exc).__name__}: {first_line(exc, 200)}); "
+                           "it is damaged or was not written by this slimlens: re-run slimlens compress") from None
+
+
+def _load_from_metadata(path: Path, meta: dict[str, Any], threads: int, trust_code: bool) -> Variant:
+    """The variant ``meta`` (read from ``path``) describes."""
     source = meta.get("source") or {}
     builder = source.get("builder") if isinstance(source, dict) and "zoo" not in source else None
     # a plain ONNX file runs in ONNX Runtime and never calls the builder
@@ -288,20 +301,44 @@ def load_variant(path: str | Path, threads: int = 1, trust_code: bool = False) -
             state, kind = read_compressed(artifact, meta["storage"], expected_sha256=meta.get("sha256")), CompressedVariant
         else:
             state, kind = read_state_dict(artifact, expected_sha256=meta.get("sha256")), TorchVariant
+        _check_recorded_shapes(path, state, meta.get("shapes"))
         _fit_shapes(module, state)
         module.load_state_dict(state)
         return kind(**common, module=module.eval())
     raise VariantError(f"variant {path} has unknown format {meta.get('format')!r}")
 
 
+def _check_recorded_shapes(path: Path, state: dict[str, torch.Tensor], shapes: Any) -> None:
+    """Refuse weights whose shapes differ from those the metadata recorded when the variant was saved."""
+    if not isinstance(shapes, dict):
+        return  # metadata from before shapes were recorded
+    for key, tensor in state.items():
+        if key in shapes and list(tensor.shape) != list(shapes[key]):
+            raise VariantError(f"variant {path}: its weights hold {key} of shape {tuple(tensor.shape)} where its metadata "
+                               f"records {tuple(shapes[key])}; the weights file was replaced: re-run slimlens compress")
+
+
 def _fit_shapes(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Resize parameters and buffers to the saved shapes, so a channel-pruned model rebuilds from its builder."""
+    """Resize parameters and buffers to the saved shapes, so a channel-pruned model rebuilds from its builder.
+
+    Pruning only removes channels, so a tensor with more dimensions or a larger size than the
+    architecture's is refused: those weights belong to another model.
+    """
     for key, tensor in state.items():
         owner_name, _, attr = key.rpartition(".")
-        owner = module.get_submodule(owner_name) if owner_name else module
+        try:
+            owner = module.get_submodule(owner_name) if owner_name else module
+        except AttributeError:
+            raise VariantError(f"the weights hold {key}, which {type(module).__name__} does not have; "
+                               "they belong to another architecture") from None
         current = getattr(owner, attr, None)
         if isinstance(current, torch.Tensor) and current.shape != tensor.shape:
-            replacement = torch.empty_like(tensor)
+            if tensor.dim() != current.dim() or any(a > b for a, b in zip(tensor.shape, current.shape)):
+                raise VariantError(f"the weights hold {key} of shape {tuple(tensor.shape)}, which pruning cannot make from "
+                                   f"{type(module).__name__}'s {tuple(current.shape)}; they belong to another architecture")
+            # the architecture's dtype, not the file's: a pruned half-precision file must not leave these
+            # layers in float16 beside float32 ones
+            replacement = torch.empty(tensor.shape, dtype=current.dtype)
             if isinstance(current, nn.Parameter):
                 setattr(owner, attr, nn.Parameter(replacement, requires_grad=current.requires_grad))
             else:

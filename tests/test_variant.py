@@ -12,6 +12,7 @@ import zoo
 from compress import OnnxVariant, TorchVariant, VariantError, load_variant
 from compress.context import data_for
 from compress.export import ExportOnnxConfig, export_onnx_step
+from zoo.errors import SlimlensError
 
 
 def test_torch_variant_round_trip(tmp_path, mnist_test):
@@ -107,3 +108,69 @@ def test_a_model_file_given_for_its_metadata_names_the_metadata(tmp_path):
     (tmp_path / "odd.variant.json").write_bytes(bytes(range(256)))
     with pytest.raises(VariantError, match="odd.variant.json is a binary file, not variant metadata"):
         load_variant(tmp_path / "odd.variant.json")
+
+
+def _saved_seed_cnn(folder):
+    """A saved seed-cnn variant's metadata path and its parsed metadata (the sha256 dropped, as a hand edit would)."""
+    meta_path = TorchVariant("v", module=zoo.load("seed-cnn"), source={"zoo": "seed-cnn"}).save(folder)
+    meta = json.loads(meta_path.read_text())
+    meta.pop("sha256")
+    return meta_path, meta
+
+
+@pytest.mark.parametrize("damage", ["artifact-null", "artifact-folder", "missing-key", "unexpected-key", "zoo-list"])
+def test_damaged_variant_metadata_or_weights_are_one_line(tmp_path, damage):
+    from safetensors.torch import load_file, save_file
+
+    meta_path, meta = _saved_seed_cnn(tmp_path)
+    weights = tmp_path / "v.safetensors"
+    if damage == "artifact-null":
+        meta["artifact"] = None
+    elif damage == "artifact-folder":
+        meta["artifact"] = "."
+    elif damage == "zoo-list":
+        meta["source"] = {"zoo": ["seed-cnn"]}
+    else:
+        state = load_file(weights)
+        key = "features.1.bias"
+        if damage == "missing-key":
+            del state[key]
+        else:
+            state["head.extra.weight"] = state[key].clone()
+        save_file(state, weights)
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(SlimlensError) as caught:  # VariantError, or WeightsError for the weights file itself
+        load_variant(meta_path)
+    assert "\n" not in str(caught.value) and "Traceback" not in str(caught.value)
+
+
+def test_weights_of_another_architecture_are_refused_not_resized(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    meta_path, meta = _saved_seed_cnn(tmp_path)
+    state = load_file(tmp_path / "v.safetensors")
+    head = [k for k in state if k.endswith("weight")][-1]
+    state[head] = state[head][:3].clone()  # a 3-class head: fewer rows, which pruning could have made...
+    save_file(state, tmp_path / "v.safetensors")
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(VariantError, match=f"{head} of shape .* where its metadata records"):  # ...but not what was saved
+        load_variant(meta_path)
+    state[head] = torch.zeros(state[head].shape[0], state[head].shape[1] + 5)  # wider than the architecture allows
+    save_file(state, tmp_path / "v.safetensors")
+    meta.pop("shapes")
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(VariantError, match="which pruning cannot make"):
+        load_variant(meta_path)
+
+
+def test_a_channel_pruned_half_precision_variant_reloads_and_runs(tmp_path, mnist_test):
+    from compress.prune import PruneStructuredConfig, prune_structured
+    from compress.quantize import HalfPrecisionConfig, half_precision
+
+    data = data_for("seed-cnn")
+    pruned = prune_structured(zoo.load("seed-cnn"), PruneStructuredConfig(ratio=0.5, steps=1, epochs=0.0), data)
+    half = half_precision(pruned, HalfPrecisionConfig(dtype="bfloat16"), data)
+    again = load_variant(half.save(tmp_path))
+    batch = mnist_test.images[:8]
+    assert torch.equal(again(batch), half(batch))
+    assert {p.dtype for p in again.stand_in.parameters()} == {torch.float32}  # all one dtype, so explanations run

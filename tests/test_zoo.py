@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import cli
 import zoo
@@ -210,3 +211,13 @@ def test_cli_zoo_list_json_gives_raw_numbers(capsys):
         assert row["size_bytes"] == card.weights["bytes"] and isinstance(row["size_bytes"], int)
         assert row["metrics"][row["primary_metric"]] == card.metrics[card.primary_metric]
         assert all(isinstance(v, int | float) for v in row["metrics"].values())
+
+
+def test_integer_weights_for_a_float_model_are_refused(tmp_path):
+    """An int8 checkpoint passed as float weights would load its codes as values without a word."""
+    from zoo.weights import load_into
+
+    state = {k: (v * 50).round().clamp(-128, 127).to(torch.int8) if v.is_floating_point() else v
+             for k, v in zoo.load("seed-cnn").state_dict().items()}
+    with pytest.raises(zoo.WeightsError, match=r"with integer values where the model has floats.*features\.1\.weight int8 in the file, float32"):
+        load_into(zoo.build("seed-cnn"), state, tmp_path / "int8.safetensors")

@@ -27,6 +27,8 @@ def read_state_dict(path: Path, expected_sha256: str | None = None) -> dict[str,
         blob = path.read_bytes()
     except FileNotFoundError:
         raise WeightsError(f"weights file {path} is missing; restore it from the repository or retrain the model") from None
+    except OSError as exc:  # a folder, or a file this user may not read
+        raise WeightsError(f"weights file {path} cannot be read ({exc.strerror or exc}); name a readable safetensors file") from None
     if expected_sha256 is not None:
         digest = hashlib.sha256(blob).hexdigest()
         if digest != expected_sha256:
@@ -47,8 +49,13 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> n
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     reshaped = [f"{k} {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model" for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    # load_state_dict would cast int8 codes into float weights as if they were values: a quantized
+    # checkpoint passed as float weights loads without a word and computes nonsense
+    retyped = [f"{k} {str(state[k].dtype).removeprefix('torch.')} in the file, {str(v.dtype).removeprefix('torch.')} in the model"
+               for k, v in expected.items() if k in state and state[k].is_floating_point() != v.is_floating_point()]
     problems = [f"{len(keys)} {what} ({', '.join(keys[:3])}{', …' if len(keys) > 3 else ''})"
-                for what, keys in (("missing", missing), ("unexpected", unexpected), ("with another shape", reshaped)) if keys]
+                for what, keys in (("missing", missing), ("unexpected", unexpected), ("with another shape", reshaped),
+                                   ("with integer values where the model has floats, or the reverse", retyped)) if keys]
     if problems:
         raise WeightsError(f"weights file {path} does not fit {type(model).__name__}: tensors {'; '.join(problems)}; "
                            "pass weights saved from this same architecture")
