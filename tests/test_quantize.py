@@ -447,3 +447,20 @@ def test_pt2e_program_that_fails_to_load_says_why_in_one_line(pt2e_run, tmp_path
         load_variant(meta)
     assert "\n" not in str(caught.value)
     assert "Traceback" not in capfd.readouterr().err  # torch.export.load logs pages of it before raising
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_pruned_zeros_are_counted_in_int8_onnx_with_uint8_weights(per_channel):
+    """A uint8 weight's zero is its zero point (128 for symmetric weights), so a pruned model keeps its sparsity on record."""
+    from torch.nn.utils import prune
+
+    from compress.quantize import StaticInt8Config, quantize_static_onnx
+    from zoo.footprint import module_params, onnx_params
+
+    model = zoo.load("lenet5")
+    for layer in model.modules():
+        if isinstance(layer, torch.nn.Conv2d | torch.nn.Linear):
+            prune.l1_unstructured(layer, "weight", 0.8)
+            prune.remove(layer, "weight")
+    int8 = quantize_static_onnx(model, StaticInt8Config(samples=8, weights="uint8", per_channel=per_channel), data_for("lenet5"))
+    assert onnx_params(int8.artifact) == module_params(model)  # biases stay float, so every zero survives

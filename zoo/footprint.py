@@ -51,7 +51,13 @@ def _count(tensors: list[torch.Tensor]) -> tuple[int, int]:
         values = t.int_repr() if t.is_quantized else t
         total += values.numel()
         # a quantized zero is its zero point, not the integer 0
-        zero = t.q_zero_point() if t.is_quantized and t.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric) else 0
+        zero: Any = 0
+        if t.is_quantized and t.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+            zero = t.q_zero_point()
+        elif t.is_quantized:  # per channel: one zero point along q_per_channel_axis
+            shape = [1] * t.dim()
+            shape[t.q_per_channel_axis()] = -1
+            zero = t.q_per_channel_zero_points().reshape(shape)
         nonzero += int((values != zero).sum())
     return total, nonzero
 
@@ -68,16 +74,53 @@ def onnx_params(path: str | Path) -> dict[str, int]:
     from onnx import numpy_helper
 
     model = onnx.load(str(path))
+    zero_points = _weight_zero_points(model.graph)
+    arrays = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     total = nonzero = 0
-    for init in model.graph.initializer:
-        if "scale" in init.name or "zero_point" in init.name:
+    for name, arr in arrays.items():
+        if "scale" in name or "zero_point" in name:
             continue  # quantization bookkeeping, not weights
-        arr = numpy_helper.to_array(init)
         if arr.size <= 1 or arr.dtype.kind not in "fiu" or arr.dtype.itemsize > 4 and arr.dtype.kind in "iu":
             continue  # scalars and int64 shape constants: weights are float or 8-bit integers
         total += arr.size
-        nonzero += int(np.count_nonzero(arr))
+        zero: Any = 0
+        if name in zero_points and zero_points[name][0] in arrays:  # a quantized zero is its zero point (128 for uint8 weights)
+            zp_name, axis = zero_points[name]
+            zero = _broadcast_zero_point(arrays[zp_name], arr.shape, axis)
+        nonzero += int(np.count_nonzero(arr != zero))
     return {"params": total, "nonzero_params": nonzero}
+
+
+# Per operator that reads quantized weights: (weight input, its zero-point input, the weight's channel axis for a
+# per-channel zero point; None: DequantizeLinear's own axis attribute)
+_ZERO_POINT_INPUTS: dict[str, list[tuple[int, int, int | None]]] = {
+    "DequantizeLinear": [(0, 2, None)], "ConvInteger": [(1, 3, 0)], "QLinearConv": [(3, 5, 0)],
+    "MatMulInteger": [(1, 3, -1)], "QLinearMatMul": [(3, 5, -1)], "DynamicQuantizeMatMul": [(1, 3, -1)],
+    "DynamicQuantizeLSTM": [(1, 9, 0), (2, 11, 0)],  # W, R: [directions, in, 4*hidden]; zero points per direction (and gate column)
+}
+
+
+def _weight_zero_points(graph: Any) -> dict[str, tuple[str, int]]:
+    """Each quantized initializer's zero-point initializer and channel axis, from the nodes that read it."""
+    found: dict[str, tuple[str, int]] = {}
+    for node in graph.node:
+        for weight, zero_point, axis in _ZERO_POINT_INPUTS.get(node.op_type, []):
+            if axis is None:
+                axis = next((a.i for a in node.attribute if a.name == "axis"), 1)  # DequantizeLinear's default axis
+            if len(node.input) > zero_point and node.input[zero_point]:
+                found[node.input[weight]] = (node.input[zero_point], axis)
+    return found
+
+
+def _broadcast_zero_point(zero: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray:
+    """A zero point shaped to compare with a weight of ``shape``: a scalar, one per channel along ``axis``, or per direction and column."""
+    if zero.size <= 1:
+        return zero.reshape(())
+    if zero.ndim == 2 and len(shape) == 3:  # DynamicQuantizeLSTM per channel: [directions, 4*hidden]
+        return zero.reshape(zero.shape[0], 1, zero.shape[1])
+    target = [1] * len(shape)
+    target[axis % len(shape)] = -1
+    return zero.reshape(target)
 
 
 _QUANTIZED_LAYERS = ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized", "torch.nn.quantized")
