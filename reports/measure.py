@@ -87,10 +87,29 @@ def size_figures(variant: Any, example: torch.Tensor) -> dict[str, Any]:
         figures.update(onnx_params(artifact))
         figures["macs"] = onnx_macs(artifact, example)
     else:
-        figures.update(module_params(variant.module))
-        figures["macs"] = module_macs(variant.module, example)
+        counted = counted_module(variant)
+        figures.update(module_params(counted))
+        floating = next((t.dtype for t in counted.parameters() if t.is_floating_point()), example.dtype)
+        figures["macs"] = module_macs(counted, example.to(floating))
     figures["macs_note"] = "multiply-accumulates of one batch-1 forward pass"
     return figures
+
+
+def counted_module(variant: Any) -> torch.nn.Module:
+    """The module whose params and MACs a variant has, by the rule slimlens compress counts by.
+
+    A quantized or half-precision variant type carries the float model it was made from, and is counted
+    on it (a PT2E program's int8 weights are plain integer buffers no dtype test tells from a float
+    model's own); any other variant on its own module.
+    """
+    from compress.results import is_float_module
+    from compress.variant import TorchVariant
+
+    stand_in = getattr(variant, "stand_in", None)
+    quantized = isinstance(variant, TorchVariant) and type(variant) is not TorchVariant and stand_in is not None
+    if not quantized and is_float_module(variant.module):
+        return variant.module
+    return stand_in if stand_in is not None else variant.module
 
 
 def _parity_inputs(model: str) -> tuple[torch.Tensor, bool]:
