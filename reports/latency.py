@@ -163,7 +163,12 @@ def _main_cpu_call(variant: Any, threads: int) -> tuple[str, Callable[[torch.Ten
     if variant.format == "onnx":
         # A fresh session with the fixed thread count, so every ONNX variant runs with the same threads.
         return "ONNX Runtime", dataclasses.replace(variant, threads=threads, _session=None)
-    return "PyTorch eager", variant
+    return ("torch.compile (compiled when made or loaded)" if _compiled_at_load(variant) else "PyTorch eager"), variant
+
+
+def _compiled_at_load(variant: Any) -> bool:
+    """Whether the variant's module is already a torch.compile'd program (PT2E int8), so it has no eager form to time."""
+    return bool(getattr(variant, "compiled", False))
 
 
 def interleaved_cpu(variants: list[Any], x1: torch.Tensor, xb: torch.Tensor, cfg: TimingConfig,
@@ -234,6 +239,9 @@ def cpu_latency(variant: Any, x1: torch.Tensor, xb: torch.Tensor, cfg: TimingCon
         how["load_average_1min"] = main["load_average_1min"]
     if variant.format == "onnx":
         return _with_how("onnxruntime", {"onnxruntime": main}, how)
+    if _compiled_at_load(variant):  # its main figures are already compiled ones; compiling the program again measures nothing new
+        return _with_how("compiled", {"compiled": main, "eager": {"unavailable": "a program compiled with Inductor when it was made "
+                                                                                   "or loaded; it has no eager form to time"}}, how)
     with torch_threads(cfg.threads):
         modes = {"eager": main}
         if cfg.compile:

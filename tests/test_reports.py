@@ -564,3 +564,21 @@ def test_the_headline_size_reduction_shows_what_it_cost(results: dict, tmp_path:
     html = reports.render([run], tmp_path / "r.html").read_text()
     fact = html.split("largest size reduction")[1].split("</div>")[0]
     assert smallest["name"] in fact and '<span class="bad">accuracy -0.2500</span>' in fact
+
+
+def test_a_compiled_pt2e_program_is_timed_as_compiled_and_its_memory_excludes_compiling():
+    """A PT2E int8 variant runs through Inductor: its figures are not 'eager', and a dynamo reset left by the
+    variant timed before it must not put a recompile into its memory figure."""
+    from compress.context import data_for
+    from compress.quantize import Pt2eInt8Config, quantize_pt2e
+
+    data = data_for("lenet5")
+    original = TorchVariant("original", module=zoo.load("lenet5"), source={"zoo": "lenet5"})
+    int8 = quantize_pt2e(original.module, Pt2eInt8Config(samples=8, compile=True), data)
+    x = timing_inputs("lenet5", 8)
+    cfg = reports.TimingConfig(batch=8, threads=2, compile=True, rounds=1, min_seconds=0.05, min_repetitions=3)
+    timed = reports.latencies([original, int8], x[:1].clone(), x, ["cpu"], cfg)  # the original's compiled timing resets dynamo
+    cpu = timed[1]["cpu"]
+    assert cpu["runtime"] == "compiled" and cpu["batch1_p50_ms"] > 0
+    assert "no eager form" in cpu["modes"]["eager"]["unavailable"]
+    assert cpu["peak_memory"]["inference_mb"] < 20  # lenet5 at batch 8 needs well under 1 MiB; Inductor's compile took hundreds
