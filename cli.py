@@ -305,13 +305,14 @@ def cmd_compress(args: argparse.Namespace) -> int:
                        exporter=args.onnx_exporter)
         results = variants.results
         if args.latency:
-            from reports.inputs import timing_inputs
+            from reports.inputs import inputs_description, timing_inputs
 
             x = timing_inputs(data.source.get("zoo"), timing.batch, data.input_shape)
             timed = reports.latencies(list(variants), x[:1].clone(), x, ["cpu"], timing, progress=lambda m: _say(args, m))
             for entry, figures in zip(results["variants"], timed):
                 entry["latency"] = figures
             results["timing"] = timing.how()
+            results["timing_inputs"] = inputs_description(data.source.get("zoo"), data.input_shape)
         write_results(results, staged / "results.json")
         if args.report:
             run_results = reports.read_results(staged)

@@ -24,3 +24,13 @@ def timing_inputs(model: str | None, batch: int, input_shape: tuple[int, ...] | 
     if input_shape is None:
         raise ValueError("name a zoo model or give input_shape")
     return torch.rand((batch, *input_shape), generator=torch.Generator().manual_seed(seed))
+
+
+def inputs_description(model: str | None, input_shape: tuple[int, ...] | None = None, seed: int = INPUT_SEED) -> str:
+    """What ``timing_inputs`` gives for ``model``, in words for results.json."""
+    if model is not None:
+        spec = zoo.spec(model)
+        if spec.task == "generation":
+            return f"fixed latents (zoo.latents, seed {seed}), the same for every variant"
+        return f"the first images of the {spec.dataset} test split, the same for every variant"
+    return f"seeded uniform noise of the model's input shape {tuple(input_shape or ())} (seed {seed}), the same for every variant"

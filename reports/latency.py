@@ -228,7 +228,7 @@ def cpu_latency(variant: Any, x1: torch.Tensor, xb: torch.Tensor, cfg: TimingCon
         "timing": cfg.how(),
         "timer": TIMER,
         "versions": library_versions(),
-        "inputs": "the same real test inputs for every variant (batch 1 = the first of them)",
+        "inputs": "the same inputs for every variant (batch 1 = the first of them; results.json's timing_inputs says what they are)",
         # other work on the machine makes timings noisy; the load says how busy it was
         "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "cpu_count": os.cpu_count(),

@@ -13,7 +13,7 @@ import torch
 import zoo
 from zoo.environment import environment
 from reports.errors import DeviceError, ReportError
-from reports.inputs import timing_inputs
+from reports.inputs import inputs_description, timing_inputs
 from reports.latency import TimingConfig, cpu_latency, cuda_latency, interleaved_cpu
 from reports.memory import peak_memory
 from reports.results import SCHEMA
@@ -193,6 +193,7 @@ def measure(
         "environment": environment(cfg.threads, seed),
         "devices": devices,
         "timing": cfg.how(),
+        "timing_inputs": inputs_description(model, input_shape),
         "latency_seconds": latency_seconds,  # all variants together: their rounds interleave (measure_seconds excludes it)
         "variants": entries,
     }

@@ -253,6 +253,7 @@ def run_context(run: dict[str, Any]) -> dict[str, Any]:
         "command": run.get("command"),
         "seed": env.get("seed", run.get("seed")),
         "timing": timing,
+        "timing_inputs": run.get("timing_inputs"),
         "cpu_name": _lat(original, "cpu").get("device") or env.get("cpu"),
         "cpu_features": _lat(original, "cpu").get("cpu_features") or env.get("cpu_features"),
         "threads": _lat(original, "cpu").get("threads") or env.get("threads"),

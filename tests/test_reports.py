@@ -85,6 +85,11 @@ def test_measure_torch_and_onnx_variants_built_by_hand(tmp_path: Path) -> None:
     for entry in out["variants"]:
         _cpu_figures_sane(entry["latency"]["cpu"], FAST.batch)
         assert "not measured" in entry["latency"]["cpu"]["peak_memory"]["unavailable"]
+    assert out["timing_inputs"].startswith("the first images of the mnist test split")
+    # a user's own architecture is timed on noise, and results.json says so rather than 'real test inputs'
+    user = reports.measure(variants[:1], "mine", "cpu", FAST, memory=False, input_shape=(1, 28, 28))
+    assert "seeded uniform noise of the model's input shape (1, 28, 28)" in user["timing_inputs"]
+    assert "real" not in user["variants"][0]["latency"]["cpu"]["inputs"]
 
 
 def test_latencies_interleave_rounds_and_record_a_variant_that_cannot_run(tmp_path: Path) -> None:
