@@ -7,7 +7,8 @@
 
 Speed figures come from ``reports.latencies`` (warm-up, then single calls timed until a minimum count
 and time, in rounds that interleave the variants; medians), the same test images for every
-variant, batch 8, with the thread count fixed.
+variant, batch 8, with the thread count fixed; they are written into the run's results.json as its
+``latency`` (kept with ``--keep``).
 The machine, its load and the library versions are printed above the table: figures taken on a
 shared, loaded machine say so.
 """
@@ -31,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import compress  # noqa: E402
 import reports  # noqa: E402
 from zoo.environment import cpu_description  # noqa: E402
-from reports.inputs import timing_inputs  # noqa: E402
+from compress.results import write_results  # noqa: E402
+from reports.inputs import inputs_description, timing_inputs  # noqa: E402
 
 CASES = (("deep-compression", "lenet5"), ("edge", "resnet-mnist"), ("distill", "resnet-mnist"), ("int8", "seed-lstm"))
 WALL_LIMIT_S = 300
@@ -68,6 +70,12 @@ def edge_rows(run: compress.RunResult, threads: int) -> list[Row]:
                                max_repetitions=200_000)
     timed = reports.latencies([run.variant(n) for n in names], x[:1].clone(), x, ["cpu"], cfg, memory=False)
     cpu = {name: t["cpu"] for name, t in zip(names, timed)}
+    # the figures go into the run's results.json as its `latency`, so a kept run (--keep) shows where the table's come from
+    for entry in run.results["variants"]:
+        if entry["name"] in names:
+            entry["latency"] = timed[names.index(entry["name"])]
+    run.results.update(timing=cfg.how(), timing_inputs=inputs_description("resnet-mnist"))
+    write_results(run.results, run.out_dir / "results.json")
     drop = _points(final, v["original"])
     missing = [f"{n}: {cpu[n]['unavailable']}" for n in names if "unavailable" in cpu[n]]
     if missing:
