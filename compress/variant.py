@@ -18,6 +18,7 @@ is expected (``zoo.evaluate(name, forward=variant)`` for one).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import shutil
 import tempfile
@@ -130,7 +131,8 @@ class OnnxVariant(Variant):
             write_atomic(target, Path(self.artifact).read_bytes())
             self.artifact = target
             self._session = None
-        return self._write_metadata(directory, self._save_stand_in(directory))
+        sha = hashlib.sha256(Path(self.artifact).read_bytes()).hexdigest()
+        return self._write_metadata(directory, {"sha256": sha, **self._save_stand_in(directory)})
 
     def _save_stand_in(self, directory: Path) -> dict[str, Any]:
         """Write the float stand-in beside the .onnx file when its weights rebuild from ``source``; its metadata keys."""
@@ -266,6 +268,10 @@ def _load_from_metadata(path: Path, meta: dict[str, Any], threads: int, trust_co
     if builder is not None and calls_builder and not str(builder).startswith("zoo.") and not trust_code:
         raise VariantError(f"{path} rebuilds its architecture by calling {builder}(), code named by the file; "
                            "pass --trust-code (trust_code=True) if you made this run or trust it")
+    for key in ("artifact", "stand_in"):  # files beside the metadata only: it must not point a reader elsewhere on disk
+        value = meta.get(key)
+        if value is not None and (not isinstance(value, str) or Path(value).name != value or value in ("", ".", "..")):
+            raise VariantError(f"variant metadata {path} gives {key} {value!r}; it must name a file in the same folder")
     artifact = path.parent / meta["artifact"] if meta.get("artifact") else None
     common = {"name": meta["name"], "steps": meta.get("steps", []), "source": meta.get("source", {}), "artifact": artifact}
     if meta.get("loader"):  # an artifact with its own reader (e.g. int8 weights) names it as "module:function"
@@ -285,6 +291,8 @@ def _load_from_metadata(path: Path, meta: dict[str, Any], threads: int, trust_co
             raise VariantError(f"variant metadata {path} is incomplete for its {meta['loader']} reader "
                                f"({type(exc).__name__}: {exc})") from None
     if meta.get("format") == "onnx":
+        if meta.get("sha256") and artifact is not None and hashlib.sha256(artifact.read_bytes()).hexdigest() != meta["sha256"]:
+            raise VariantError(f"{artifact} does not match its metadata sha256 (corrupt or replaced); re-run slimlens compress")
         stand_in = None
         if meta.get("stand_in"):  # the float model it was quantized from, for gradient explanations
             stand_in = _rebuild_module(meta["source"])

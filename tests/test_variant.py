@@ -174,3 +174,26 @@ def test_a_channel_pruned_half_precision_variant_reloads_and_runs(tmp_path, mnis
     batch = mnist_test.images[:8]
     assert torch.equal(again(batch), half(batch))
     assert {p.dtype for p in again.stand_in.parameters()} == {torch.float32}  # all one dtype, so explanations run
+
+
+def test_variant_metadata_names_files_beside_it_only(tmp_path):
+    meta_path, meta = _saved_seed_cnn(tmp_path / "run")
+    elsewhere = tmp_path / "elsewhere.safetensors"
+    shutil.copy(tmp_path / "run" / "v.safetensors", elsewhere)
+    for value in (str(elsewhere), "../elsewhere.safetensors"):
+        meta["artifact"] = value
+        meta_path.write_text(json.dumps(meta))
+        with pytest.raises(VariantError, match="must name a file in the same folder"):
+            load_variant(meta_path)
+
+
+def test_a_replaced_onnx_file_is_refused(tmp_path, mnist_test):
+    model = zoo.load("seed-cnn")
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(model, (mnist_test.images[:1],), str(path), dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    meta = OnnxVariant("m", artifact=path).save(tmp_path / "saved")
+    other = tmp_path / "other.onnx"  # a valid model of another kind, put in its place
+    torch.onnx.export(zoo.load("lenet5"), (mnist_test.images[:1],), str(other), dynamo=False, input_names=["x"])
+    shutil.copy(other, tmp_path / "saved" / "m.onnx")
+    with pytest.raises(VariantError, match="does not match its metadata sha256"):
+        load_variant(meta)
