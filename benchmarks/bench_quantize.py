@@ -2,14 +2,16 @@
 
 Run: ``python benchmarks/bench_quantize.py [--models seed-lstm seed-cnn resnet-mnist] [--threads 2]``.
 Sizes are bytes on disk of the saved artifact against the float safetensors; drops are in points of
-accuracy on the 1,000-image test split; latency is the median of ``--reps`` timed calls at batch 8
-after warm-up, on ``--threads`` threads. On a shared machine latencies are noisy: compare within a run.
+accuracy on the 1,000-image test split; latency comes from ``reports.latencies`` after every variant
+of a model is made: warm-up, then single calls on the same test images in ``--rounds`` rounds that
+interleave the variants, on ``--threads`` threads; ms/b8 is the batch of 8 (from its median
+throughput), ms/b1 the median single-image call. On a shared machine latencies are noisy.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Callable
 
 import torch
 
+import reports
 import zoo
 from compress.context import CompressionData, data_for
 from compress.export import ExportOnnxConfig, export_onnx_step
@@ -35,19 +38,8 @@ from compress.quantize import (
     quantize_static_onnx,
 )
 from compress.variant import TorchVariant
+from reports.inputs import timing_inputs
 from zoo.environment import cpu_description
-
-
-def median_ms(forward: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, reps: int, warmup: int = 10) -> float:
-    """Median wall time of ``forward(batch)`` in milliseconds after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        forward(batch)
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        forward(batch)
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def saved_bytes(variant, folder: Path) -> int:
@@ -64,14 +56,11 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict]:
     work = Path(tempfile.mkdtemp(prefix="bench-quantize-"))
     rows: list[dict] = []
 
-    def row(label: str, variant, seconds: float, threads_apply: bool = True) -> None:
-        if hasattr(variant, "threads") and threads_apply:
-            variant.threads = args.threads
+    def row(label: str, variant, seconds: float) -> None:
         size = saved_bytes(variant, work / label)
         metrics = data.evaluate(variant, reference=model)
         rows.append({"model": name, "variant": label, "bytes": size, "ratio": float_bytes / size,
-                     "drop": _drop(data, base, metrics), "ms_b8": median_ms(variant, batch, args.reps),
-                     "seconds": seconds})
+                     "drop": _drop(data, base, metrics), "seconds": seconds, "_variant": variant})
 
     float_bytes = saved_bytes(TorchVariant("fp32", source=data.source, module=model), work / "fp32")
     steps: list[tuple[str, Callable[[], object]]] = [
@@ -102,6 +91,19 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict]:
             rows.append({"model": name, "variant": label, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"})
             continue
         row(label, variant, time.perf_counter() - start)
+    # every variant timed together, after all are made, in rounds that interleave them (reports.latencies, as a
+    # run's report does): timing each right after making and scoring it let the machine's spells and ONNX
+    # Runtime's thread pools fall on one variant only
+    timed_rows = [r for r in rows if "_variant" in r]
+    x = timing_inputs(name, 8)
+    cfg = reports.TimingConfig(batch=8, threads=args.threads, compile=False, rounds=args.rounds, min_seconds=args.seconds,
+                               min_repetitions=30 * args.rounds, max_repetitions=100_000)
+    timed = reports.latencies([r.pop("_variant") for r in timed_rows], x[:1].clone(), x, ["cpu"], cfg, memory=False)
+    for r, t in zip(timed_rows, timed):
+        cpu = t["cpu"]
+        r["runtime"] = cpu.get("runtime", "?")
+        r["ms_b8"] = 1e3 * 8 / cpu["throughput_per_s"] if "throughput_per_s" in cpu else None
+        r["ms_b1"] = cpu.get("batch1_p50_ms")
     return rows
 
 
@@ -120,20 +122,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["seed-lstm", "seed-cnn", "resnet-mnist"])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--reps", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="timing seconds per variant and batch shape, over all rounds")
     parser.add_argument("--qat-epochs", type=float, default=1.0)
     parser.add_argument("--skip-qat", action="store_true")
     parser.add_argument("--skip-pt2e", action="store_true")
     args = parser.parse_args()
-    print(f"{cpu_description()}; torch {torch.__version__}, {args.threads} threads, batch 8, median of {args.reps} calls")
-    print(f"{'model':<20}{'variant':<40}{'bytes':>10}{'x smaller':>10}{'drop':>16}{'ms/b8':>9}{'make s':>8}")
+    print(f"{cpu_description()}; torch {torch.__version__}, {args.threads} threads; medians over {args.rounds} interleaved "
+          f"rounds, {args.seconds:g} s per variant and shape; load average {os.getloadavg()[0]:.1f}")
+    print(f"{'model':<20}{'variant':<40}{'bytes':>10}{'x smaller':>10}{'drop':>16}{'ms/b8':>9}{'ms/b1':>8}{'make s':>8}  runtime")
     for name in args.models:
         for r in bench_model(name, args):
             if "error" in r:
                 print(f"{r['model']:<20}{r['variant']:<40}  failed: {r['error']}")
             else:
+                ms = "".join(f"{r[k]:>{w}.2f}" if r[k] is not None else f"{'-':>{w}}" for k, w in (("ms_b8", 9), ("ms_b1", 8)))
                 print(f"{r['model']:<20}{r['variant']:<40}{r['bytes']:>10,}{r['ratio']:>10.2f}   {r['drop']:>13}"
-                      f"{r['ms_b8']:>9.2f}{r['seconds']:>8.1f}", flush=True)
+                      f"{ms}{r['seconds']:>8.1f}  {r['runtime']}", flush=True)
 
 
 if __name__ == "__main__":
