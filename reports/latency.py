@@ -286,7 +286,7 @@ def _onnx_cuda(variant: Any, x1: torch.Tensor, xb: torch.Tensor, cfg: TimingConf
         return session.run(None, {name: x.numpy()})
 
     result = figures(call, x1, xb, cfg)
-    result["note"] = "ONNX Runtime CUDA provider, inputs copied from host memory in every call"
+    result["note"] = "ONNX Runtime CUDA provider, inputs copied from host memory and outputs back to it in every call"
     return result
 
 
@@ -302,7 +302,8 @@ def cuda_latency(variant: Any, x1: torch.Tensor, xb: torch.Tensor, cfg: TimingCo
         "inputs": "the same inputs as on the CPU, already in GPU memory (host-to-device copies not timed)",
     }
     if variant.format == "onnx":
-        how["inputs"] = "the same inputs as on the CPU, copied from host memory inside every timed call (unlike the PyTorch figures)"
+        how["inputs"] = ("the same inputs as on the CPU, copied from host memory, and the outputs back to it, inside every timed call "
+                         "(unlike the PyTorch figures, which time neither copy)")
         return _with_how("onnxruntime", {"onnxruntime": _guarded("ONNX Runtime CUDA", lambda: _onnx_cuda(variant, x1, xb, cfg))}, how)
     modes = {"fp32": _guarded("fp32 on the GPU", lambda: _cuda_mode(variant.module, x1, xb, cfg, torch.float32, False))}
     if "unavailable" in modes["fp32"]:
