@@ -69,7 +69,7 @@ class CompressionData:
             return zoo.evaluate(self.source["zoo"], forward=forward, data_root=self.data_root, reference=reference)
         from zoo import metrics
 
-        outputs = metrics.batched_outputs(forward, self.test.images)
+        outputs = metrics.require_finite(metrics.batched_outputs(forward, self.test.images))
         num_classes = max(2, int(self.test.labels.max()) + 1)
         return metrics.classification_metrics(metrics.predicted_labels(outputs), self.test.labels, num_classes)
 

@@ -221,3 +221,32 @@ def test_integer_weights_for_a_float_model_are_refused(tmp_path):
              for k, v in zoo.load("seed-cnn").state_dict().items()}
     with pytest.raises(zoo.WeightsError, match=r"with integer values where the model has floats.*features\.1\.weight int8 in the file, float32"):
         load_into(zoo.build("seed-cnn"), state, tmp_path / "int8.safetensors")
+
+
+@pytest.mark.parametrize("model", ["seed-cnn", "seed-autoencoder", "dcgan-g", "dcgan-d"])
+def test_nan_outputs_are_an_error_not_a_score(model):
+    """argmax reads a NaN row as class 0, which scored a broken seed-cnn 0.10 as if it were a real accuracy."""
+    def broken(batch):
+        out = zoo.load(model)(batch)
+        return torch.full_like(out, float("nan"))
+
+    with pytest.raises(zoo.MetricError, match="NaN or infinite"):
+        zoo.evaluate(model, forward=broken)
+
+
+def test_parity_with_a_broken_reference_is_not_agreement():
+    from zoo.metrics import output_parity
+
+    nan = torch.full((4, 10), float("nan"))
+    parity = output_parity(nan, nan.clone(), classifier=True)
+    assert parity["max_abs_diff"] is None and parity["not_finite_outputs"] == 80
+
+
+def test_discriminator_accuracy_is_balanced_and_reads_a_zero_logit_as_real():
+    from zoo.metrics import discriminator_metrics, predicted_labels
+
+    real, fake = torch.ones(10, 1), -torch.ones(1, 1)
+    # 10 real images, 1 generated one; the discriminator calls everything real
+    assert discriminator_metrics(lambda x: torch.ones(len(x), 1), real, fake)["accuracy"] == 0.5
+    zero = discriminator_metrics(lambda x: torch.zeros(len(x), 1), real, fake)
+    assert zero["real_recall"] == 1.0 and predicted_labels(torch.zeros(1, 1), 0.0).item() == 1  # one rule for both

@@ -11,7 +11,7 @@ True
 
 from zoo.cards import ModelCard, card
 from zoo.datasets import dataset
-from zoo.errors import DataError, SlimlensError, UnknownModelError, WeightsError
+from zoo.errors import DataError, MetricError, SlimlensError, UnknownModelError, WeightsError
 from zoo.evaluate import evaluate
 from zoo.loading import load
 from zoo.models.dcgan import latents
@@ -21,6 +21,7 @@ __all__ = [
     "DataError",
     "ModelCard",
     "SlimlensError",
+    "MetricError",
     "UnknownModelError",
     "WeightsError",
     "build",

@@ -25,3 +25,7 @@ class DataError(SlimlensError):
 
 class UnknownModelError(SlimlensError):
     """A model name that is not in the zoo."""
+
+
+class MetricError(SlimlensError):
+    """A model's outputs cannot be scored: NaN or infinite values where the metric needs numbers."""

@@ -37,7 +37,7 @@ def evaluate(
     # a module handed over straight from training would score with dropout on and its BatchNorm moving
     with torch.inference_mode(), eval_mode(forward if isinstance(forward, torch.nn.Module) else None):
         if model_spec.task in ("classification", "binary-classification"):
-            outputs = metrics.batched_outputs(forward, data.images)
+            outputs = metrics.require_finite(metrics.batched_outputs(forward, data.images))
             return metrics.classification_metrics(metrics.predicted_labels(outputs), data.labels, len(model_spec.class_names))
         if model_spec.task == "reconstruction":
             return metrics.reconstruction_metrics(forward, data.images)

@@ -11,6 +11,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from zoo.errors import MetricError
+
 Forward = Callable[[torch.Tensor], torch.Tensor]
 CONFIDENT = 0.9
 GAN_EVAL_SAMPLES = 1000
@@ -22,6 +24,15 @@ def batched_outputs(forward: Forward, inputs: torch.Tensor, batch_size: int = 25
     """Run ``forward`` over ``inputs`` in batches and concatenate the outputs as a float CPU tensor."""
     outs = [torch.as_tensor(forward(inputs[i : i + batch_size])).float().cpu() for i in range(0, len(inputs), batch_size)]
     return torch.cat(outs)
+
+
+def require_finite(outputs: torch.Tensor, what: str = "the model's outputs") -> torch.Tensor:
+    """``outputs`` unchanged, or MetricError when any is NaN or infinite (argmax would read NaN rows as class 0)."""
+    bad = int((~torch.isfinite(outputs)).sum())
+    if bad:
+        raise MetricError(f"{what} hold {bad:,} NaN or infinite value(s) of {outputs.numel():,}, so no metric is defined: "
+                          "the model (or a compression step) is broken; check its weights or the step's settings")
+    return outputs
 
 
 def decision_threshold(task: str) -> float:
@@ -39,7 +50,8 @@ def predicted_labels(outputs: torch.Tensor, threshold: float = 0.5) -> torch.Ten
 def output_parity(reference: torch.Tensor, outputs: torch.Tensor, classifier: bool, threshold: float = 0.5) -> dict:
     """How far ``outputs`` are from ``reference`` on the same inputs: max abs difference and, for classifiers, prediction agreement."""
     outputs = outputs.reshape(reference.shape)
-    not_finite = int((~torch.isfinite(outputs)).sum())
+    # a broken reference makes every difference NaN too, and NaN rows of both would "agree" on class 0
+    not_finite = int((~torch.isfinite(outputs)).sum()) + int((~torch.isfinite(reference)).sum())
     parity: dict = {"max_abs_diff": float((outputs.float() - reference.float()).abs().max()), "samples": len(reference)}
     if not_finite:  # NaN is no JSON number: say how many outputs were broken instead
         parity.update(max_abs_diff=None, not_finite_outputs=not_finite)
@@ -91,7 +103,7 @@ def generator_metrics(
     ``classifier`` must expose ``features`` (penultimate activations) and ``head``; fidelity (mean
     squared pixel difference) is reported when a ``reference`` generator is given.
     """
-    fake = batched_outputs(generate, latent_vectors)
+    fake = require_finite(batched_outputs(generate, latent_vectors), "the generator's images")
     with torch.no_grad():
         real_feats = batched_outputs(classifier.features, real_images)
         fake_feats = batched_outputs(classifier.features, fake)
@@ -108,12 +120,16 @@ def generator_metrics(
 
 
 def discriminator_metrics(discriminate: Forward, real_images: torch.Tensor, fake_images: torch.Tensor) -> dict:
-    """Accuracy of a real-vs-generated discriminator (logit > 0 means real) on balanced real and fake sets."""
+    """Balanced accuracy of a real-vs-generated discriminator (logit >= 0 means real, as ``predicted_labels`` reads it).
+
+    The mean of the real and the fake recall, so the figure does not move with how many real images
+    the split holds (1,000 bundled, 10,000 in full MNIST) against the fixed 1,000 generated ones.
+    """
     threshold = decision_threshold("discrimination")
-    real_hits = (batched_outputs(discriminate, real_images)[:, 0] > threshold).float()
-    fake_hits = (batched_outputs(discriminate, fake_images)[:, 0] <= threshold).float()
+    real_hits = (require_finite(batched_outputs(discriminate, real_images), "the discriminator's outputs")[:, 0] >= threshold).float()
+    fake_hits = (require_finite(batched_outputs(discriminate, fake_images), "the discriminator's outputs")[:, 0] < threshold).float()
     return {
-        "accuracy": float(torch.cat([real_hits, fake_hits]).mean()),
+        "accuracy": float((real_hits.mean() + fake_hits.mean()) / 2),
         "real_recall": float(real_hits.mean()),
         "fake_recall": float(fake_hits.mean()),
     }
@@ -121,5 +137,5 @@ def discriminator_metrics(discriminate: Forward, real_images: torch.Tensor, fake
 
 def reconstruction_metrics(reconstruct: Forward, images: torch.Tensor) -> dict:
     """Mean squared error per pixel between images and their reconstructions."""
-    recon = batched_outputs(reconstruct, images)
+    recon = require_finite(batched_outputs(reconstruct, images), "the reconstructions")
     return {"mse": float(((recon.reshape(images.shape) - images) ** 2).mean())}
