@@ -62,7 +62,7 @@ def finetune(
     teacher: nn.Module | None = None,
     loss_fn: Callable[..., torch.Tensor] | None = None,
     after_step: Callable[[nn.Module], None] | None = None,
-    augment: bool = True,
+    augment: bool | None = None,
     mixup: float = 0.0,
     progress: Callable[[str], None] = lambda message: None,
 ) -> nn.Module:
@@ -71,9 +71,10 @@ def finetune(
     ``teacher`` (the original model) supplies targets for generators and for ``loss_fn``;
     ``loss_fn(outputs, inputs, labels, teacher_outputs)`` replaces the task loss (distillation);
     ``after_step(model)`` runs after every optimiser step (pruning re-applies its masks there).
-    A generator trains on fresh latent vectors, 4,000 per epoch, to match its original. Gradients are
+    A generator trains on fresh latent vectors, as many per epoch as the training split has digits, to match its original. Gradients are
     clipped as the model's own training recipe clipped them (``data.clip_grad_norm``).
     """
+    augment = data.augment if augment is None else augment  # None: as the model's own training did
     gen = torch.Generator().manual_seed(data.seed)
     mixing = mixup > 0 and data.labelled
     if mixup > 0 and not mixing:

@@ -238,3 +238,31 @@ def test_fake_quantization_of_a_transposed_convolution_scales_each_output_channe
     reference = torch.fake_quantize_per_channel_affine(weight, scale, torch.zeros(128, dtype=torch.int32), 1, -8, 7)
     assert torch.allclose(fake_quantized(weight, 4, axis), reference, atol=1e-6)
     assert not torch.allclose(fake_quantized(weight, 4), reference, atol=1e-3)  # scales per input channel differ
+
+
+def test_fine_tuning_augments_only_models_trained_on_augmented_digits():
+    """softmax-regression was trained on plain digits: its fine-tunes must not shift and rotate them."""
+    from compress.context import data_for
+    from compress.finetune import finetune
+
+    plain, augmented = data_for("softmax-regression"), data_for("seed-cnn")
+    assert not plain.augment and augmented.augment
+
+    def tuned(augment):
+        torch.manual_seed(0)
+        return finetune(zoo.load("softmax-regression"), plain, epochs=0.05, augment=augment).state_dict()
+
+    by_default, without, with_it = tuned(None), tuned(False), tuned(True)
+    assert all(torch.equal(by_default[k], without[k]) for k in by_default)
+    assert not all(torch.equal(by_default[k], with_it[k]) for k in by_default)
+
+
+def test_a_generator_is_calibrated_on_latents_it_is_not_scored_on():
+    from compress.context import data_for
+    from zoo.metrics import GAN_EVAL_SAMPLES, GAN_EVAL_SEED
+
+    scored = zoo.latents(GAN_EVAL_SAMPLES, GAN_EVAL_SEED)
+    for seed in (0, -1, 5):
+        calibration = data_for("dcgan-g", seed=seed).inputs(64)
+        assert not any(torch.equal(row, scored[0]) for row in calibration)
+        assert not torch.equal(calibration, zoo.latents(64, GAN_EVAL_SEED))
