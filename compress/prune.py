@@ -21,6 +21,7 @@ from torch_pruning.pruner.function import LSTMPruner
 
 from compress.context import CompressionData
 from compress.distill import soft_target_loss
+from compress.variant import plain_weights
 from compress.finetune import BATCH_SIZE, check_budget, finetune, task_loss, trainable_clone
 from compress.steps import register_step
 from zoo.errors import SlimlensError, first_line
@@ -506,7 +507,7 @@ def keep_largest(magnitudes: torch.Tensor, fraction: float) -> torch.Tensor:
 def prune_unstructured(model: nn.Module, config: PruneUnstructuredConfig, data: CompressionData,
                        progress: Progress = lambda message: None, original: nn.Module | None = None) -> nn.Module:
     """A copy of ``model`` with a fraction ``sparsity`` of its weights zero, fine-tuned; store it with compressed-storage."""
-    pruned = trainable_clone(model)
+    pruned = plain_weights(trainable_clone(model))
     masks = _Masks(pruned, config)
     teacher, loss_fn = _teacher(model, data, original), None
     if config.distill > 0:  # every task has a soft target: class scores, a probability, or the original's output

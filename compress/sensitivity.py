@@ -26,7 +26,8 @@ from torch import nn
 
 from compress.context import CompressionData
 from compress.finetune import clone
-from compress.prune import prunable_weights
+from compress.prune import keep_largest, prunable_weights
+from compress.variant import plain_weights
 from compress.quantize.common import output_channel_axis
 import zoo
 from zoo import metrics
@@ -55,12 +56,9 @@ class SensitivityConfig:
 
 
 def magnitude_pruned(weight: torch.Tensor, ratio: float) -> torch.Tensor:
-    """``weight`` with its ``ratio`` smallest-magnitude entries set to zero."""
-    k = int(round(ratio * weight.numel()))
-    if k == 0:
-        return weight.clone()
-    threshold = weight.abs().flatten().kthvalue(k).values
-    return torch.where(weight.abs() > threshold, weight, torch.zeros_like(weight))
+    """``weight`` with exactly its ``ratio`` smallest-magnitude entries set to zero (ties at the threshold kept back, as pruning does)."""
+    keep = keep_largest(weight.abs().flatten(), ratio).reshape(weight.shape)
+    return torch.where(keep, weight, torch.zeros_like(weight))
 
 
 def fake_quantized(weight: torch.Tensor, bits: int, axis: int = 0) -> torch.Tensor:
@@ -115,7 +113,7 @@ def sensitivity(model: nn.Module, data: CompressionData, config: SensitivityConf
                 progress: Progress = lambda message: None) -> dict:
     """Metric per layer against pruning ratio and against weight bits, one layer changed at a time (JSON-ready)."""
     start = time.perf_counter()
-    probe = clone(model).eval()
+    probe = plain_weights(clone(model)).eval()
     score, evaluated_on = _scorer(data, config)
     pruning: dict[str, dict] = {}
     quantization: dict[str, dict] = {}

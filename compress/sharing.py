@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from compress.context import CompressionData
+from compress.variant import plain_weights
 from compress.finetune import check_budget, finetune, trainable_clone
 from compress.prune import MAGNITUDE_PRUNABLE, prunable_weights
 from compress.steps import register_step
@@ -96,7 +97,7 @@ def _bits_for(module: nn.Module, config: WeightSharingConfig) -> int:
 def share_weights(model: nn.Module, config: WeightSharingConfig, data: CompressionData,
                   progress: Progress = lambda message: None, original: nn.Module | None = None) -> nn.Module:
     """A copy of ``model`` whose every weight matrix holds ≤ 2**bits distinct nonzero values, centroids fine-tuned."""
-    shared = trainable_clone(model)
+    shared = plain_weights(trainable_clone(model))
     targets = prunable_weights(shared)
     for module, name in targets:
         if isinstance(module, MAGNITUDE_PRUNABLE):

@@ -316,6 +316,34 @@ def _load_from_metadata(path: Path, meta: dict[str, Any], threads: int, trust_co
     raise VariantError(f"variant {path} has unknown format {meta.get('format')!r}")
 
 
+def plain_weights(model: nn.Module) -> nn.Module:
+    """``model`` with weight_norm, spectral_norm and other parametrizations baked into plain weights, in place.
+
+    A parametrized ``weight`` is recomputed from its parts at every call, so writing into it (a mask, a
+    sensitivity probe, a shared value) changes nothing: pruning and weight sharing work on the baked-in
+    weights, which is also what a deployed model holds.
+    """
+    from torch.nn.utils import parametrize
+
+    for module in model.modules():
+        if parametrize.is_parametrized(module):
+            # not parametrize.remove_parametrizations: it deletes the property from the module's class, which a
+            # deep copy shares with the model it was copied from, and so took `weight` away from the caller's model
+            with torch.no_grad():
+                baked = {name: getattr(module, name).detach().clone() for name in module.parametrizations}
+            trainable = any(p.requires_grad for p in module.parametrizations.parameters())
+            module.__class__ = type(module).__bases__[0]  # this instance only: the class parametrize injected stays as it was
+            del module._modules["parametrizations"]
+            for name, value in baked.items():
+                module.register_parameter(name, nn.Parameter(value, requires_grad=trainable))
+        for hook in list(module._forward_pre_hooks.values()):  # the older hook-based weight_norm and spectral_norm
+            if type(hook).__name__ == "WeightNorm":
+                torch.nn.utils.remove_weight_norm(module, hook.name)
+            elif type(hook).__name__ == "SpectralNorm":
+                torch.nn.utils.remove_spectral_norm(module, hook.name)
+    return model
+
+
 def _check_recorded_shapes(path: Path, state: dict[str, torch.Tensor], shapes: Any) -> None:
     """Refuse weights whose shapes differ from those the metadata recorded when the variant was saved."""
     if not isinstance(shapes, dict):
@@ -332,6 +360,8 @@ def _fit_shapes(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
     Pruning only removes channels, so a tensor with more dimensions or a larger size than the
     architecture's is refused: those weights belong to another model.
     """
+    if not any(".parametrizations." in key or key.startswith("parametrizations.") for key in state):
+        plain_weights(module)  # a variant saved after pruning baked in the architecture's weight_norm or spectral_norm
     for key, tensor in state.items():
         owner_name, _, attr = key.rpartition(".")
         try:

@@ -266,3 +266,35 @@ def test_a_generator_is_calibrated_on_latents_it_is_not_scored_on():
         calibration = data_for("dcgan-g", seed=seed).inputs(64)
         assert not any(torch.equal(row, scored[0]) for row in calibration)
         assert not torch.equal(calibration, zoo.latents(64, GAN_EVAL_SEED))
+
+
+def weight_normed_simplenet() -> torch.nn.Module:
+    """simplenet with weight_norm on its hidden layer: a user's builder, for the tests below."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    model = zoo.load("simplenet")
+    model.hidden = weight_norm(model.hidden)
+    return model
+
+
+def test_weight_normed_layers_are_probed_pruned_and_reloaded_and_the_callers_model_is_untouched(tmp_path):
+    """A parametrized weight is recomputed at every call: writing into it did nothing (the sensitivity probe called
+    the layer insensitive) and parametrize's own removal took `weight` away from the model the copy came from."""
+    from compress import TorchVariant, load_variant
+    from compress.context import data_for
+    from compress.prune import PruneUnstructuredConfig, prune_unstructured
+    from compress.sensitivity import SensitivityConfig, sensitivity
+
+    data = data_for("tests.test_prune:weight_normed_simplenet", data="mnist-ge5")
+    model, x = weight_normed_simplenet(), data.inputs(16, split="test")
+    before = model(x)
+    config = SensitivityConfig(ratios=(0.9,), bits=(2,), subset=256)
+    probed = sensitivity(model, data, config)["pruning"]["layers"]
+    plain = sensitivity(zoo.load("simplenet"), data, config)["pruning"]["layers"]
+    assert probed["hidden.weight"]["values"] == plain["hidden.weight"]["values"]
+    assert probed["hidden.weight"]["values"][0] < 0.8  # 90% of the hidden layer gone costs accuracy (0.96 before)
+    pruned = prune_unstructured(model, PruneUnstructuredConfig(sparsity=0.9, epochs=0.05), data)
+    assert float((pruned.hidden.weight == 0).float().mean()) >= 0.85
+    assert torch.equal(model(x), before)  # the caller's model still has its weight_norm and its outputs
+    meta = TorchVariant("wn", source=data.source, module=pruned).save(tmp_path)
+    assert torch.equal(load_variant(meta, trust_code=True)(x), TorchVariant("p", module=pruned)(x))
