@@ -19,10 +19,14 @@ from zoo.training import random_affine
 BATCH_SIZE = 64  # fine-tuning batch unless a step asks for another
 
 
+MAX_EPOCHS = 10_000
+
+
 def check_budget(epochs: float, lr: float) -> None:
     """Raise a one-line SlimlensError for a fine-tuning budget no optimiser can use (checked when a recipe is parsed)."""
-    if not 0 <= epochs < math.inf:  # NaN and inf fail too: an infinite budget would never finish
-        raise SlimlensError(f"epochs={epochs} must be 0 (no fine-tuning) or a finite number of epochs, e.g. epochs=2")
+    # NaN and inf fail too, and so does a finite budget no run could finish (1e308 overflowed the step count)
+    if not 0 <= epochs <= MAX_EPOCHS:
+        raise SlimlensError(f"epochs={epochs} must be 0 (no fine-tuning) or a number of epochs up to {MAX_EPOCHS:,}, e.g. epochs=2")
     if not 0 < lr < math.inf:
         raise SlimlensError(f"lr={lr} must be a positive learning rate, e.g. lr=0.001")
 

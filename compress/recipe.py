@@ -124,6 +124,9 @@ class Recipe:
 RESERVED_NAMES = ("original", "original-onnx")
 
 
+MAX_NAME_LENGTH = 64
+
+
 def _check_names(steps: tuple[RecipeStep, ...], origin: str) -> None:
     """Refuse a reserved variant name, or one name given to two steps that can run on the same model."""
     for i, step in enumerate(steps):
@@ -235,6 +238,8 @@ def parse_step(table: Any, index: int, origin: str) -> RecipeStep:
     label = table.get("name")
     if label is not None and (not isinstance(label, str) or not label.replace("-", "").replace("_", "").isalnum()):
         raise SlimlensError(f"{where}: name must be letters, digits, '-' or '_', got {label!r}")
+    if label is not None and len(label) > MAX_NAME_LENGTH:  # it names files, and a file name has a length limit
+        raise SlimlensError(f"{where}: name is {len(label)} characters long; give at most {MAX_NAME_LENGTH}")
     config = _config(config_class, table, where, name)
     if label is not None and "name" in {f.name for f in dataclasses.fields(config_class)}:
         config = dataclasses.replace(config, name=label)  # a config's own `name` (its variant's) is the recipe's name
