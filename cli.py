@@ -487,6 +487,14 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``slimlens`` with ``argv``; user errors become one line on stderr and exit code 2."""
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:  # Ctrl-C while torch is still importing, before the command's own handling is in place
+        print("slimlens: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(argv: list[str] | None) -> int:
     from zoo.errors import SlimlensError
 
     parser = build_parser()
