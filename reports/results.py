@@ -18,7 +18,8 @@ METRIC_DIRECTION = {
     "macro_f1": True,
     "fd": False,
     "confident_fraction": True,
-    "fidelity_mse": False,
+    "fidelity": False,
+    "fidelity_mse": False,  # its name in results.json files written before 2026-12-07
     "mse": False,
 }
 

@@ -168,6 +168,11 @@ def test_more_bad_inputs_fail_in_one_line_and_write_nothing(tmp_path: Path, reci
     assert "steps 1 and 2 are both named 'small'" in _fails(["seed-cnn", "--recipe", str(twice), *common], capsys)
     twice.write_text('[[steps]]\nstep = "distill"\nname = "original"\n')
     assert "name 'original' is the uncompressed model's" in _fails(["seed-cnn", "--recipe", str(twice), *common], capsys)
+    twice.write_text('[[steps]]\nstep = "quantize_dynamic"\nname = "' + "n" * 300 + '"\n')  # a file name too long for the disk
+    assert "name is 300 characters long; give at most 64" in _fails(["seed-cnn", "--recipe", str(twice), *common], capsys)
+    twice.write_text('[[steps]]\nstep = "prune-unstructured"\nepochs = 1e308\n')  # finite, but its step count overflowed
+    assert "epochs=1e+308 must be 0 (no fine-tuning) or a number of epochs up to 10,000" in _fails(
+        ["seed-cnn", "--recipe", str(twice), *common], capsys)
     tiny = tmp_path / "tiny.toml"
     tiny.write_text('[[steps]]\nstep = "distill"\nwidth = 0.01\nepochs = 0.1\n')
     # found when the step runs (after the original is measured), and still one line with nothing left behind
@@ -263,3 +268,17 @@ def test_force_refuses_to_replace_a_folder_holding_its_own_inputs(tmp_path: Path
     err = _fails(["simplenet", "--recipe", str(inside), "--out", str(out), "--force", "--no-latency"], capsys)
     assert f"--recipe {inside} lies inside --out {out.resolve()}, which --force replaces" in err and "move it out" in err
     assert inside.read_text() == recipe.read_text() and (out / "results.json").is_file()
+
+
+def test_ctrl_c_while_torch_still_imports_is_one_line(tmp_path: Path):
+    import signal
+    import time
+
+    started = subprocess.Popen([sys.executable, "-c", "import sys, cli; sys.exit(cli.main(sys.argv[1:]))", "compress", "seed-cnn",
+                                "--recipe", "int8", "--out", str(tmp_path / "run")],
+                               cwd=Path(cli.__file__).parent, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.8)  # inside main, importing torch (which takes seconds)
+    started.send_signal(signal.SIGINT)
+    _, err = started.communicate(timeout=120)
+    assert started.returncode == 130 and "Traceback" not in err and err.strip().endswith("slimlens: interrupted")
+    assert not any(tmp_path.iterdir())

@@ -128,3 +128,12 @@ def test_parity_check_fails_outputs_that_are_not_finite():
         recorded = output_parity(model(inputs), broken(inputs), classifier=False)
     assert recorded["max_abs_diff"] is None and recorded["not_finite_outputs"] == 1
     assert not check_parity(broken, model, inputs)["passed"]  # a broken reference does not pass either
+
+
+def test_a_one_output_layers_bias_is_counted_in_the_onnx_file():
+    """A [1]-shaped bias is a weight, not a scalar constant: simplenet's ONNX file has all 7,861 parameters."""
+    from zoo.footprint import module_params, onnx_params
+
+    model, data = zoo.load("simplenet"), data_for("simplenet")
+    variant = export_onnx_step(model, ExportOnnxConfig(), data)
+    assert onnx_params(variant.artifact) == module_params(model) == {"params": 7861, "nonzero_params": module_params(model)["nonzero_params"]}

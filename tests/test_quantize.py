@@ -311,7 +311,7 @@ def test_static_int8_generator_stays_faithful_to_the_original():
     generator, data = zoo.load("dcgan-g"), data_for("dcgan-g")
     variant = quantize_static_onnx(generator, StaticInt8Config(samples=64), data)
     metrics = data.evaluate(variant, reference=generator)
-    assert metrics["fidelity_mse"] < 1e-3  # mean squared pixel difference to the float generator on fixed latents
+    assert metrics["fidelity"] < 1e-3  # mean squared pixel difference to the float generator on fixed latents
     assert metrics["confident_fraction"] >= data.evaluate(generator)["confident_fraction"] - 0.03
     assert variant.artifact.stat().st_size * 3.5 < zoo.card("dcgan-g").weights["bytes"]
     with pytest.raises(QuantizationError, match="use quantize_static_onnx"):  # no MatMul/LSTM for dynamic int8

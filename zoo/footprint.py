@@ -80,8 +80,8 @@ def onnx_params(path: str | Path) -> dict[str, int]:
     for name, arr in arrays.items():
         if "scale" in name or "zero_point" in name:
             continue  # quantization bookkeeping, not weights
-        if arr.size <= 1 or arr.dtype.kind not in "fiu" or arr.dtype.itemsize > 4 and arr.dtype.kind in "iu":
-            continue  # scalars and int64 shape constants: weights are float or 8-bit integers
+        if arr.ndim == 0 or arr.dtype.kind not in "fiu" or arr.dtype.itemsize > 4 and arr.dtype.kind in "iu":
+            continue  # scalars and int64 shape constants: weights are float or 8-bit integers (a [1] bias is a weight)
         total += arr.size
         zero: Any = 0
         if name in zero_points and zero_points[name][0] in arrays:  # a quantized zero is its zero point (128 for uint8 weights)

@@ -115,7 +115,7 @@ def generator_metrics(
     }
     if reference is not None:
         ref = batched_outputs(reference, latent_vectors)
-        result["fidelity_mse"] = float(((fake - ref) ** 2).mean())
+        result["fidelity"] = float(((fake - ref) ** 2).mean())  # mean squared pixel difference: lower is more faithful
     return result
 
 
