@@ -83,6 +83,8 @@ def staging_dir(out: str | Path, force: bool = False) -> Path:
     check_replaceable(out, "results.json")  # before the --force advice: --force never replaces a folder slimlens did not write
     if out.is_dir() and any(out.iterdir()) and not force:
         raise SlimlensError(f"--out {out} exists and is not empty; pass --force to replace it or name a new folder")
+    if out.is_dir():
+        _check_movable(out)  # before the run, not after it: the finished run replaces this folder by renaming it aside
     # --out may name a new nested folder, as explain's and report's may. The run is staged in the nearest
     # folder that exists and the missing ones are made only when it is renamed into place, so a run that
     # fails or is refused leaves no empty folders behind.
@@ -99,6 +101,17 @@ def staging_dir(out: str | Path, force: bool = False) -> Path:
     return staged
 
 
+def _check_movable(out: Path) -> None:
+    """Refuse an existing ``out`` that cannot be renamed aside (a mount point, an immutable or read-only parent)."""
+    probe = out.with_name(f".{out.name}.probe-{os.getpid()}")
+    try:
+        os.rename(out, probe)
+    except OSError as exc:
+        raise SlimlensError(f"--out {out} cannot be replaced ({exc.strerror or exc}): a finished run takes its place by renaming it; "
+                            "name a new folder inside it or elsewhere") from None
+    os.rename(probe, out)
+
+
 def move_into_place(staged: Path, out: str | Path) -> Path:
     """Rename a finished ``staged`` folder to ``out``, replacing an old ``out`` only once the new one is complete."""
     out = Path(out).resolve()
@@ -109,7 +122,10 @@ def move_into_place(staged: Path, out: str | Path) -> Path:
     old = None
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
+        try:
+            os.replace(out, old)
+        except OSError as exc:  # changed since staging_dir checked it
+            raise SlimlensError(f"--out {out} cannot be replaced ({exc.strerror or exc}); name a new folder") from None
     try:
         os.replace(staged, out)
     except BaseException:  # an interrupt or failure here must not leave the old run hidden

@@ -282,3 +282,19 @@ def test_ctrl_c_while_torch_still_imports_is_one_line(tmp_path: Path):
     _, err = started.communicate(timeout=120)
     assert started.returncode == 130 and "Traceback" not in err and err.strip().endswith("slimlens: interrupted")
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or subprocess.run(["which", "chattr"], capture_output=True).returncode != 0,
+                    reason="making a folder immutable needs root and chattr")
+def test_an_out_folder_that_cannot_be_moved_is_refused_before_the_run(tmp_path: Path, recipe: Path, capsys):
+    """The finished run replaces --out by renaming it aside: a folder that cannot move failed only after all the work."""
+    out = tmp_path / "fixed"
+    out.mkdir()
+    if subprocess.run(["chattr", "+i", str(out)], capture_output=True).returncode != 0:
+        pytest.skip("this file system has no immutable flag")
+    try:
+        err = _fails(["simplenet", "--recipe", str(recipe), "--out", str(out), "--no-latency"], capsys)
+        assert f"--out {out} cannot be replaced" in err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["fast.toml", "fixed"]
+    finally:
+        subprocess.run(["chattr", "-i", str(out)])
