@@ -176,11 +176,15 @@ def prepare(request: Request) -> Plan:
 def _check_variant_fits(request: Request, model: Any, inputs: torch.Tensor) -> None:
     """Refuse a variant made from another model: its maps would be compared with the wrong original."""
     variant, path = request.variant, request.variant_path or getattr(request.variant, "name", "the variant")
-    made_from = (getattr(variant, "source", None) or {}).get("zoo")
+    source = getattr(variant, "source", None) or {}
+    made_from = source.get("zoo")
     if made_from and made_from != request.model:
         raise ExplainError(f"{path} was made from {made_from}, not {request.model}; "
                            f"run `slimlens explain {made_from} --variant {path}`")
-    # a variant of a user's own builder names no zoo model: its outputs on this model's inputs must fit
+    if source.get("builder"):  # a user's own network: its maps beside a zoo model's would be drift between two models
+        raise ExplainError(f"{path} was made from your model {source['builder']}(), not zoo model {request.model}; "
+                           "slimlens explain compares a variant with the zoo model it was compressed from")
+    # a variant that names no model at all (an ONNX file saved by hand) is judged by its outputs on this model's inputs
     probe = inputs[:2]
     try:
         with torch.no_grad():

@@ -124,6 +124,10 @@ def test_a_variant_of_another_model_is_refused(tmp_path, capsys, int8_onnx):
     saved = OnnxVariant(name="mine", artifact=autoencoder, source={}, steps=[]).save(tmp_path)
     _bad(["seed-cnn", "--methods", "occlusion", "--variant", str(saved)], capsys, out,
          "gives outputs of shape (2, 1, 28, 28) where seed-cnn gives (2, 10)")
+    # a variant of a user's own network is another model, even where its outputs fit
+    theirs = OnnxVariant(name="theirs", artifact=int8_onnx.parent / "int8.onnx", source={"builder": "mypkg.nets:cnn"}, steps=[])
+    _bad(["seed-cnn", "--methods", "occlusion", "--variant", str(theirs.save(tmp_path / "theirs"))], capsys, out,
+         "was made from your model mypkg.nets:cnn(), not zoo model seed-cnn")
 
 
 @pytest.fixture(scope="module")
