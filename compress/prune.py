@@ -28,7 +28,7 @@ from zoo.errors import SlimlensError, first_line
 from zoo.footprint import module_params
 
 Progress = Callable[[str], None]
-PRUNABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
 # Layers whose `weight` is the whole of their matrix, so magnitude pruning and weight sharing can treat it
 # element by element. A MultiheadAttention keeps its input projection under other names, and a user's
 # module may hold a bare nn.Parameter: those stay dense, and dense_weights_left names them.

@@ -382,13 +382,13 @@ def _fit_shapes(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
             else:
                 owner.register_buffer(attr, replacement)
     for sub in module.modules():  # keep the layers' own size attributes true to their new weights
-        if isinstance(sub, nn.Conv2d | nn.ConvTranspose2d):
+        if isinstance(sub, nn.modules.conv._ConvNd):  # 1-D to 3-D, transposed too
             w = sub.weight
-            out_ch, in_ch = (w.shape[0], w.shape[1] * sub.groups) if isinstance(sub, nn.Conv2d) else (w.shape[1] * sub.groups, w.shape[0])
+            out_ch, in_ch = (w.shape[1] * sub.groups, w.shape[0]) if sub.transposed else (w.shape[0], w.shape[1] * sub.groups)
             sub.out_channels, sub.in_channels = out_ch, in_ch
         elif isinstance(sub, nn.Linear):
             sub.out_features, sub.in_features = sub.weight.shape
-        elif isinstance(sub, nn.BatchNorm2d | nn.BatchNorm1d):
+        elif isinstance(sub, nn.modules.batchnorm._BatchNorm):
             sub.num_features = sub.weight.shape[0] if sub.weight is not None else sub.running_mean.shape[0]
         elif isinstance(sub, nn.RNNBase):  # hidden units removed by structured pruning
             sub.hidden_size, sub.input_size = sub.weight_hh_l0.shape[1], sub.weight_ih_l0.shape[1]

@@ -207,7 +207,7 @@ def test_bad_settings_are_refused_with_a_fix():
                             (PruneStructuredConfig, "epochs"), (PruneUnstructuredConfig, "ramp")):
         with pytest.raises(SlimlensError, match=f"{setting}=nan"):
             config(**{setting: nan})
-    with pytest.raises(SlimlensError, match="epochs=inf must be 0 .* or a finite number"):  # it would never finish
+    with pytest.raises(SlimlensError, match="epochs=inf must be 0 .* or a number of epochs up to 10,000"):  # it would never finish
         PruneUnstructuredConfig(epochs=float("inf"))
 
 
@@ -298,3 +298,32 @@ def test_weight_normed_layers_are_probed_pruned_and_reloaded_and_the_callers_mod
     assert torch.equal(model(x), before)  # the caller's model still has its weight_norm and its outputs
     meta = TorchVariant("wn", source=data.source, module=pruned).save(tmp_path)
     assert torch.equal(load_variant(meta, trust_code=True)(x), TorchVariant("p", module=pruned)(x))
+
+
+class RowConv1d(torch.nn.Module):
+    """A user's 1-D CNN reading each digit as 28 rows of 28 pixels: Conv1d, BatchNorm1d, Conv1d, then a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv1d(28, 32, 3, padding=1), torch.nn.BatchNorm1d(32), torch.nn.ReLU(),
+                                        torch.nn.Conv1d(32, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool1d(1))
+        self.head = torch.nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(self.body(x.flatten(1, 2)).flatten(1))
+
+
+def test_structured_pruning_removes_conv1d_channels_and_the_variant_reloads(tmp_path):
+    from compress import TorchVariant, load_variant
+    from compress.context import data_for
+    from compress.prune import PruneStructuredConfig, prune_structured
+
+    torch.manual_seed(0)
+    model, data = RowConv1d().eval(), data_for("tests.test_prune:RowConv1d", data="mnist")
+    pruned = prune_structured(model, PruneStructuredConfig(ratio=0.5, steps=1, epochs=0.0), data)
+    assert pruned.body[0].out_channels == pruned.body[1].num_features == pruned.body[3].in_channels == 16
+    assert pruned.body[3].out_channels == pruned.head.in_features == 16 and pruned.head.out_features == 10
+    x = data.inputs(8, split="test")
+    meta = TorchVariant("narrow", source=data.source, module=pruned).save(tmp_path)
+    again = load_variant(meta, trust_code=True)
+    assert again.module.body[0].out_channels == 16 and torch.equal(again(x), TorchVariant("p", module=pruned)(x))
