@@ -347,6 +347,9 @@ def load_model(model: str, weights: str | Path | None = None, trust_pickle: bool
     from zoo.weights import load_into
 
     if ":" not in model:
+        if model not in zoo.list_models() and "." in model:  # a dotted name is a module path missing its builder
+            raise SlimlensError(f"no zoo model named {model!r}; to compress your own model give package.module:function, "
+                                f"e.g. {model}:build, a function that returns the torch module")
         if weights is None:
             return zoo.load(model)
         module = zoo.build(model)
@@ -366,6 +369,8 @@ def _read_weights(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor]:
     from zoo.errors import WeightsError
     from zoo.weights import read_state_dict
 
+    if path.is_dir():
+        raise WeightsError(f"--weights {path} is a folder; name the weights file in it (.safetensors, or a torch state dict)")
     if not path.is_file():
         raise WeightsError(f"weights file {path} not found")
     if path.suffix == ".safetensors":

@@ -298,3 +298,9 @@ def test_an_out_folder_that_cannot_be_moved_is_refused_before_the_run(tmp_path: 
         assert sorted(p.name for p in tmp_path.iterdir()) == ["fast.toml", "fixed"]
     finally:
         subprocess.run(["chattr", "-i", str(out)])
+
+
+def test_a_weights_folder_and_a_module_path_without_its_function_say_what_to_give(tmp_path: Path, recipe: Path, capsys):
+    common = ["--recipe", str(recipe), "--out", str(tmp_path / "run"), "--no-latency"]
+    assert f"--weights {tmp_path} is a folder; name the weights file in it" in _fails(["simplenet", "--weights", str(tmp_path), *common], capsys)
+    assert "give package.module:function, e.g. userpkg.nets:build" in _fails(["userpkg.nets", "--data", "mnist", *common], capsys)
