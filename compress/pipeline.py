@@ -507,7 +507,13 @@ def check_fits(model: nn.Module, data: CompressionData) -> None:
     classes = 1 if data.task == "binary-classification" else int(data.train.labels.max()) + 1
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != classes:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise SlimlensError(f"{data.model_name} returns {got} for inputs {shape}; {data.task} on this data needs (batch, {classes})")
+        if not isinstance(out, torch.Tensor):
+            fix = "have the function return a module whose forward returns that tensor alone (e.g. the logits of a tuple or dict)"
+        elif out.dim() == 1 and classes == 1:
+            fix = "return it as (batch, 1), e.g. out.unsqueeze(1)"
+        else:
+            fix = f"give a model with {classes} output{'s' if classes > 1 else ''}"
+        raise SlimlensError(f"{data.model_name} returns {got} for inputs {shape}; {data.task} on this data needs (batch, {classes}): {fix}")
     if data.task == "binary-classification" and not bool(((out >= 0) & (out <= 1)).all()):
         # scoring thresholds the output at 0.5 and fine-tuning uses binary cross-entropy: both need a probability
         raise SlimlensError(f"{data.model_name} returns values from {out.min().item():.3g} to {out.max().item():.3g}; binary classification "

@@ -119,7 +119,7 @@ def test_a_model_that_does_not_fit_the_data_or_the_recipe_fails_in_one_line(tmp_
     out = tmp_path / "run"
     common = ["--recipe", str(recipe), "--out", str(out), "--no-latency"]
     err = _fails(["zoo.models.mlp:SimpleNet", "--data", "mnist", *common], capsys)  # one probability, not 10 class scores
-    assert "returns (8, 1)" in err and "needs (batch, 10)" in err
+    assert "returns (8, 1)" in err and "needs (batch, 10): give a model with 10 outputs" in err
     err = _fails(["zoo.models.resnet:BasicBlock", "--data", "mnist", *common], capsys)  # needs constructor arguments
     assert "zoo.models.resnet:BasicBlock() failed: TypeError" in err and "no arguments" in err
     static = tmp_path / "static.toml"
@@ -304,3 +304,20 @@ def test_a_weights_folder_and_a_module_path_without_its_function_say_what_to_giv
     common = ["--recipe", str(recipe), "--out", str(tmp_path / "run"), "--no-latency"]
     assert f"--weights {tmp_path} is a folder; name the weights file in it" in _fails(["simplenet", "--weights", str(tmp_path), *common], capsys)
     assert "give package.module:function, e.g. userpkg.nets:build" in _fails(["userpkg.nets", "--data", "mnist", *common], capsys)
+
+
+class _TupleOut(torch.nn.Module):
+    """A classifier returning (logits, features), as many research models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(784, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1)), x
+
+
+def test_a_model_returning_a_tuple_is_told_what_to_return(tmp_path: Path, recipe: Path, capsys):
+    err = _fails(["tests.test_cli_compress:_TupleOut", "--data", "mnist", "--recipe", str(recipe), "--out", str(tmp_path / "r"),
+                  "--no-latency"], capsys)
+    assert "returns tuple" in err and "whose forward returns that tensor alone" in err
