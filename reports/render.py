@@ -356,7 +356,7 @@ def render_html(runs: Sequence[dict[str, Any]]) -> str:
 
 def render(results: Sequence[dict[str, Any] | str | Path], out_path: str | Path) -> Path:
     """Render runs (results dicts or run folders) into ONE self-contained HTML file, written atomically."""
-    out = check_out(out_path, folder=False)  # a folder, a device or a pipe is refused before any work
+    out = check_out(out_path, folder=False, example="report.html")  # a folder, a device or a pipe is refused before any work
     runs = [r if isinstance(r, dict) else read_results(r) for r in results]
     for run in runs:
         if (Path(run.get("_dir", "")) / RESULTS_FILE).resolve() == out.resolve():

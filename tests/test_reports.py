@@ -496,6 +496,8 @@ def test_report_out_that_is_not_a_regular_file_or_is_a_runs_results_is_refused(b
     assert cli.main(["report", str(bench_dir), "--out", str(bench_dir / "results.json")]) == 2
     assert "results file of a run" in capsys.readouterr().err
     assert (bench_dir / "results.json").read_bytes() == before
+    assert cli.main(["report", str(bench_dir), "--out", str(tmp_path)]) == 2
+    assert f"is a folder; name a file to write, e.g. {tmp_path / 'report.html'}" in capsys.readouterr().err
 
 
 def test_cli_bench_unwritable_out_is_one_line(capsys: pytest.CaptureFixture) -> None:

@@ -97,13 +97,13 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def check_out(out: str | Path, folder: bool) -> Path:
-    """Raise a one-line SlimlensError if ``out`` (a folder to fill, or else a file) cannot be written; return it as a Path."""
+def check_out(out: str | Path, folder: bool, example: str = "samples.png") -> Path:
+    """Raise a one-line SlimlensError if ``out`` (a folder to fill, or else a file such as ``example``) cannot be written; return it as a Path."""
     out = Path(out)
     if folder and out.exists() and not out.is_dir():
         raise SlimlensError(f"--out {out} is a file; name a folder")
     if not folder and out.is_dir():
-        raise SlimlensError(f"--out {out} is a folder; name a file to write, e.g. {out / 'samples.png'}")
+        raise SlimlensError(f"--out {out} is a folder; name a file to write, e.g. {out / example}")
     if not folder and out.exists() and not out.is_file():
         # os.replace would swap a device or pipe (e.g. /dev/null) for a regular file
         raise SlimlensError(f"--out {out} is not a regular file; name a file to write")
