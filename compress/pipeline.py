@@ -474,7 +474,7 @@ def check_layer_names(recipe: Recipe, model: nn.Module, data: CompressionData) -
             continue  # when it runs, its own check makes it a recorded skip
         unknown = sorted({name for name, _ in getattr(recipe_step.config, "layer_sparsity", ())} - names)
         if unknown:
-            raise SlimlensError(f"step {index + 1} ({recipe_step.step}): layer_sparsity names {unknown}, which are not prunable layers of "
+            raise SlimlensError(f"{recipe.origin}: step {index + 1} ({recipe_step.step}): layer_sparsity names {unknown}, which are not prunable layers of "
                                 f"{type(model).__name__}; its prunable layers: {', '.join(sorted(names))}")
 
 

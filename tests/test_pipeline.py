@@ -228,7 +228,7 @@ def test_mixup_without_labels_is_refused_before_any_work(tmp_path: Path):
 
 def test_unknown_layer_sparsity_names_are_refused_before_any_work(tmp_path: Path):
     recipe = [{"step": "prune-structured", "ratio": 0.5, "epochs": 0.1}, {"step": "prune-unstructured", "layer_sparsity": [["fc9", 0.5]]}]
-    with pytest.raises(SlimlensError, match=r"step 2 \(prune-unstructured\): layer_sparsity names \['fc9'\], which are not prunable layers of LeNet5"):
+    with pytest.raises(SlimlensError, match=r"^python: step 2 \(prune-unstructured\): layer_sparsity names \[.fc9.\], which are not prunable layers of LeNet5"):
         run("lenet5", recipe, out_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
     # features.2 is LeNet-5's first max-pooling: a real layer, but one without weights to prune
