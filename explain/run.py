@@ -228,8 +228,15 @@ def _stand_in_equals(variant: Any, model: nn.Module, method: str) -> bool:
     return target.note is not None and isinstance(target.module, nn.Module) and _same_weights(target.module, model)
 
 
-def _attribute_noting(model: Any, inputs: torch.Tensor, target: Any, method: str, options: dict[str, Any]) -> tuple[torch.Tensor, str | None]:
-    """``attribute`` plus the stand-in notice, caught and returned instead of printed as a Python warning."""
+def _attribute_noting(model: Any, inputs: torch.Tensor, target: Any, method: str, options: dict[str, Any],
+                      seed: int) -> tuple[torch.Tensor, str | None]:
+    """``attribute`` plus the stand-in notice, caught and returned instead of printed as a Python warning.
+
+    Seeded the same way for every call, so the original's and a variant's maps from a sampling method (LIME,
+    KernelSHAP, GradientSHAP, a noise tunnel) use the same draws: otherwise drift counted sampling noise as
+    change (a model against itself: KernelSHAP Spearman 0.31, LIME 0.45).
+    """
+    torch.manual_seed(seed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", StandInWarning)
         maps = attribute(model, inputs, target=target, method=method, **options).detach()
@@ -358,7 +365,7 @@ def _explain_classifier(plan: Plan, result: dict[str, Any], files: dict[str, byt
     for method in plan.methods:
         say(f"{method}: {len(x)} samples")
         t = time.perf_counter()
-        maps[method], note = _attribute_noting(model, x, target, method, plan.options[method])
+        maps[method], note = _attribute_noting(model, x, target, method, plan.options[method], plan.request.seed)
         base, tunnel = parse_method(method)
         result["methods"][method] = {
             "captum": f"NoiseTunnel({base.captum.__name__})" if tunnel else base.captum.__name__,
@@ -514,7 +521,7 @@ def _drift(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: 
             report[method] = _not_measured(reason)
             continue
         say(f"drift: {method} on {name}")
-        changed, note = _attribute_noting(variant, x, target, method, plan.options[method])
+        changed, note = _attribute_noting(variant, x, target, method, plan.options[method], plan.request.seed)
         if note:  # the stand-in's weights differ from the original's, but it is still not the deployed arithmetic
             note += "; this drift measures the stand-in's float weights, not what the deployed variant computes"
         # two blank maps would "agree" perfectly: only samples where both maps have content are compared

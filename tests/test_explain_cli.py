@@ -262,3 +262,13 @@ def test_out_dot_replaces_an_explain_folder_it_is_run_in(tmp_path, capsys, monke
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # the user's usual mode, not mkdtemp's private 0700
+
+
+def test_drift_of_a_sampling_method_against_an_identical_copy_is_none(tmp_path):
+    """LIME draws its perturbations at random: the original's and the variant's maps must use the same draws."""
+    from compress import TorchVariant
+    from explain.run import Request, run
+
+    variant = TorchVariant(name="copy", module=zoo.load("seed-cnn"), source={"zoo": "seed-cnn"})
+    result = run(Request(model="seed-cnn", out=tmp_path / "out", methods=["lime"], samples=2, variant=variant, trust=False))
+    assert result["drift"]["lime"]["spearman"] == pytest.approx(1.0)
