@@ -81,7 +81,8 @@ def deletion_insertion(
     fractions = counts.float() / d
     base = torch.full_like(flat, baseline)
     curves = {}
-    with torch.no_grad():
+    # a module handed over in training mode would score with dropout on and overwrite BatchNorm's running statistics
+    with torch.no_grad(), eval_mode(forward if isinstance(forward, nn.Module) else None):
         for kind in ("deletion", "insertion"):
             scores = torch.empty(steps + 1, n)
             per_call = max(1, batch_size // n)  # whole steps per forward call, so a call holds up to batch_size images
@@ -119,7 +120,7 @@ def infidelity_score(forward: Forward, inputs: torch.Tensor, attributions: torch
         delta = torch.randn(x.shape, generator=generator) * noise
         return delta, x - delta
 
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(forward if isinstance(forward, nn.Module) else None):
         return infidelity(forward, perturb, inputs, attributions, target=target, n_perturb_samples=n_perturb_samples, normalize=True)
 
 

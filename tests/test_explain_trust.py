@@ -104,3 +104,16 @@ def test_rank_correlation_and_iou_basics():
     assert torch.equal(drift.topk_iou(a, a), torch.ones(4))
     zeros = torch.zeros(2, 1, 28, 28)
     assert torch.equal(drift.rank_correlation(zeros, zeros), torch.ones(2))
+
+
+def test_trust_metrics_score_a_model_left_in_training_mode_as_in_eval_mode(digits):
+    """resnet-mnist has BatchNorm: scored in training mode, its infidelity read 9.65 instead of 0.45."""
+    model = zoo.load("resnet-mnist")
+    x, y = digits[0][:4], digits[1][:4]
+    maps = explain.attribute(model, x, y, "saliency")
+    evaluated = trust.deletion_insertion(model, x, maps, y)["deletion_auc"], trust.infidelity_score(model, x, maps, y)
+    model.train()
+    running = [b.clone() for b in model.buffers()]
+    trained = trust.deletion_insertion(model, x, maps, y)["deletion_auc"], trust.infidelity_score(model, x, maps, y)
+    assert torch.allclose(trained[0], evaluated[0]) and torch.allclose(trained[1], evaluated[1])
+    assert model.training and all(torch.equal(a, b) for a, b in zip(running, model.buffers()))  # mode and statistics as they were
