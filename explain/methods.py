@@ -177,15 +177,31 @@ def conv_layers(module: nn.Module) -> list[tuple[str, nn.Conv2d]]:
     return [(name, m) for name, m in module.named_modules() if isinstance(m, nn.Conv2d)]
 
 
-def last_conv_layer(module: nn.Module, sample: torch.Tensor | None = None) -> nn.Conv2d:
-    """The last convolution whose output on ``sample`` is still a map (more than 1x1), Grad-CAM's usual layer."""
+# Layers that only normalise or rectify a convolution's map in place of it, channel for channel: Grad-CAM
+# reads the map after them, as a network's own next layer does (before a BatchNorm, each channel carries the
+# constant that BatchNorm removes, which swamped dcgan-d's maps until ReLU zeroed every one of them).
+_MAP_FOLLOWERS = (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU,
+                  nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish, nn.PReLU)
+
+
+def last_conv_layer(module: nn.Module, sample: torch.Tensor | None = None) -> nn.Module:
+    """Grad-CAM's usual layer: the last convolution whose output on ``sample`` is still a map (more than 1x1),
+    taken after the BatchNorm and activation that directly follow it (each called once, not in place)."""
     convs = conv_layers(module)
     if not convs:
         raise MethodNotApplicableError(f"gradcam needs a convolutional layer, and {type(module).__name__} has none; try integrated_gradients or occlusion")
     if sample is None:
         return convs[-1][1]
     sizes: dict[nn.Module, int] = {}
-    handles = [m.register_forward_hook(lambda mod, _i, out: sizes.__setitem__(mod, out.shape[-1] * out.shape[-2])) for _, m in convs]
+    order: list[nn.Module] = []  # leaf modules in the order the forward pass calls them
+    leaves = [m for m in module.modules() if not list(m.children())]
+
+    def seen(mod: nn.Module, _inputs: Any, out: Any) -> None:
+        order.append(mod)
+        if isinstance(out, torch.Tensor) and out.dim() == 4:
+            sizes[mod] = out.shape[-1] * out.shape[-2]
+
+    handles = [m.register_forward_hook(seen) for m in leaves]
     try:
         with torch.no_grad(), eval_mode(module):
             module(sample[:1])
@@ -193,7 +209,15 @@ def last_conv_layer(module: nn.Module, sample: torch.Tensor | None = None) -> nn
         for h in handles:
             h.remove()
     maps = [m for _, m in convs if sizes.get(m, 0) > 1]
-    return maps[-1] if maps else convs[-1][1]
+    layer = maps[-1] if maps else convs[-1][1]
+    if order.count(layer) != 1:
+        return layer
+    for follower in order[order.index(layer) + 1:]:
+        in_place = getattr(follower, "inplace", False)  # a hook on an in-place op's output breaks autograd
+        if not isinstance(follower, _MAP_FOLLOWERS) or in_place or order.count(follower) != 1:
+            break
+        layer = follower
+    return layer
 
 
 @contextlib.contextmanager

@@ -54,7 +54,7 @@ def test_explain_writes_maps_grid_and_json(tmp_path, capsys):
     code = cli.main(["explain", "seed-cnn", "--methods", "saliency,gradcam", "--samples", "2", "--out", str(out), "--quiet"])
     assert code == 0 and capsys.readouterr().out.strip() == str(out / "explain.json")
     result = json.loads((out / "explain.json").read_text())
-    assert set(result["methods"]) == {"saliency", "gradcam"} and result["methods"]["gradcam"]["layer"] == "features.7"
+    assert set(result["methods"]) == {"saliency", "gradcam"} and result["methods"]["gradcam"]["layer"] == "features.8"  # the ReLU after the last conv
     assert result["inputs"]["labels"] == [0, 1] and len(result["inputs"]["predictions"]) == 2
     assert {"deletion_auc", "insertion_auc", "infidelity", "sensitivity_max", "randomisation_flagged"} <= set(result["trust"]["saliency"])
     assert result["trust"]["saliency"]["deletion_auc"] < result["trust"]["random_order"]["deletion_auc"]
@@ -194,7 +194,11 @@ def test_the_grid_is_capped_and_says_so(tmp_path, capsys, monkeypatch):
     assert result["grid"]["samples"] == 2 and result["grid"]["of"] == 3 and len(list((out / "maps").glob("*.png"))) == 3
 
 
-def test_all_zero_gradcam_maps_are_flagged_and_not_scored(tmp_path, capsys):
+def test_all_zero_gradcam_maps_are_flagged_and_not_scored(tmp_path, capsys, monkeypatch):
+    import explain.methods
+
+    # Grad-CAM on dcgan-d's last conv before its BatchNorm (the layer it used to take) is blank for every digit
+    monkeypatch.setattr(explain.methods, "_MAP_FOLLOWERS", ())
     out = tmp_path / "discriminator"
     assert cli.main(["explain", "dcgan-d", "--methods", "gradcam,saliency", "--samples", "1", "--out", str(out)]) == 0
     err = capsys.readouterr().err
@@ -272,3 +276,11 @@ def test_drift_of_a_sampling_method_against_an_identical_copy_is_none(tmp_path):
     variant = TorchVariant(name="copy", module=zoo.load("seed-cnn"), source={"zoo": "seed-cnn"})
     result = run(Request(model="seed-cnn", out=tmp_path / "out", methods=["lime"], samples=2, variant=variant, trust=False))
     assert result["drift"]["lime"]["spearman"] == pytest.approx(1.0)
+
+
+def test_gradcam_reads_the_map_after_the_batchnorm_that_follows_the_last_conv(tmp_path, capsys):
+    """Before BatchNorm each channel carries the constant BatchNorm removes: on dcgan-d that made every map blank."""
+    out = tmp_path / "discriminator"
+    assert cli.main(["explain", "dcgan-d", "--methods", "gradcam", "--samples", "2", "--no-trust", "--out", str(out)]) == 0
+    result = json.loads((out / "explain.json").read_text())
+    assert result["methods"]["gradcam"]["layer"] == "net.4" and "all_zero_maps" not in result["methods"]["gradcam"]
