@@ -31,6 +31,7 @@ def _bounded_int(low: int, high: int, what: str):
 
 
 seed_arg = _bounded_int(0, MAX_SEED, "a seed")
+MAX_BATCH = 65_536  # a timed batch of 10^8 digits asked the allocator for 313 GB
 threads_arg = _bounded_int(1, MAX_THREADS, "a thread count")
 
 
@@ -141,6 +142,18 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
             print(f"{card.name}: {metric} {card.metrics[metric]:.4f}{ref}, {card.params:,} params, "
                   f"{card.training['seconds']:.0f} s → {out / card.weights['file']}")
     return 0
+
+
+def _methods_arg(text: str | None) -> list[str] | None:
+    """--methods as a list; None (the defaults) only when it was not given: an empty one is a mistake, not a request for the defaults."""
+    if text is None:
+        return None
+    from explain.errors import ExplainError
+
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    if not methods:
+        raise ExplainError("--methods is empty; name at least one, e.g. --methods saliency, or leave it out for the defaults")
+    return methods
 
 
 def cmd_zoo_samples(args: argparse.Namespace) -> int:
@@ -392,7 +405,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-code", action="store_true", help="allow a run folder's variants to rebuild a user's model by calling the package.module:function they name")
     p.add_argument("target", metavar="MODEL", help="a zoo model name, or a run folder written by compress or bench")
     p.add_argument("--devices", default="cpu", help="comma-separated: cpu, cuda (default: cpu)")
-    p.add_argument("--batch", type=int, default=8, help="the throughput batch size (default: 8)")
+    p.add_argument("--batch", type=_bounded_int(1, MAX_BATCH, "a batch size"), default=8, help="the throughput batch size (default: 8)")
     p.add_argument("--threads", type=threads_arg, default=2, help="CPU threads for PyTorch and ONNX Runtime (default: 2)")
     p.add_argument("--warmup", type=int, default=10, help="untimed calls before timing (default: 10)")
     p.add_argument("--min-seconds", type=float, default=0.5, help="time each measurement at least this long (default: 0.5)")
@@ -423,9 +436,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     request = Request(
         model=args.model,
         out=Path(args.out),
-        methods=[m for m in args.methods.split(",") if m.strip()] if args.methods else None,
+        methods=_methods_arg(args.methods),
         samples=args.samples,
-        indices=parse_indices(args.indices) if args.indices else None,
+        indices=parse_indices(args.indices) if args.indices is not None else None,
         image=Path(args.image) if args.image else None,
         variant=variant,
         variant_path=args.variant,

@@ -34,6 +34,9 @@ def check_indices(indices: Sequence[int], size: int) -> list[int]:
     return list(indices)
 
 
+MAX_INDICES = 100_000  # far above any split the zoo ships (MNIST's test split has 10,000 images)
+
+
 def parse_indices(text: str) -> list[int]:
     """'3,17,40-43' → [3, 17, 40, 41, 42, 43]; an ExplainError for anything else."""
     out: list[int] = []
@@ -41,13 +44,20 @@ def parse_indices(text: str) -> list[int]:
         try:
             if "-" in part[1:]:
                 lo, hi = part.split("-", 1) if not part.startswith("-") else (part, "")
-                out.extend(range(int(lo), int(hi) + 1))
+                first, last = int(lo), int(hi)
+                if last < first:
+                    raise ExplainError(f"--indices range {part} runs backwards; write it lowest first, e.g. {last}-{first}")
+                if last - first >= MAX_INDICES:  # expanding it would exhaust memory before any check of the split's size
+                    raise ExplainError(f"--indices range {part} holds {last - first + 1:,} indices; give at most {MAX_INDICES:,}")
+                out.extend(range(first, last + 1))
             else:
                 out.append(int(part))
         except ValueError:
             raise ExplainError(f"--indices takes whole numbers and ranges like 3,17,40-43, not {text!r}") from None
     if not out:
         raise ExplainError("--indices is empty; give at least one index, e.g. --indices 0,1,2")
+    if len(out) > MAX_INDICES:
+        raise ExplainError(f"--indices lists {len(out):,} images; give at most {MAX_INDICES:,}")
     return out
 
 

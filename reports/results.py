@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,10 @@ def read_results(path: str | Path) -> dict[str, Any]:
         data = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ReportError(f"{file} is not valid JSON ({exc}); re-run the command that wrote it") from None
-    if not isinstance(data, dict) or not str(data.get("schema", "")).startswith("slimlens.results/"):
+    if not isinstance(data, dict) or "schema" not in data:
         raise ReportError(f"{file} is not a slimlens results file (no 'schema': 'slimlens.results/N' key)")
+    if not str(data["schema"]).startswith("slimlens.results/"):
+        raise ReportError(f"{file} has schema {data['schema']!r}, not a slimlens results schema; this slimlens reads {SCHEMA!r}")
     variants = data.get("variants")
     if not isinstance(variants, list) or not variants or not all(isinstance(v, dict) and "name" in v for v in variants):
         raise ReportError(f"{file} has no list of named variants; re-run the command that wrote it")
@@ -81,6 +84,16 @@ def _shape_problem(data: dict[str, Any]) -> str | None:
         for key in ("size_bytes", "gzip_bytes", "params", "nonzero_params", "macs", "seconds"):
             if entry.get(key) is not None and (isinstance(entry[key], bool) or not isinstance(entry[key], (int, float))):
                 return f"variant {name!r}: '{key}' is {_json_kind(entry[key])}, not a number"
+            if entry.get(key) is not None and not 0 <= entry[key] < math.inf:  # NaN fails too; the report drew -7.5e+04x smaller
+                return f"variant {name!r}: '{key}' is {entry[key]}, not a count of 0 or more"
+        metrics = entry.get("metrics") or {}
+        for key, value in metrics.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                return f"variant {name!r}: metric '{key}' is {value}, not a finite number"
+        recall = metrics.get("per_class_recall")
+        if recall is not None and not (isinstance(recall, list) and all(isinstance(r, (int, float)) and not isinstance(r, bool)
+                                                                         and 0 <= r <= 1 for r in recall)):
+            return f"variant {name!r}: 'per_class_recall' must list fractions from 0 to 1"
         confusion = (entry.get("metrics") or {}).get("confusion")
         if confusion is not None and not (isinstance(confusion, list) and all(isinstance(row, list) and len(row) == len(confusion)
                                                                             for row in confusion)):

@@ -284,3 +284,11 @@ def test_gradcam_reads_the_map_after_the_batchnorm_that_follows_the_last_conv(tm
     assert cli.main(["explain", "dcgan-d", "--methods", "gradcam", "--samples", "2", "--no-trust", "--out", str(out)]) == 0
     result = json.loads((out / "explain.json").read_text())
     assert result["methods"]["gradcam"]["layer"] == "net.4" and "all_zero_maps" not in result["methods"]["gradcam"]
+
+
+def test_empty_reversed_or_huge_indices_and_empty_methods_are_refused(tmp_path, capsys):
+    out = tmp_path / "never"
+    _bad(["seed-cnn", "--indices", ""], capsys, out, "--indices is empty")  # it ran the default samples
+    _bad(["seed-cnn", "--methods", ""], capsys, out, "--methods is empty")  # it ran the default methods
+    _bad(["seed-cnn", "--indices", "5-3"], capsys, out, "--indices range 5-3 runs backwards; write it lowest first, e.g. 3-5")
+    _bad(["seed-cnn", "--indices", "0-99999999999999"], capsys, out, "holds 100,000,000,000,000 indices; give at most 100,000")

@@ -512,6 +512,10 @@ def test_cli_bench_unwritable_out_is_one_line(capsys: pytest.CaptureFixture) -> 
     (lambda r: r.update(timing="x"), "'timing' is a string, not an object"),
     (lambda r: r["variants"][0]["metrics"].update(confusion=[[1, 2], [3]]), "'confusion' is not a square matrix"),
     (lambda r: r["variants"][1].update(size_bytes="12"), "'size_bytes' is a string, not a number"),
+    (lambda r: r["variants"][1].update(size_bytes=-5), "'size_bytes' is -5, not a count of 0 or more"),
+    (lambda r: r["variants"][1]["metrics"].update(accuracy=float("nan")), "metric 'accuracy' is nan, not a finite number"),
+    (lambda r: r["variants"][0]["metrics"].update(per_class_recall=[1, 2]), "'per_class_recall' must list fractions from 0 to 1"),
+    (lambda r: r.update(schema=999), "has schema 999, not a slimlens results schema"),
 ])
 def test_a_damaged_results_file_is_one_line(bench_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, edit, message: str) -> None:
     data = json.loads((bench_dir / "results.json").read_text())
@@ -589,3 +593,11 @@ def test_a_compiled_pt2e_program_is_timed_as_compiled_and_its_memory_excludes_co
     assert cpu["runtime"] == "compiled" and cpu["batch1_p50_ms"] > 0
     assert "no eager form" in cpu["modes"]["eager"]["unavailable"]
     assert cpu["peak_memory"]["inference_mb"] < 20  # lenet5 at batch 8 needs well under 1 MiB; Inductor's compile took hundreds
+
+
+def test_bench_refuses_a_batch_no_memory_holds(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as stopped:  # argparse's own exit, through OneLineParser's one line
+        cli.main(["bench", MODEL, "--batch", "100000000", "--out", str(tmp_path / "b")])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "give a batch size from 1 to 65536" in err and len(err.splitlines()) == 1 and not any(tmp_path.iterdir())

@@ -250,3 +250,10 @@ def test_discriminator_accuracy_is_balanced_and_reads_a_zero_logit_as_real():
     assert discriminator_metrics(lambda x: torch.ones(len(x), 1), real, fake)["accuracy"] == 0.5
     zero = discriminator_metrics(lambda x: torch.zeros(len(x), 1), real, fake)
     assert zero["real_recall"] == 1.0 and predicted_labels(torch.zeros(1, 1), 0.0).item() == 1  # one rule for both
+
+
+def test_samples_refuse_a_huge_grid_and_a_name_that_is_not_png(tmp_path, capsys):
+    assert cli.main(["zoo", "samples", "--out", str(tmp_path / "s.png"), "--n", "100000000"]) == 2  # 25 GB of digits
+    assert "--n must be from 1 to 10,000" in capsys.readouterr().err
+    assert cli.main(["zoo", "samples", "--out", str(tmp_path / "s.jpg"), "--n", "4"]) == 2  # PNG bytes under a .jpg name
+    assert "does not end in .png" in capsys.readouterr().err and not any(tmp_path.iterdir())
