@@ -39,6 +39,9 @@ SETTLE_SECONDS = 0.2
 TIMER = f"time.perf_counter_ns around each single call, after warm-up; each variant's turn in a round starts after a {SETTLE_SECONDS} s pause"
 
 
+MAX_BATCH = 65_536
+
+
 @dataclass(frozen=True)
 class TimingConfig:
     """How latency is taken; every field is recorded next to the figures."""
@@ -58,6 +61,8 @@ class TimingConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ReportError(f"timing setting {name} must be a whole number of at least {low}, got {value!r}")
+        if self.batch > MAX_BATCH:  # a timed batch of 10^8 digits asked the allocator for 313 GB
+            raise ReportError(f"timing setting batch must be at most {MAX_BATCH:,}, got {self.batch:,}")
         if not self.min_seconds >= 0:
             raise ReportError(f"timing setting min_seconds must be 0 or more, got {self.min_seconds!r}")
 

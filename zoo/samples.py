@@ -24,9 +24,9 @@ def save_sample_grid(name: str, out: Path, n: int = 64, seed: int = 0, weights_r
         raise SlimlensError(f"{name} is not a generator; try dcgan-g")
     if not 1 <= n <= MAX_SAMPLES:  # 10,000 digits already make a 2,800-pixel-wide grid; 10^8 asked for 25 GB
         raise SlimlensError(f"--n must be from 1 to {MAX_SAMPLES:,}, got {n:,}")
-    if Path(out).suffix.lower() != ".png":  # the bytes are PNG whatever the name says
-        raise SlimlensError(f"--out {out} does not end in .png; the grid is written as a PNG, e.g. --out {Path(out).with_suffix('.png')}")
     out = check_out(out, folder=False)
+    if out.suffix.lower() != ".png":  # the bytes are PNG whatever the name says
+        raise SlimlensError(f"--out {out} does not end in .png; the grid is written as a PNG, e.g. --out {out.with_suffix('.png')}")
     generator = load(name, weights_root)
     with torch.inference_mode():
         images = generator(latents(n, seed))
