@@ -111,8 +111,19 @@ ROW_LABEL_CHARS = 22  # what a rotated label at fontsize 8 fits along one grid r
 
 
 def _fit_row_label(label: str) -> str:
-    """A row label with each over-long line broken at its ' · ' separators, so it fits beside its row."""
-    return "\n".join(line.replace(" · ", "\n") if len(line) > ROW_LABEL_CHARS else line for line in label.splitlines())
+    """A row label with each over-long line broken at its ' · ' separators, and what is still too long shortened in
+    the middle (a long file name ran off the top and bottom of its row), so it fits beside its row."""
+    lines = [part for line in label.splitlines()
+             for part in (line.split(" · ") if len(line) > ROW_LABEL_CHARS else [line])]
+    half = ROW_LABEL_CHARS // 2
+    return "\n".join(line if len(line) <= ROW_LABEL_CHARS else f"{line[:half - 1]}…{line[-half:]}" for line in lines)
+
+
+def _wrapped(text: str, inches: float, fontsize: float) -> str:
+    """``text`` broken into lines that fit ``inches`` of width at ``fontsize`` (about 0.55 em a character)."""
+    import textwrap
+
+    return textwrap.fill(text, max(8, int(inches * 72 / (0.55 * fontsize))), break_long_words=True)
 
 
 def grid(
@@ -144,7 +155,7 @@ def grid(
                 amap = amap / scale_of(amap)
                 vmax = 1.0
             artist = draw_map(axes[row, col + 1], to_image(images[row]), amap, vmax=vmax, signed=signed)
-        axes[0, col + 1].set_title(name.replace("noise_tunnel:", "smooth ").replace("_", " "), fontsize=9)
+        axes[0, col + 1].set_title(_wrapped(name.replace("noise_tunnel:", "smooth ").replace("_", " "), 1.4, 9), fontsize=9)
         bar = fig.colorbar(artist, ax=axes[:, col + 1].tolist(), orientation="horizontal", fraction=0.9 / (n + 4), aspect=12)
         bar.ax.tick_params(labelsize=6)
         bar.set_label("attribution" if shared_scale else "relative", fontsize=7)
@@ -234,7 +245,7 @@ def panel(images: torch.Tensor, maps: torch.Tensor, *, labels: Sequence[str], ti
         bar.ax.tick_params(labelsize=6)
         bar.set_label("relative attribution (one scale for all maps)" if shared_scale else "relative attribution (per map)", fontsize=7)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(_wrapped(title, fig.get_figwidth() - 0.3, 10), fontsize=10)
     return fig
 
 
@@ -259,7 +270,7 @@ def image_panel(images: torch.Tensor, *, labels: Sequence[str], title: str | Non
         bar.ax.tick_params(labelsize=6)
         bar.set_label("pixel value (the images themselves, not attributions)", fontsize=7)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(_wrapped(title, fig.get_figwidth() - 0.3, 10), fontsize=10)
     return fig
 
 

@@ -143,3 +143,11 @@ def test_kernel_shap_surrogate_keeps_shapley_efficiency(cnn, digits):
     patches = maps.reshape(7, 4, 7, 4)[:, 0, :, 0]  # one value per 4x4 feature group
     assert patches.unique().numel() > 10
     assert abs(float(patches.sum()) - gap) < 0.02 * abs(gap)
+
+
+def test_grid_labels_are_shortened_to_fit_their_row():
+    from explain.heatmaps import ROW_LABEL_CHARS, _fit_row_label
+
+    label = _fit_row_label("a_very_long_file_name_of_a_digit_photo_taken_by_phone.png\ntrue ? · pred 3 (0.91)")
+    assert all(len(line) <= ROW_LABEL_CHARS for line in label.splitlines())
+    assert label.splitlines()[0].startswith("a_very_lon") and label.splitlines()[0].endswith("phone.png") and "…" in label
