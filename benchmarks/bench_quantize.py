@@ -55,12 +55,14 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict]:
     batch = data.example_input(8)
     work = Path(tempfile.mkdtemp(prefix="bench-quantize-"))
     rows: list[dict] = []
+    made: list[tuple[dict, object]] = []  # each measured row with its variant, timed together at the end
 
     def row(label: str, variant, seconds: float) -> None:
         size = saved_bytes(variant, work / label)
         metrics = data.evaluate(variant, reference=model)
         rows.append({"model": name, "variant": label, "bytes": size, "ratio": float_bytes / size,
-                     "drop": _drop(data, base, metrics), "seconds": seconds, "_variant": variant})
+                     "drop": _drop(data, base, metrics), "seconds": seconds})
+        made.append((rows[-1], variant))
 
     float_bytes = saved_bytes(TorchVariant("fp32", source=data.source, module=model), work / "fp32")
     steps: list[tuple[str, Callable[[], object]]] = [
@@ -94,12 +96,11 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict]:
     # every variant timed together, after all are made, in rounds that interleave them (reports.latencies, as a
     # run's report does): timing each right after making and scoring it let the machine's spells and ONNX
     # Runtime's thread pools fall on one variant only
-    timed_rows = [r for r in rows if "_variant" in r]
     x = timing_inputs(name, 8)
     cfg = reports.TimingConfig(batch=8, threads=args.threads, compile=False, rounds=args.rounds, min_seconds=args.seconds,
                                min_repetitions=30 * args.rounds, max_repetitions=100_000)
-    timed = reports.latencies([r.pop("_variant") for r in timed_rows], x[:1].clone(), x, ["cpu"], cfg, memory=False)
-    for r, t in zip(timed_rows, timed):
+    timed = reports.latencies([variant for _, variant in made], x[:1].clone(), x, ["cpu"], cfg, memory=False)
+    for (r, _), t in zip(made, timed):
         cpu = t["cpu"]
         r["runtime"] = cpu.get("runtime", "?")
         r["ms_b8"] = 1e3 * 8 / cpu["throughput_per_s"] if "throughput_per_s" in cpu else None

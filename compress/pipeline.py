@@ -36,7 +36,7 @@ from torch import nn
 from compress.context import CompressionData, data_for
 from compress.prune import dense_weights_warning, prunable_weights
 from compress.recipe import Recipe, RecipeStep, load_recipe
-from compress.results import SCHEMA, is_float_module, move_into_place, staging_dir, write_results
+from compress.results import SCHEMA, counted_module, is_float_module, move_into_place, staging_dir, write_results
 from compress.steps import get_step
 from compress.variant import OnnxVariant, TorchVariant, Variant, build_module
 from zoo.environment import environment
@@ -86,12 +86,8 @@ class _Output:
 
 def _wrap(output: Any, source: dict, fallback: nn.Module) -> _Output:
     if isinstance(output, TorchVariant):
-        # a PT2E program holds its int8 weights as plain integer buffers, which no dtype test tells from a
-        # float model's own integer buffers: a variant type that names its float stand-in is counted on it
-        quantized = type(output) is not TorchVariant and output.stand_in is not None
-        float_module = not quantized and is_float_module(output.module)
-        counted = output.module if float_module else (output.stand_in or fallback)
-        return _Output(output, counted, chains=float_module and type(output) is TorchVariant)
+        counted = counted_module(output, fallback)
+        return _Output(output, counted, chains=counted is output.module and type(output) is TorchVariant)
     if isinstance(output, nn.Module):
         return _wrap(TorchVariant(name="", source=dict(source), module=output.eval()), source, fallback)
     if isinstance(output, Variant):

@@ -39,6 +39,24 @@ def is_float_module(module: nn.Module) -> bool:
     return True
 
 
+def counted_module(variant: Any, fallback: nn.Module | None = None) -> nn.Module:
+    """The module whose params and MACs a variant has: compress and ``slimlens bench`` count by this one rule.
+
+    A quantized or half-precision variant type carries the float model it was made from and is counted
+    on it (a PT2E program's int8 weights are plain integer buffers no dtype test tells from a float
+    model's own); any other float variant on its own module; the rest on ``fallback`` when it has no stand-in.
+    """
+    from compress.variant import TorchVariant
+
+    stand_in = getattr(variant, "stand_in", None)
+    quantized = isinstance(variant, TorchVariant) and type(variant) is not TorchVariant and stand_in is not None
+    if not quantized and is_float_module(variant.module):
+        return variant.module
+    if stand_in is not None:
+        return stand_in
+    return fallback if fallback is not None else variant.module
+
+
 def validate(results: dict[str, Any]) -> None:
     """Raise ValueError naming the first missing or malformed key of a results dict."""
     for key in TOP_KEYS:

@@ -18,7 +18,6 @@ is expected (``zoo.evaluate(name, forward=variant)`` for one).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import shutil
 import tempfile
@@ -33,7 +32,7 @@ from torch import nn
 
 from zoo.cards import write_atomic
 from zoo.errors import SlimlensError, first_line
-from zoo.weights import read_state_dict, save_state_dict
+from zoo.weights import read_state_dict, save_state_dict, sha256_file
 
 METADATA_SUFFIX = ".variant.json"
 MODEL_FILE_SUFFIXES = (".onnx", ".safetensors", ".pt", ".pth", ".bin")  # what a variant's artifact may be, never its metadata
@@ -131,8 +130,7 @@ class OnnxVariant(Variant):
             write_atomic(target, Path(self.artifact).read_bytes())
             self.artifact = target
             self._session = None
-        sha = hashlib.sha256(Path(self.artifact).read_bytes()).hexdigest()
-        return self._write_metadata(directory, {"sha256": sha, **self._save_stand_in(directory)})
+        return self._write_metadata(directory, {"sha256": sha256_file(self.artifact), **self._save_stand_in(directory)})
 
     def _save_stand_in(self, directory: Path) -> dict[str, Any]:
         """Write the float stand-in beside the .onnx file when its weights rebuild from ``source``; its metadata keys."""
@@ -291,7 +289,7 @@ def _load_from_metadata(path: Path, meta: dict[str, Any], threads: int, trust_co
             raise VariantError(f"variant metadata {path} is incomplete for its {meta['loader']} reader "
                                f"({type(exc).__name__}: {exc})") from None
     if meta.get("format") == "onnx":
-        if meta.get("sha256") and artifact is not None and hashlib.sha256(artifact.read_bytes()).hexdigest() != meta["sha256"]:
+        if meta.get("sha256") and artifact is not None and sha256_file(artifact) != meta["sha256"]:
             raise VariantError(f"{artifact} does not match its metadata sha256 (corrupt or replaced); re-run slimlens compress")
         stand_in = None
         if meta.get("stand_in"):  # the float model it was quantized from, for gradient explanations
@@ -324,6 +322,8 @@ def plain_weights(model: nn.Module) -> nn.Module:
     weights, which is also what a deployed model holds.
     """
     from torch.nn.utils import parametrize
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
 
     for module in model.modules():
         if parametrize.is_parametrized(module):
@@ -337,9 +337,9 @@ def plain_weights(model: nn.Module) -> nn.Module:
             for name, value in baked.items():
                 module.register_parameter(name, nn.Parameter(value, requires_grad=trainable))
         for hook in list(module._forward_pre_hooks.values()):  # the older hook-based weight_norm and spectral_norm
-            if type(hook).__name__ == "WeightNorm":
+            if isinstance(hook, WeightNorm):
                 torch.nn.utils.remove_weight_norm(module, hook.name)
-            elif type(hook).__name__ == "SpectralNorm":
+            elif isinstance(hook, SpectralNorm):
                 torch.nn.utils.remove_spectral_norm(module, hook.name)
     return model
 

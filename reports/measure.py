@@ -17,6 +17,7 @@ from reports.inputs import inputs_description, timing_inputs
 from reports.latency import TimingConfig, cpu_latency, cuda_latency, interleaved_cpu
 from reports.memory import peak_memory
 from reports.results import SCHEMA
+from compress.results import counted_module
 from zoo.footprint import disk_bytes, module_macs, module_params, onnx_macs, onnx_params
 from zoo.metrics import batched_outputs, decision_threshold, output_parity
 
@@ -93,23 +94,6 @@ def size_figures(variant: Any, example: torch.Tensor) -> dict[str, Any]:
         figures["macs"] = module_macs(counted, example.to(floating))
     figures["macs_note"] = "multiply-accumulates of one batch-1 forward pass"
     return figures
-
-
-def counted_module(variant: Any) -> torch.nn.Module:
-    """The module whose params and MACs a variant has, by the rule slimlens compress counts by.
-
-    A quantized or half-precision variant type carries the float model it was made from, and is counted
-    on it (a PT2E program's int8 weights are plain integer buffers no dtype test tells from a float
-    model's own); any other variant on its own module.
-    """
-    from compress.results import is_float_module
-    from compress.variant import TorchVariant
-
-    stand_in = getattr(variant, "stand_in", None)
-    quantized = isinstance(variant, TorchVariant) and type(variant) is not TorchVariant and stand_in is not None
-    if not quantized and is_float_module(variant.module):
-        return variant.module
-    return stand_in if stand_in is not None else variant.module
 
 
 def _parity_inputs(model: str) -> tuple[torch.Tensor, bool]:

@@ -327,3 +327,20 @@ def test_structured_pruning_removes_conv1d_channels_and_the_variant_reloads(tmp_
     meta = TorchVariant("narrow", source=data.source, module=pruned).save(tmp_path)
     again = load_variant(meta, trust_code=True)
     assert again.module.body[0].out_channels == 16 and torch.equal(again(x), TorchVariant("p", module=pruned)(x))
+
+
+def test_the_older_hook_based_weight_norm_is_baked_in_too():
+    """torch.nn.utils.weight_norm (deprecated, still common) recomputes `weight` in a forward pre-hook."""
+    import warnings
+
+    from compress.variant import plain_weights
+
+    model = zoo.load("simplenet")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its deprecation notice
+        torch.nn.utils.weight_norm(model.hidden)
+    x = torch.rand(4, 1, 28, 28)
+    before = model(x)
+    baked = plain_weights(model)
+    assert not baked.hidden._forward_pre_hooks and "weight_g" not in dict(baked.hidden.named_parameters())
+    assert torch.allclose(baked(x), before, atol=1e-6)
