@@ -127,6 +127,12 @@ def _annotate(ax: Any, name: str, cost: float, metric: float, dx: int, dy: int, 
 
 def size_bars(names: Sequence[str], sizes: Sequence[int | None], gzip_sizes: Sequence[int | None]) -> str | None:
     """Artifact size per variant on disk and gzipped, in KiB."""
+    fig = size_bars_figure(names, sizes, gzip_sizes)
+    return to_data_uri(fig) if fig is not None else None
+
+
+def size_bars_figure(names: Sequence[str], sizes: Sequence[int | None], gzip_sizes: Sequence[int | None]) -> Figure | None:
+    """The figure of ``size_bars``, before it is rendered to PNG; None if no size is known."""
     if not any(s for s in sizes):
         return None
     fig = Figure(figsize=(5.2, 0.5 + 0.42 * len(names)))
@@ -139,7 +145,7 @@ def size_bars(names: Sequence[str], sizes: Sequence[int | None], gzip_sizes: Seq
     ax.set_xlabel("KiB")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=7, frameon=False)
-    return to_data_uri(fig)
+    return fig
 
 
 def confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], title: str, reference: Sequence[Sequence[int]] | None = None) -> str:
@@ -205,6 +211,15 @@ def _curve(curve: Any, xs: Sequence[float] | None) -> tuple[list[float], list[fl
 def sensitivity(layers: dict[str, Any], title: str, metric_label: str, *, xs: Sequence[float] | None = None, xlabel: str = "strength",
                 baseline: float | None = None, higher_is_better: bool = True, invert_x: bool = False, highlight: int = 6) -> str | None:
     """Per-layer sensitivity: metric when only that layer is compressed, one line per layer; the most sensitive named."""
+    fig = sensitivity_figure(layers, title, metric_label, xs=xs, xlabel=xlabel, baseline=baseline, higher_is_better=higher_is_better,
+                             invert_x=invert_x, highlight=highlight)
+    return to_data_uri(fig) if fig is not None else None
+
+
+def sensitivity_figure(layers: dict[str, Any], title: str, metric_label: str, *, xs: Sequence[float] | None = None,
+                       xlabel: str = "strength", baseline: float | None = None, higher_is_better: bool = True,
+                       invert_x: bool = False, highlight: int = 6) -> Figure | None:
+    """The figure of ``sensitivity``, before it is rendered to PNG; None if no curve could be read."""
     curves = {name: c for name, c in ((n, _curve(c, xs)) for n, c in layers.items()) if c and c[0]}
     if not curves:
         return None
@@ -228,7 +243,7 @@ def sensitivity(layers: dict[str, Any], title: str, metric_label: str, *, xs: Se
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, frameon=False, ncol=2 if len(worst) > 3 else 1)
-    return to_data_uri(fig)
+    return fig
 
 
 def image_grid(rows: Sequence[Sequence[Any]], column_titles: Sequence[str], row_titles: Sequence[str], diverging: Sequence[bool]) -> str:
