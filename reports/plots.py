@@ -12,9 +12,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 from matplotlib.transforms import Bbox
-from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+from matplotlib.ticker import FixedLocator, LogLocator, NullFormatter, ScalarFormatter
 
 from reports.pareto import pareto_front
+
+# Metrics that are a share of the inputs: they lie in [0, 1], so their axes do too.
+FRACTION_METRICS = frozenset({"accuracy", "balanced_accuracy", "top1", "top5", "recall", "precision", "f1"})
+MARKER_ROOM_PT = 6  # the scatter markers' radius (s=60) with their Pareto ring, in points
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 
@@ -57,6 +61,8 @@ def tradeoff_figure(names: Sequence[str], costs: Sequence[float | None], metrics
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_formatter(NullFormatter())
     ax.margins(x=0.15, y=0.2)
+    if metric_label.lower() in FRACTION_METRICS:
+        clip_to_fraction(fig, ax)
     ax.set_xlabel(cost_label)
     ax.set_ylabel(f"{metric_label} ({'higher' if higher_is_better else 'lower'} is better)")
     ax.grid(alpha=0.3)
@@ -65,6 +71,22 @@ def tradeoff_figure(names: Sequence[str], costs: Sequence[float | None], metrics
     # names beside the points (a reader should not have to match colours to a legend), placed so none overlap
     _place_labels(fig, ax, [(name, cost, metric) for name, cost, metric in pts])
     return fig
+
+
+def clip_to_fraction(fig: Figure, ax: Any) -> None:
+    """Hold the y axis of a fraction to [0, 1]: no tick beyond, and only the room a marker on the bound needs."""
+    # Autoscaling pads past the data, and equal values (int8 often matches the original exactly) get
+    # ±7%: accuracy drew ticks up to 1.06.
+    low, high = ax.get_ylim()
+    inner_low, inner_high = max(low, 0.0), min(high, 1.0)
+    if inner_high <= inner_low:
+        return
+    cut = (low < 0.0) + (high > 1.0)
+    share = MARKER_ROOM_PT * fig.dpi / 72 / ax.get_window_extent().height  # of the axis height, per bound that was cut
+    room = (inner_high - inner_low) * share / (1 - cut * share)
+    ax.set_ylim(inner_low - room if low < 0.0 else low, inner_high + room if high > 1.0 else high)
+    ticks = ax.yaxis.get_major_locator().tick_values(inner_low, inner_high)
+    ax.yaxis.set_major_locator(FixedLocator([t for t in ticks if inner_low - 1e-9 <= t <= inner_high + 1e-9]))
 
 
 # Places to try for a label, in points from its marker, nearest first: the four corners beside the
@@ -238,6 +260,8 @@ def sensitivity_figure(layers: dict[str, Any], title: str, metric_label: str, *,
         ax.axhline(baseline, color="black", lw=0.8, ls="--", label="unchanged model")
     if invert_x:
         ax.invert_xaxis()
+    if metric_label.lower() in FRACTION_METRICS:
+        clip_to_fraction(fig, ax)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"{metric_label} ({'higher' if higher_is_better else 'lower'} is better)")
     ax.set_title(title, fontsize=9)

@@ -135,6 +135,40 @@ def test_tradeoff_labels_of_a_crowded_run_neither_overlap_nor_leave_the_axes() -
         assert not [other for other, b in boxes.items() if other != name and box.overlaps(b)], name
 
 
+def _drawn(fig):
+    """The figure drawn on an Agg canvas, and its renderer: what the PNG in the report shows."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+@pytest.mark.parametrize("accuracy", [[0.99, 0.99, 0.99], [1.0, 1.0, 1.0], [0.5, 0.9, 1.0], [0.9, 0.99, 1.0]])
+def test_accuracy_axes_stop_at_one(accuracy: list) -> None:
+    """Accuracy cannot pass 1: no tick above it, and the axis goes no further than a marker at 1.0 needs (it reached 1.06)."""
+    from reports.plots import sensitivity_figure, tradeoff_figure
+
+    trade = tradeoff_figure(["a", "b", "c"], [1.0, 2.0, 3.0], accuracy, cost_label="ms", metric_label="accuracy", higher_is_better=True)
+    sens = sensitivity_figure({"conv": {"values": accuracy}}, "pruning", "accuracy", xs=[0.5, 0.75, 0.9], baseline=accuracy[0])
+    for fig in (trade, sens):
+        _drawn(fig)
+        ax = fig.axes[0]
+        low, high = ax.get_ylim()
+        shown = [t for t in ax.get_yticks() if low <= t <= high]
+        assert shown and max(shown) <= 1.0 + 1e-9, shown
+        assert 1.0 < high < 1.0 + 0.05 * (high - low)  # a marker at 1.0 keeps its top half, and no more room than that
+
+
+def test_an_unbounded_metric_keeps_its_axis() -> None:
+    """Only a fraction is held to [0, 1]: a loss such as mse above 1 is drawn where it lies."""
+    from reports.plots import tradeoff_figure
+
+    fig = tradeoff_figure(["a", "b"], [1.0, 2.0], [0.8, 1.3], cost_label="ms", metric_label="mse", higher_is_better=False)
+    _drawn(fig)
+    assert fig.axes[0].get_ylim()[1] > 1.3
+
+
 def test_report_renders_self_contained_from_stored_results(bench_dir: Path, tmp_path: Path) -> None:
     out = reports.render([bench_dir], tmp_path / "report.html")
     html = out.read_text()
