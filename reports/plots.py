@@ -67,7 +67,7 @@ def tradeoff_figure(names: Sequence[str], costs: Sequence[float | None], metrics
     ax.set_ylabel(f"{metric_label} ({'higher' if higher_is_better else 'lower'} is better)")
     ax.grid(alpha=0.3)
     if len(line) > 1:
-        ax.legend(fontsize=7, loc="lower right" if higher_is_better else "upper right", frameon=False)
+        legend_below(fig, ax, fontsize=7)
     # names beside the points (a reader should not have to match colours to a legend), placed so none overlap
     _place_labels(fig, ax, [(name, cost, metric) for name, cost, metric in pts])
     return fig
@@ -87,6 +87,16 @@ def clip_to_fraction(fig: Figure, ax: Any) -> None:
     ax.set_ylim(inner_low - room if low < 0.0 else low, inner_high + room if high > 1.0 else high)
     ticks = ax.yaxis.get_major_locator().tick_values(inner_low, inner_high)
     ax.yaxis.set_major_locator(FixedLocator([t for t in ticks if inner_low - 1e-9 <= t <= inner_high + 1e-9]))
+
+
+def legend_below(fig: Figure, ax: Any, **kwargs: Any) -> None:
+    """Put the legend under the axes and their x label, where it can cover no point, bar or line whatever the data."""
+    # Inside the axes a fixed corner or "best" still landed on data (a slow, dominated variant sits
+    # at the lower right; bars or curves can fill every corner). bbox_inches="tight" grows the PNG to hold it.
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    bottom = ax.xaxis.get_tightbbox(renderer).y0 - 4 * fig.dpi / 72  # pixels, under the tick labels and the x label
+    y = ax.transAxes.inverted().transform((0, bottom))[1]
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, y), frameon=False, **kwargs)
 
 
 # Places to try for a label, in points from its marker, nearest first: the four corners beside the
@@ -166,7 +176,7 @@ def size_bars_figure(names: Sequence[str], sizes: Sequence[int | None], gzip_siz
     ax.invert_yaxis()
     ax.set_xlabel("KiB")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=7, frameon=False)
+    legend_below(fig, ax, fontsize=7, ncol=2)
     return fig
 
 
@@ -266,7 +276,8 @@ def sensitivity_figure(layers: dict[str, Any], title: str, metric_label: str, *,
     ax.set_ylabel(f"{metric_label} ({'higher' if higher_is_better else 'lower'} is better)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, frameon=False, ncol=2 if len(worst) > 3 else 1)
+    entries = len(worst) + (baseline is not None)
+    legend_below(fig, ax, fontsize=6, ncol=3 if entries > 4 else 2)
     return fig
 
 

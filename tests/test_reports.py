@@ -169,6 +169,26 @@ def test_an_unbounded_metric_keeps_its_axis() -> None:
     assert fig.axes[0].get_ylim()[1] > 1.3
 
 
+def test_legends_sit_outside_the_data() -> None:
+    """Each plot's legend lies below the axes and their x label, so it covers no point, bar or line whatever the data."""
+    from reports.plots import sensitivity_figure, size_bars_figure, tradeoff_figure
+
+    # a dominated variant at the lower right, where the Pareto legend used to sit; bars reaching the right end
+    trade = tradeoff_figure(["original", "int8", "slow"], [1.0, 0.3, 2.0], [0.99, 0.98, 0.90], cost_label="ms",
+                            metric_label="accuracy", higher_is_better=True)
+    bars = size_bars_figure(["original", "small", "big"], [1000, 200, 1800], [900, 150, 1700])
+    layers = {f"features.{i}.weight": {"values": [0.98, 0.98 - 0.1 * i, 0.9 - 0.2 * i]} for i in range(8)}
+    sens = sensitivity_figure(layers, "pruning", "accuracy", xs=[0.5, 0.75, 0.9], baseline=0.98)
+    for fig in (trade, bars, sens):
+        renderer = _drawn(fig)
+        ax = fig.axes[0]
+        legend = ax.get_legend()
+        assert legend is not None
+        box = legend.get_window_extent(renderer)
+        assert box.y1 <= ax.get_window_extent(renderer).y0
+        assert box.y1 <= ax.xaxis.get_tightbbox(renderer).y0  # under the tick labels and the x label too
+
+
 def test_report_renders_self_contained_from_stored_results(bench_dir: Path, tmp_path: Path) -> None:
     out = reports.render([bench_dir], tmp_path / "report.html")
     html = out.read_text()
