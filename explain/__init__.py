@@ -20,11 +20,12 @@ from explain.drift import compare, rank_correlation, ssim, topk_iou
 from explain.errors import ExplainError, GradientsUnavailableError, MethodNotApplicableError, UnknownMethodError
 from explain.families import code_attribution, discriminator_saliency, latent_attribution, lstm_attribution
 from explain.heatmaps import grid, heatmap, row_heatmap, save_png
-from explain.methods import METHODS, StandInWarning, attribute, available_methods, explainer, resolve
+from explain.methods import METHODS, BinaryTarget, StandInWarning, attribute, available_methods, explainer, resolve
 from explain.trust import convergence_delta, deletion_insertion, infidelity_score, randomisation_test, sensitivity
 
 __all__ = [
     "METHODS",
+    "BinaryTarget",
     "ExplainError",
     "GradientsUnavailableError",
     "MethodNotApplicableError",

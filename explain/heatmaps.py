@@ -89,8 +89,12 @@ def heatmap(
     """
     # Fixed axes positions rather than a layout engine: rendering stays fast and every PNG the same size.
     fig = Figure(figsize=HEATMAP_SIZE, dpi=DPI)
-    left = fig.add_axes((0.03, 0.2, 0.45, 0.64))
-    right = fig.add_axes((0.52, 0.2, 0.45, 0.64))
+    # each title line wrapped to the figure's width (a long one was cut off at both sides); the maps make room for them
+    title = "\n".join(_wrapped(line, HEATMAP_SIZE[0] - 0.2, 9) for line in title.splitlines()) if title else None
+    lines = len(title.splitlines()) if title else 0
+    height = 0.64 - 0.06 * max(0, lines - 1)
+    left = fig.add_axes((0.03, 0.2, 0.45, height))
+    right = fig.add_axes((0.52, 0.2, 0.45, height))
     img = to_image(image)
     left.imshow(img, cmap="gray", vmin=0.0, vmax=max(1.0, float(img.max())), interpolation="nearest")
     left.set_title("input", fontsize=9)
@@ -103,7 +107,7 @@ def heatmap(
     bar.ax.tick_params(labelsize=7)
     bar.ax.xaxis.get_offset_text().set_fontsize(7)
     if title:
-        fig.suptitle(title, fontsize=10, y=0.97)
+        fig.suptitle(title, fontsize=10 if lines == 1 else 9, y=0.98)
     return fig
 
 

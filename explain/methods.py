@@ -276,14 +276,75 @@ def _build(base: MethodInfo, tunnel: MethodInfo | None, target: Target, layer: n
 # ---- attribute -------------------------------------------------------------------------------------
 
 
-def predicted_target(forward: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, batch_size: int = 256) -> torch.Tensor | int | None:
-    """The target a caller means by "explain the prediction": the arg-max class, 0 for one output, None for a scalar."""
+@dataclass(frozen=True, eq=False)  # eq would compare tensors
+class BinaryTarget:
+    """Per-sample class of a one-output model: 1 explains the output itself, 0 the other class (the output negated).
+
+    A one-output binary model (a logit, or the probability ``p`` of the positive class) has only
+    Captum's index 0, the positive class's score; where it predicts the negative class, "explain
+    the prediction" means explaining the negative class's score, ``-logit`` or ``1 - p``. Methods run
+    on the two-column view ``[-logit, logit]`` (``[1 - p, p]``) with ``classes`` as Captum's target,
+    so evidence for the predicted class is positive whichever class that is.
+
+    Example::
+
+        >>> import torch, zoo, explain
+        >>> model = zoo.load("simplenet")   # P(digit >= 5)
+        >>> x = zoo.dataset("mnist-ge5", "test").images[:2]
+        >>> target = explain.BinaryTarget((model(x)[:, 0] >= 0.5).long(), probability=True)
+        >>> explain.attribute(model, x, target, "saliency").shape
+        torch.Size([2, 1, 28, 28])
+    """
+
+    classes: torch.Tensor  # (N,) 0 or 1
+    probability: bool = False  # the output is P(class 1), so class 0 scores 1 - p; else a logit, class 0 scores -logit
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    def __getitem__(self, index: Any) -> "BinaryTarget":
+        return BinaryTarget(self.classes[index].reshape(-1), self.probability)
+
+    def view(self, forward: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``forward`` as two outputs, one score per class; a module stays a module (hook-based methods need one)."""
+        return _TwoClassView(forward, self.probability)
+
+
+class _TwoClassView(nn.Module):
+    """A one-output model seen as [score of class 0, score of class 1]: ``[-z, z]`` for a logit, ``[1 - p, p]`` for a probability."""
+
+    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], probability: bool):
+        super().__init__()
+        # a module registers as a child, so hooks, eval mode and Grad-CAM's layer search reach into it
+        self.inner = forward
+        self.probability = probability
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x).reshape(len(x), 1)
+        return torch.cat([1 - out if self.probability else -out, out], dim=1)
+
+
+def looks_like_probability(outputs: torch.Tensor) -> bool:
+    """Whether one-output ``outputs`` read as probabilities (all within [0, 1]) rather than logits."""
+    return bool(((outputs >= 0) & (outputs <= 1)).all())
+
+
+def predicted_target(forward: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, batch_size: int = 256) -> torch.Tensor | BinaryTarget | None:
+    """The target a caller means by "explain the prediction": the arg-max class, the predicted class of one output, None for a scalar.
+
+    One output is read as a probability when every value lies in [0, 1] (threshold 0.5), else as a logit
+    (threshold 0); a caller who knows which it is passes a :class:`BinaryTarget` instead.
+    """
     with torch.no_grad():
         outs = [forward(chunk) for chunk in inputs.split(batch_size)]
     out = torch.cat(outs)
     if out.dim() >= 2 and out.shape[1] > 1:
         return out.reshape(len(out), -1).argmax(1) if out.dim() == 2 else None
-    return 0 if out.dim() >= 2 else None
+    if out.dim() < 2 or out[0].numel() != 1:
+        return None
+    score = out.reshape(len(out)).float()
+    probability = looks_like_probability(score)
+    return BinaryTarget((score >= (0.5 if probability else 0.0)).long(), probability)
 
 
 def _check_differentiable(forward: Callable, inputs: torch.Tensor, name: str) -> None:
@@ -337,8 +398,10 @@ def attribute(
         model: an ``nn.Module``; a variant (callable batch → outputs, maybe with a float
             ``.stand_in`` for gradient methods); or any forward function.
         inputs: a batch, e.g. (N, 1, 28, 28) pixels in [0, 1].
-        target: output index per sample. ``None`` means the predicted class for a model with
-            several outputs, output 0 for one output (a sigmoid or a logit).
+        target: output index per sample, or a :class:`BinaryTarget` for a one-output model.
+            ``None`` means the predicted class: the arg-max of several outputs, and for one
+            output (a sigmoid or a logit) the output itself where it predicts the positive class
+            and its negation where it predicts the other, so evidence for the prediction is positive.
         method: a name from :func:`available_methods`, e.g. ``"saliency"``, ``"occlusion"``,
             ``"gradcam"``, ``"noise_tunnel:integrated_gradients"``.
         layer: Grad-CAM's layer (default: the last convolution whose output is still a map).
@@ -374,6 +437,10 @@ def attribute(
             warnings.filterwarnings("ignore", message=message, category=UserWarning)
         if target is None:
             target = predicted_target(resolved.forward, inputs)
+        if isinstance(target, BinaryTarget):  # the predicted class of one output: a column of its two-class view
+            view = target.view(resolved.forward)
+            resolved = Target(view, view if resolved.module is not None else None, resolved.note)
+            target = target.classes
         if base.layer and layer is None:
             layer = last_conv_layer(resolved.module, inputs)
         captum = _build(base, tunnel, resolved, layer)

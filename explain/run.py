@@ -29,7 +29,7 @@ from explain.defaults import default_options, describe
 from explain.errors import ExplainError, MethodNotApplicableError
 from explain.families import code_attribution, latent_attribution
 from explain.inputs import check_indices, load_image, spread_indices
-from explain.methods import METHODS, StandInWarning, attribute, canonical_name, conv_layers, parse_method, resolve
+from explain.methods import METHODS, BinaryTarget, StandInWarning, attribute, canonical_name, conv_layers, looks_like_probability, parse_method, resolve
 from zoo.cards import usual_mode, written_by_slimlens
 
 DEFAULT_METHODS = ("integrated_gradients", "gradcam", "occlusion")
@@ -339,23 +339,36 @@ def _grid_rows(n: int, result: dict[str, Any], say: Callable[[str], None], halve
     return shown
 
 
-def _predict(forward: Any, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Outputs, predicted index and its score (softmax probability, or the sigmoid of a single output)."""
+def _predict(forward: Any, inputs: torch.Tensor, probability: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Outputs, predicted index and its score (softmax probability, or of a single output the predicted class's probability).
+
+    ``probability`` says whether a single output is a probability (else a logit); None reads it from the values.
+    """
     with torch.no_grad():
         out = forward(inputs).reshape(len(inputs), -1).float()
     if out.shape[1] > 1:
         p = out.softmax(1)
         return out, p.argmax(1), p.max(1).values
-    prob = out[:, 0] if bool(((out >= 0) & (out <= 1)).all()) else out[:, 0].sigmoid()
+    if probability is None:
+        probability = looks_like_probability(out)
+    prob = out[:, 0] if probability else out[:, 0].sigmoid()
     return out, (prob >= 0.5).long(), torch.where(prob >= 0.5, prob, 1 - prob)
+
+
+def _probability_output(card: Any) -> bool:
+    """Whether a one-output zoo model gives a probability (a binary classifier's sigmoid) rather than a logit (a discriminator's)."""
+    return card.task == "binary-classification"
 
 
 def _explain_classifier(plan: Plan, result: dict[str, Any], files: dict[str, bytes], say: Callable[[str], None]) -> None:
     model, x, names = plan.model, plan.inputs, plan.card.class_names or ["0", "1"]
     single_output = plan.card.task in ("binary-classification", "discrimination")
-    out, pred, conf = _predict(model, x)
-    target: Any = 0 if single_output else pred  # explain what the model predicted (one output: the output itself)
+    probability = _probability_output(plan.card)
+    out, pred, conf = _predict(model, x, probability if single_output else None)
+    # explain what the model predicted; one output predicting the negative class explains the output negated
+    target: Any = BinaryTarget(pred, probability) if single_output else pred
     output_kind = "sigmoid" if plan.card.task == "discrimination" else "auto"
+    negated = "1 - p" if probability else "-logit"
     result["inputs"].update({"predictions": [names[int(p)] for p in pred], "confidence": [round(float(c), 4) for c in conf]})
     row_labels = []
     for i, source in enumerate(plan.sources):
@@ -371,7 +384,8 @@ def _explain_classifier(plan: Plan, result: dict[str, Any], files: dict[str, byt
             "captum": f"NoiseTunnel({base.captum.__name__})" if tunnel else base.captum.__name__,
             "summary": base.summary,
             "settings": describe(plan.options[method]),
-            "target": f"the single output (the score of '{names[-1]}')" if single_output else "the predicted class",
+            "target": (f"the predicted class: the single output where it predicts '{names[1]}', its negation ({negated}) where it predicts "
+                       f"'{names[0]}', so evidence for the predicted class is positive") if single_output else "the predicted class",
             "ran_on": note or f"{plan.card.name} (float PyTorch)",
             "seconds": round(time.perf_counter() - t, 3),
         }
@@ -380,12 +394,13 @@ def _explain_classifier(plan: Plan, result: dict[str, Any], files: dict[str, byt
             result["methods"][method]["layer"] = layer
         blank = ~_nonzero(maps[method])
         if blank.any():
-            why = _zero_reason(method, result["methods"][method], [names[int(p)] for p in pred[blank]], names if single_output else None)
+            why = _zero_reason(method, result["methods"][method])
             why += "; trust and drift leave these maps out" if plan.request.trust or plan.request.variant is not None else ""
             result["methods"][method]["all_zero_maps"] = {"count": int(blank.sum()), "of": len(x), "samples": [s for s, b in zip(plan.sources, blank) if b], "why": why}
             say(f"{method}: {int(blank.sum())} of {len(x)} maps are all zero ({why})")
         for i, source in enumerate(plan.sources):
-            title = f"{method.replace('_', ' ')} · {row_labels[i].splitlines()[1]}"
+            # name the class the map is evidence for: the predicted one, whatever the model's outputs
+            title = f"{method.replace('_', ' ')} · evidence for {names[int(pred[i])]}\n{row_labels[i].splitlines()[1]}"
             fig = heatmaps.row_heatmap(x[i], maps[method][i], title=title) if plan.family == "lstm" else heatmaps.heatmap(x[i], maps[method][i], title=title)
             files[f"maps/{_slug(source)}_{method.replace(':', '-')}.png"] = heatmaps.png_bytes(fig)
     shown = _grid_rows(len(x), result, say, ("real", "generated") if plan.family == "discriminator" else None)
@@ -404,20 +419,18 @@ def _nonzero(maps: torch.Tensor) -> torch.Tensor:
     return maps.detach().reshape(len(maps), -1).ne(0).any(1)
 
 
-def _zero_reason(method: str, record: dict[str, Any], predicted: list[str], names: list[str] | None) -> str:
+def _zero_reason(method: str, record: dict[str, Any]) -> str:
     """Why ``method`` gave all-zero maps, in one clause for explain.json and the progress output."""
     base, _ = parse_method(method)
     if base.layer:
-        why = f"Grad-CAM keeps only positive evidence (relu_attributions) for {record['target']}, and layer {record.get('layer', '?')} holds none for these inputs"
-        if names is not None and len(names) > 1 and set(predicted) == {names[0]}:
-            why += f": the model says '{names[0]}' for all of them"
+        why = f"Grad-CAM keeps only positive evidence (relu_attributions) for the predicted class, and layer {record.get('layer', '?')} holds none for these inputs"
     else:
         why = f"{method} gives exactly zero everywhere for these inputs"
     return why
 
 
-def _subset(target: Any, keep: torch.Tensor) -> Any:
-    return target[keep] if isinstance(target, torch.Tensor) and target.dim() else target
+def _subset(target: Any, keep: torch.Tensor | slice) -> Any:
+    return target[keep] if isinstance(target, BinaryTarget) or (isinstance(target, torch.Tensor) and target.dim()) else target
 
 
 def _layer_name(model: nn.Module, x: torch.Tensor) -> str:
@@ -433,7 +446,8 @@ def _trust(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: 
     few = slice(0, min(TRUST_SAMPLES, len(x)))
     single = plan.card.task.startswith(("binary", "discr"))
     settings = {
-        "deletion_insertion": {"steps": 28, "baseline": 0.0, "score": f"{output_kind} output" if single else "softmax probability of the target",
+        "deletion_insertion": {"steps": 28, "baseline": 0.0,
+                               "score": "probability of the predicted class (the output's, or one minus it for the other class)" if single else "softmax probability of the target",
                                "read": "deletion AUC: lower is better; insertion AUC: higher is better; compare with the random_order row"},
         "infidelity": {"noise_std": 0.1, "n_perturb_samples": 10, "normalize": True, "read": "lower is better"},
         "sensitivity_max": {"perturb_radius": 0.02, "n_perturb_samples": 3, "samples": few.stop, "read": "lower is steadier"},
@@ -456,7 +470,7 @@ def _trust(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: 
         # scored on the samples whose maps are not blank
         x, m, target = all_x[keep], m[keep], _subset(all_target, keep)
         few = slice(0, min(TRUST_SAMPLES, len(x)))
-        few_target = target[few] if isinstance(target, torch.Tensor) else target
+        few_target = _subset(target, few)
         say(f"trust: {method}" + ("" if keep.all() else f" on the {int(keep.sum())} of {len(all_x)} samples whose maps are not all zero"))
         curves = trust.deletion_insertion(model, x, m, target, output=output_kind)
         infidelity = trust.infidelity_score(model, x, m, target)
@@ -500,8 +514,10 @@ def _drift(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: 
     variant, x = plan.request.variant, plan.inputs
     name = getattr(variant, "name", "variant")
     names = plan.card.class_names or ["0", "1"]
-    _, v_pred, _ = _predict(variant, x)
-    _, pred, _ = _predict(plan.model, x)
+    single = plan.card.task in ("binary-classification", "discrimination")
+    probability = _probability_output(plan.card) if single else None
+    _, v_pred, _ = _predict(variant, x, probability)
+    _, pred, _ = _predict(plan.model, x, probability)
     info = {
         "name": name,
         "format": getattr(variant, "format", None),

@@ -18,13 +18,13 @@ from captum.metrics import infidelity, sensitivity_max
 from torch import nn
 
 from explain.drift import rank_correlation, ssim
-from explain.methods import Model, attribute, eval_mode, predicted_target
+from explain.methods import BinaryTarget, Model, attribute, eval_mode, predicted_target
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _predicted(forward: Forward, inputs: torch.Tensor) -> torch.Tensor | int | None:
-    """The target ``explain.attribute`` defaults to: the predicted class, output 0 for one output."""
+def _predicted(forward: Forward, inputs: torch.Tensor) -> torch.Tensor | BinaryTarget | None:
+    """The target ``explain.attribute`` defaults to: the predicted class (of one output, too)."""
     with eval_mode(forward if isinstance(forward, nn.Module) else None):
         return predicted_target(forward, inputs)
 
@@ -38,7 +38,7 @@ def _target_index(target: Any, n: int) -> torch.Tensor:
 
 
 def class_scores(outputs: torch.Tensor, target: torch.Tensor, output: str = "auto") -> torch.Tensor:
-    """The score of ``target`` per row: softmax probability for several outputs, the raw value for one."""
+    """The score of ``target`` per row: softmax probability for several outputs, the raw value for one (``raw``: never transformed)."""
     out = outputs.reshape(len(outputs), -1).float()
     if output == "softmax" or (output == "auto" and out.shape[1] > 1):
         out = out.softmax(1)
@@ -64,7 +64,9 @@ def deletion_insertion(
     target's score fall fast: low AUC); insertion starts from ``baseline`` and restores them (a good
     map makes it rise fast: high AUC). Both are integrated over the fraction 0..1 by the trapezoid
     rule. ``forward`` may be any callable, e.g. an ONNX Runtime variant. ``target`` defaults, as in
-    ``explain.attribute``, to the class ``forward`` predicts for each input (output 0 for one output).
+    ``explain.attribute``, to the class ``forward`` predicts for each input; for one output (a
+    :class:`BinaryTarget`) the score is that class's: the output, or ``1 - p`` (``sigmoid(-logit)``
+    with ``output="sigmoid"``) where the class is the negative one.
 
     Returns ``fractions`` (steps+1,), ``deletion`` and ``insertion`` (N, steps+1), ``deletion_auc``
     and ``insertion_auc`` (N,).
@@ -72,7 +74,15 @@ def deletion_insertion(
     n = len(inputs)
     flat = inputs.detach().reshape(n, -1)
     d = flat.shape[1]
-    target = _target_index(_predicted(forward, inputs) if target is None else target, n)
+    module = forward if isinstance(forward, nn.Module) else None
+    if target is None:
+        target = _predicted(forward, inputs)
+    call = forward
+    if isinstance(target, BinaryTarget):
+        # one output, explained for the predicted class: score that class, sigmoid(-logit) or 1 - p where it is the negative one
+        call, target = target.view(forward), target.classes
+        output = "sigmoid" if output == "sigmoid" else "raw"
+    target = _target_index(target, n)
     # rank[b, i] = position of element i when image b's elements are sorted by attribution, highest first
     order = attributions.detach().reshape(n, -1).float().argsort(dim=1, descending=True, stable=True)
     rank = torch.empty_like(order)
@@ -82,7 +92,7 @@ def deletion_insertion(
     base = torch.full_like(flat, baseline)
     curves = {}
     # a module handed over in training mode would score with dropout on and overwrite BatchNorm's running statistics
-    with torch.no_grad(), eval_mode(forward if isinstance(forward, nn.Module) else None):
+    with torch.no_grad(), eval_mode(module):
         for kind in ("deletion", "insertion"):
             scores = torch.empty(steps + 1, n)
             per_call = max(1, batch_size // n)  # whole steps per forward call, so a call holds up to batch_size images
@@ -93,7 +103,7 @@ def deletion_insertion(
                     batch = torch.where(hit, base[None], flat[None])
                 else:
                     batch = torch.where(hit, flat[None], base[None])
-                out = forward(batch.reshape(-1, *inputs.shape[1:]))
+                out = call(batch.reshape(-1, *inputs.shape[1:]))
                 scores[first:first + len(ks)] = class_scores(out, target.repeat(len(ks)), output).reshape(len(ks), n)
             curves[kind] = scores.T.contiguous()
     return {
@@ -113,6 +123,9 @@ def infidelity_score(forward: Forward, inputs: torch.Tensor, attributions: torch
     """
     if target is None:
         target = _predicted(forward, inputs)
+    module = forward if isinstance(forward, nn.Module) else None
+    if isinstance(target, BinaryTarget):  # the maps explain each sample's predicted class: so must the outputs they are checked against
+        forward, target = target.view(forward), target.classes
 
     generator = torch.Generator().manual_seed(seed)
 
@@ -120,14 +133,21 @@ def infidelity_score(forward: Forward, inputs: torch.Tensor, attributions: torch
         delta = torch.randn(x.shape, generator=generator) * noise
         return delta, x - delta
 
-    with torch.no_grad(), eval_mode(forward if isinstance(forward, nn.Module) else None):
+    with torch.no_grad(), eval_mode(module):
         return infidelity(forward, perturb, inputs, attributions, target=target, n_perturb_samples=n_perturb_samples, normalize=True)
 
 
 def sensitivity(model: Model, inputs: torch.Tensor, target: Any = None, method: str = "saliency", *, radius: float = 0.02, n_perturb_samples: int = 5, seed: int = 0, **options: Any) -> torch.Tensor:
     """Captum's sensitivity_max per sample: the largest change of the map under input noise within ``radius``; lower is steadier."""
 
+    # Captum repeats a tensor target for the perturbed copies but not a BinaryTarget: it travels as its classes
+    probability = target.probability if isinstance(target, BinaryTarget) else None
+    if probability is not None:
+        target = target.classes
+
     def explanation(x: torch.Tensor | tuple[torch.Tensor, ...], target: Any = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if probability is not None:
+            target = BinaryTarget(torch.as_tensor(target).reshape(-1), probability)
         if isinstance(x, tuple):  # Captum hands perturbed inputs over as a tuple of one tensor
             return (attribute(model, x[0], target=target, method=method, **options),)
         return attribute(model, x, target=target, method=method, **options)

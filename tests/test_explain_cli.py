@@ -194,13 +194,30 @@ def test_the_grid_is_capped_and_says_so(tmp_path, capsys, monkeypatch):
     assert result["grid"]["samples"] == 2 and result["grid"]["of"] == 3 and len(list((out / "maps").glob("*.png"))) == 3
 
 
-def test_all_zero_gradcam_maps_are_flagged_and_not_scored(tmp_path, capsys, monkeypatch):
-    import explain.methods
+def _retrained(root: Path, name: str, change) -> Path:
+    """``root`` (a copy of the shipped weights) with ``name``'s weights changed by ``change(model)`` and its card's sha256 to match."""
+    from zoo.weights import save_state_dict
 
-    # Grad-CAM on dcgan-d's last conv before its BatchNorm (the layer it used to take) is blank for every digit
-    monkeypatch.setattr(explain.methods, "_MAP_FOLLOWERS", ())
-    out = tmp_path / "discriminator"
-    assert cli.main(["explain", "dcgan-d", "--methods", "gradcam,saliency", "--samples", "1", "--out", str(out)]) == 0
+    model = zoo.load(name, root)
+    with torch.no_grad():
+        change(model)
+    weights = root / f"{name}.safetensors"
+    card_file = root / f"{name}.card.json"
+    card = json.loads(card_file.read_text())
+    card["weights"].update(sha256=save_state_dict(model, weights), bytes=weights.stat().st_size)
+    card_file.write_text(json.dumps(card, indent=2))
+    return root
+
+
+def test_all_zero_gradcam_maps_are_flagged_and_not_scored(tmp_path, capsys, trained_copy):
+    def silence_the_last_block(model):  # Grad-CAM's layer outputs zero; gradients still reach the pixels past it by the skip connection
+        model.layer3[1].bn2.weight.zero_()
+        model.layer3[1].bn2.bias.zero_()
+
+    root = _retrained(trained_copy, "resnet-mnist", silence_the_last_block)
+    out = tmp_path / "blank"
+    argv = ["explain", "resnet-mnist", "--methods", "gradcam,saliency", "--samples", "2", "--weights-root", str(root), "--out", str(out)]
+    assert cli.main(argv) == 0
     err = capsys.readouterr().err
     result = json.loads((out / "explain.json").read_text())
     zero = result["methods"]["gradcam"]["all_zero_maps"]
@@ -292,3 +309,20 @@ def test_empty_reversed_or_huge_indices_and_empty_methods_are_refused(tmp_path, 
     _bad(["seed-cnn", "--methods", ""], capsys, out, "--methods is empty")  # it ran the default methods
     _bad(["seed-cnn", "--indices", "5-3"], capsys, out, "--indices range 5-3 runs backwards; write it lowest first, e.g. 3-5")
     _bad(["seed-cnn", "--indices", "0-99999999999999"], capsys, out, "holds 100,000,000,000,000 indices; give at most 100,000")
+
+
+def test_a_one_output_models_maps_trust_and_drift_are_for_the_predicted_class(tmp_path):
+    """simplenet and dcgan-d give one score; where they predict the other class, the maps explain that class, not the score."""
+    from compress import TorchVariant
+    from explain.run import Request, run
+
+    for model, methods, negative in (("simplenet", ["integrated_gradients", "occlusion"], "digit<5"), ("dcgan-d", ["saliency"], "generated")):
+        same = TorchVariant(name="same", module=zoo.load(model), source={"zoo": model})
+        result = run(Request(model=model, out=tmp_path / model, methods=methods, samples=4 if model == "simplenet" else 2, variant=same))
+        predictions, confidence = result["inputs"]["predictions"], result["inputs"]["confidence"]
+        assert negative in predictions
+        for method in methods:
+            assert result["methods"][method]["target"].startswith("the predicted class") and negative in result["methods"][method]["target"]
+            # deletion starts from the score of the class each map explains: the predicted class's probability
+            assert result["trust"][method]["details"]["deletion_curve_mean"][0] == pytest.approx(sum(confidence) / len(confidence), abs=1e-3)
+            assert result["drift"][method]["faithfulness"]["original"]["deletion_auc"] == pytest.approx(result["trust"][method]["deletion_auc"], abs=1e-6)

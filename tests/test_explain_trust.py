@@ -117,3 +117,34 @@ def test_trust_metrics_score_a_model_left_in_training_mode_as_in_eval_mode(digit
     trained = trust.deletion_insertion(model, x, maps, y)["deletion_auc"], trust.infidelity_score(model, x, maps, y)
     assert torch.allclose(trained[0], evaluated[0]) and torch.allclose(trained[1], evaluated[1])
     assert model.training and all(torch.equal(a, b) for a, b in zip(running, model.buffers()))  # mode and statistics as they were
+
+
+def test_a_one_output_model_is_explained_and_scored_for_the_class_it_predicts():
+    """simplenet gives P(digit >= 5): where it says 'digit<5', the map is evidence for that, i.e. for 1 - p."""
+    model = zoo.load("simplenet")
+    x = zoo.dataset("mnist-ge5", "test").images[:8]
+    with torch.no_grad():
+        p = model(x)[:, 0]
+    negative = p < 0.5
+    assert negative.any() and (~negative).any()
+    of_output = explain.attribute(model, x, 0, "input_x_gradient")  # Captum's index 0: the output itself, for every sample
+    maps = explain.attribute(model, x, method="input_x_gradient")  # the default: the predicted class
+    assert torch.allclose(maps[~negative], of_output[~negative]) and torch.allclose(maps[negative], -of_output[negative])
+    curves = trust.deletion_insertion(model, x, maps, steps=4)
+    assert torch.allclose(curves["deletion"][:, 0], torch.where(negative, 1 - p, p), atol=1e-6)  # the predicted class's probability
+    # integrated gradients of the predicted class add up to its own score's change, not the positive output's
+    delta = trust.convergence_delta(model, x, baselines=0.0, n_steps=64)
+    assert delta["mean_relative_delta"] < 0.05
+
+
+def test_a_discriminators_logit_is_scored_as_the_probability_of_its_predicted_class():
+    model = zoo.load("dcgan-d")
+    x = torch.cat([zoo.dataset("mnist", "test").images[:3], zoo.load("dcgan-g")(zoo.latents(3, 0)).detach()])
+    with torch.no_grad():
+        z = model(x)[:, 0]
+    target = explain.BinaryTarget((z >= 0).long())  # a logit: the other class is its negation
+    maps = explain.attribute(model, x, target, "saliency")
+    curves = trust.deletion_insertion(model, x, maps, target, steps=4, output="sigmoid")
+    assert torch.allclose(curves["deletion"][:, 0], torch.sigmoid(z.abs()), atol=1e-6)
+    assert torch.isfinite(trust.infidelity_score(model, x, maps, target, n_perturb_samples=2)).all()
+    assert (trust.sensitivity(model, x[:2], target[:2], "saliency", n_perturb_samples=2) >= 0).all()
