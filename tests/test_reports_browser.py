@@ -6,6 +6,7 @@ missing browser cannot turn the check off unnoticed.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -18,10 +19,29 @@ from reports.browser import check_report, find_chromium
 FAST = reports.TimingConfig(batch=4, threads=1, warmup=2, min_repetitions=5, max_repetitions=50, min_seconds=0.0, compile=False)
 
 
-def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real bench run of seed-cnn (the original and its ONNX export), its report rendered."""
     if find_chromium() is None:
         pytest.fail("Chromium is not installed; install it with `apt-get update && apt-get install -y chromium` (.ci/run does this)")
-    run = reports.bench("seed-cnn", tmp_path / "run", "cpu", FAST, memory=False)
+    return reports.bench("seed-cnn", tmp_path_factory.mktemp("browser") / "run", "cpu", FAST, memory=False)
+
+
+def _measure(html: Path, expression: str, width: int) -> object:
+    """Evaluate ``expression`` in the laid-out page at ``width`` px: a copy of the page, its policy lifted, writes it into the title."""
+    # The report's Content-Security-Policy forbids scripts, and check_report reads back only a fixed
+    # probe; the title is one of the things it reads.
+    page = html.read_text()
+    policy = page.index('<meta http-equiv="Content-Security-Policy"')
+    page = page[:policy] + page[page.index(">", policy) + 1:]
+    script = f"<script>addEventListener('load', () => {{ document.title = JSON.stringify({expression}); }});</script>"
+    probe = html.with_name(html.stem + "-probe.html")
+    probe.write_text(page.replace("</body>", script + "</body>"))
+    return json.loads(check_report(probe, width=width)["title"])
+
+
+def test_report_renders_in_headless_chromium(bench_run: Path, tmp_path: Path) -> None:
+    run = bench_run
     shot = tmp_path / "report.png"
     seen = check_report(run / "report.html", shot)
     assert seen["title"].startswith("slimlens report") and seen["text"] > 500
@@ -37,6 +57,33 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, Path(keep) / "report.png")
+
+
+# The provenance table's box and what it would need, found from its heading (the table has no id of its own).
+_PROVENANCE_WIDTHS = """Array.from(document.querySelectorAll('h3')).filter(h => h.textContent === 'Provenance').map(h => {
+  let box = h.nextElementSibling; while (!box.classList.contains('scroll')) box = box.nextElementSibling;
+  return {needs: box.scrollWidth, has: box.clientWidth, text: box.innerText, titles: Array.from(box.querySelectorAll('[title]')).map(e => e.title)};
+})"""
+
+
+def test_provenance_fits_a_desktop_window_with_long_paths_and_hashes(bench_run: Path, tmp_path: Path) -> None:
+    """At 1280 px the provenance table needs no sideways scroll, however long a path, hash or flag list; every value stays readable."""
+    run = tmp_path / "run"
+    shutil.copytree(bench_run, run)
+    data = json.loads((run / "results.json").read_text())
+    path = "/home/researcher/experiments/2024-06-lenet5-sweep/seed-0/run-017/variants/pruned-distilled-alone-onnx.onnx"
+    sha = "9f2c4e1ab37d5c0e8f6a2b4d1c3e5f7a9b0c2d4e6f8a1b3c5d7e9f0a2b4c6d8e"
+    flags = "AMX-INT8,AMX-BF16,AVX-512,AVX-512-VNNI,AVX-512-BF16,AVX-VNNI,AVX2,FMA,F16C,SSE4.2,POPCNT,BMI2,SHA-NI,VAES,GFNI"
+    data["variants"][1]["artifact"] = path
+    data["variants"][1]["steps"] = [{"step": "quantize_static_onnx", "weights_sha256": sha, "cpu_features": flags,
+                                     "backend": "onnxruntime.quantization.quantize_static(QDQ,per_channel=True,reduce_range=False)"}]
+    (run / "results.json").write_text(json.dumps(data))
+    html = reports.render([run], tmp_path / "report.html")
+    (table,) = _measure(html, _PROVENANCE_WIDTHS, 1280)
+    assert table["needs"] <= table["has"], f"the provenance table is {table['needs']} px wide in a {table['has']} px column"
+    shown = table["text"] + " ".join(table["titles"])
+    flat = "".join(shown.split())  # a value wrapped over lines is still all there
+    assert path in flat and sha in flat and flags in flat
 
 
 def test_browser_check_catches_an_outside_request(tmp_path: Path) -> None:
