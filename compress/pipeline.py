@@ -38,7 +38,7 @@ from compress.prune import dense_weights_warning, prunable_weights
 from compress.recipe import Recipe, RecipeStep, load_recipe
 from compress.results import SCHEMA, counted_module, is_float_module, move_into_place, staging_dir, write_results
 from compress.steps import get_step
-from compress.variant import OnnxVariant, TorchVariant, Variant, build_module
+from compress.variant import OnnxVariant, TorchVariant, Variant, build_module, weights_sha256
 from zoo.environment import environment
 from zoo.errors import SlimlensError, first_line
 from zoo.footprint import disk_bytes, module_macs, module_params, onnx_macs, onnx_params
@@ -236,6 +236,8 @@ class _Recorder:
         self.variants: list[Variant] = []
         self.entries: list[dict[str, Any]] = []
         self.base_metrics: dict | None = None
+        # every variant names the weights it came from: explain refuses to compare it with another original
+        self.original_sha256 = weights_sha256(original)
 
     def unique(self, name: str) -> str:
         taken = {v.name for v in self.variants}
@@ -248,6 +250,7 @@ class _Recorder:
         variant = output.variant
         variant.name, variant.steps = self.unique(name), steps
         variant.source = variant.source or dict(self.data.source)
+        variant.original_weights_sha256 = self.original_sha256
         if isinstance(variant, OnnxVariant):
             variant.threads = torch.get_num_threads()
         variant.save(self.variants_dir)

@@ -9,7 +9,9 @@ A ``Variant`` is what compression returns and what reports measure and explain/ 
 * ``stand_in``  for a variant without gradients (int8, ONNX): a float ``nn.Module`` that computes the
   same function (e.g. the dequantized copy), for gradient-based explanations; ``None`` otherwise,
 * ``save(dir)`` writes the deployable artifact and ``<name>.variant.json`` (its metadata) into ``dir``;
-  ``load_variant(json_path)`` reads it back.
+  ``load_variant(json_path)`` reads it back,
+* ``original_weights_sha256``  which weights it was compressed from (see :func:`weights_sha256`), so
+  ``slimlens explain --variant`` can refuse to compare it with a different original.
 
 So a PyTorch module and an ONNX Runtime session are interchangeable wherever a forward function
 is expected (``zoo.evaluate(name, forward=variant)`` for one).
@@ -18,6 +20,7 @@ is expected (``zoo.evaluate(name, forward=variant)`` for one).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import shutil
 import tempfile
@@ -28,6 +31,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
 from zoo.cards import write_atomic
@@ -52,6 +56,7 @@ class Variant:
     artifact: Path | None = None
     stand_in: nn.Module | None = None
     format: str = "abstract"
+    original_weights_sha256: str | None = None  # weights_sha256 of the model it was compressed from; None where unknown
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -64,6 +69,7 @@ class Variant:
             "steps": self.steps,
             "source": self.source,
             "artifact": self.artifact.name if self.artifact else None,
+            "original_weights_sha256": self.original_weights_sha256,
         }
 
     def _write_metadata(self, directory: Path, extra: dict[str, Any] | None = None) -> Path:
@@ -166,6 +172,16 @@ def removed_with(variant: Variant, folder: Path) -> Variant:
     """
     weakref.finalize(variant, shutil.rmtree, str(folder), True)
     return variant
+
+
+def weights_sha256(module: nn.Module) -> str:
+    """sha256 of ``module``'s state dict written as safetensors: a zoo card's weights sha256 for the same weights.
+
+    It hashes the weights themselves, not the file they came from, so a checkpoint read from a
+    ``.pt`` file and the same weights in a zoo ``--weights-root`` hash alike.
+    """
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}  # as zoo.weights.save_state_dict writes them
+    return hashlib.sha256(save_safetensors_bytes(state)).hexdigest()
 
 
 def build_module(path: str) -> nn.Module:
@@ -271,7 +287,11 @@ def _load_from_metadata(path: Path, meta: dict[str, Any], threads: int, trust_co
         if value is not None and (not isinstance(value, str) or Path(value).name != value or value in ("", ".", "..")):
             raise VariantError(f"variant metadata {path} gives {key} {value!r}; it must name a file in the same folder")
     artifact = path.parent / meta["artifact"] if meta.get("artifact") else None
-    common = {"name": meta["name"], "steps": meta.get("steps", []), "source": meta.get("source", {}), "artifact": artifact}
+    original = meta.get("original_weights_sha256")  # absent from variants written before it was recorded
+    if original is not None and not isinstance(original, str):
+        raise VariantError(f"variant metadata {path} gives original_weights_sha256 {original!r}; it must be a sha256 hex string or null")
+    common = {"name": meta["name"], "steps": meta.get("steps", []), "source": meta.get("source", {}), "artifact": artifact,
+              "original_weights_sha256": original}
     if meta.get("loader"):  # an artifact with its own reader (e.g. int8 weights) names it as "module:function"
         import importlib
 

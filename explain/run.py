@@ -168,6 +168,7 @@ def prepare(request: Request) -> Plan:
             sources += [f"generated #{i}" for i in range(len(indices))]  # latents: zoo.latents(n, seed)
     if request.variant is not None:
         _check_variant_fits(request, model, inputs)
+        _check_variant_weights(request, card)
     shape = tuple(inputs.shape[1:])
     options = {m: default_options(m, shape) for m in methods}
     return Plan(request, model, card, kind, inputs, labels, sources, notes, methods, options, partner)
@@ -195,6 +196,33 @@ def _check_variant_fits(request: Request, model: Any, inputs: torch.Tensor) -> N
     if tuple(got.shape) != tuple(expected.shape):
         raise ExplainError(f"{path} gives outputs of shape {tuple(got.shape)} where {request.model} gives {tuple(expected.shape)}; "
                            "explain it beside the model it was compressed from")
+
+
+def _check_variant_weights(request: Request, card: Any) -> None:
+    """Refuse a variant compressed from other weights of this model (retrained ones, say): drift would compare it with the wrong original."""
+    recorded = getattr(request.variant, "original_weights_sha256", None)
+    current = card.weights.get("sha256")
+    if not recorded or not current or recorded == current:
+        return
+    path = request.variant_path or getattr(request.variant, "name", "the variant")
+    where = f"in --weights-root {request.weights_root}" if request.weights_root else "shipped with slimlens"
+    fix = "pass the --weights-root it was made with"
+    if request.weights_root and recorded == zoo.card(request.model).weights["sha256"]:
+        fix = "leave out --weights-root: it was made from the shipped weights"
+    raise ExplainError(f"{path} was compressed from {request.model} weights with sha256 {recorded[:12]}…, but the {request.model} weights "
+                       f"{where} have sha256 {current[:12]}…, so its drift would be measured against a different original; {fix}, "
+                       "or compress these weights again")
+
+
+def _original_weights(plan: Plan, say: Callable[[str], None]) -> dict[str, Any]:
+    """Whether the variant was checked to come from the original's weights (prepare refused a mismatch), for explain.json."""
+    current = plan.card.weights.get("sha256")
+    if getattr(plan.request.variant, "original_weights_sha256", None):
+        return {"sha256": current, "checked": True}
+    note = ("the variant's metadata records no sha256 of the weights it was compressed from (written by an older slimlens, or saved "
+            f"by hand), so whether it was made from these {plan.card.name} weights cannot be checked")
+    say(f"note: {note}")
+    return {"sha256": current, "checked": False, "note": note}
 
 
 def _exists(name: str) -> bool:
@@ -525,6 +553,7 @@ def _drift(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: 
         "agreement_with_original": float((v_pred == pred).float().mean()),
         "predictions": [names[int(p)] for p in v_pred],
         "gradient_methods_run_on": _gradient_host(variant, plan.model),
+        "original_weights": _original_weights(plan, say),
     }
     labels = [lab if lab is not None else -1 for lab in plan.labels]
     report: dict[str, Any] = {}

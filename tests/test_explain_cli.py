@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -326,3 +327,61 @@ def test_a_one_output_models_maps_trust_and_drift_are_for_the_predicted_class(tm
             # deletion starts from the score of the class each map explains: the predicted class's probability
             assert result["trust"][method]["details"]["deletion_curve_mean"][0] == pytest.approx(sum(confidence) / len(confidence), abs=1e-3)
             assert result["drift"][method]["faithfulness"]["original"]["deletion_auc"] == pytest.approx(result["trust"][method]["deletion_auc"], abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def lenet5_int8_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real `slimlens compress lenet5 --recipe int8` run folder, from the shipped weights."""
+    out = tmp_path_factory.mktemp("compress") / "lenet5-int8"
+    assert cli.main(["compress", "lenet5", "--recipe", "int8", "--out", str(out), "--no-latency", "--no-report", "--quiet"]) == 0
+    return out
+
+
+def test_a_variant_is_refused_beside_weights_it_was_not_made_from(tmp_path, capsys, lenet5_int8_run, trained_copy):
+    variant = lenet5_int8_run / "variants" / "int8-static-onnx.variant.json"
+    shipped = zoo.card("lenet5").weights["sha256"]
+    assert json.loads(variant.read_text())["original_weights_sha256"] == shipped
+    assert all(json.loads(p.read_text())["original_weights_sha256"] == shipped for p in (lenet5_int8_run / "variants").glob("*.variant.json"))
+
+    def nudge(model):  # retrained weights: the same architecture, other values
+        next(model.parameters()).mul_(1.01)
+
+    root = _retrained(trained_copy, "lenet5", nudge)
+    retrained = zoo.card("lenet5", root).weights["sha256"]
+    out = tmp_path / "never"
+    _bad(["lenet5", "--variant", str(variant), "--weights-root", str(root), "--methods", "occlusion", "--samples", "2"], capsys, out,
+         f"was compressed from lenet5 weights with sha256 {shipped[:12]}…, but the lenet5 weights in --weights-root {root} have sha256 "
+         f"{retrained[:12]}…, so its drift would be measured against a different original; leave out --weights-root: it was made from the shipped weights")
+    # beside the weights it was made from, it runs and says they were checked
+    ok = tmp_path / "ok"
+    assert cli.main(["explain", "lenet5", "--variant", str(variant), "--methods", "occlusion", "--samples", "2", "--no-trust", "--out", str(ok), "--quiet"]) == 0
+    assert json.loads((ok / "explain.json").read_text())["variant"]["original_weights"] == {"sha256": shipped, "checked": True}
+    # a variant written before the hash was recorded still loads, and the run says it could not check
+    old = tmp_path / "old"
+    shutil.copytree(lenet5_int8_run / "variants", old)
+    meta = json.loads((old / variant.name).read_text())
+    del meta["original_weights_sha256"]
+    (old / variant.name).write_text(json.dumps(meta))
+    older = tmp_path / "older"
+    assert cli.main(["explain", "lenet5", "--variant", str(old / variant.name), "--weights-root", str(root), "--methods", "occlusion",
+                     "--samples", "2", "--no-trust", "--out", str(older)]) == 0
+    checked = json.loads((older / "explain.json").read_text())["variant"]["original_weights"]
+    assert checked["checked"] is False and "cannot be checked" in checked["note"] and "cannot be checked" in capsys.readouterr().err
+
+
+def test_a_variant_of_retrained_weights_asks_for_their_weights_root(tmp_path, capsys, trained_copy):
+    import compress
+
+    def nudge(model):
+        next(model.parameters()).mul_(1.01)
+
+    root = _retrained(trained_copy, "lenet5", nudge)
+    # as `slimlens compress lenet5 --weights ROOT/lenet5.safetensors` does: the retrained weights, compressed
+    made = compress.run(compress.load_model("lenet5", root / "lenet5.safetensors"), [{"step": "quantize_dynamic"}], "lenet5",
+                        out_dir=tmp_path / "run", export=False)
+    variant = made.out_dir / "variants" / "int8-dynamic.variant.json"
+    assert json.loads(variant.read_text())["original_weights_sha256"] == zoo.card("lenet5", root).weights["sha256"]
+    argv = ["lenet5", "--variant", str(variant), "--methods", "occlusion", "--samples", "2", "--no-trust"]
+    _bad(argv, capsys, tmp_path / "never", "but the lenet5 weights shipped with slimlens have sha256")
+    _bad(argv, capsys, tmp_path / "never", "pass the --weights-root it was made with")
+    assert cli.main(["explain", *argv, "--weights-root", str(root), "--out", str(tmp_path / "ok"), "--quiet"]) == 0

@@ -197,3 +197,20 @@ def test_a_replaced_onnx_file_is_refused(tmp_path, mnist_test):
     shutil.copy(other, tmp_path / "saved" / "m.onnx")
     with pytest.raises(VariantError, match="does not match its metadata sha256"):
         load_variant(meta)
+
+
+def test_variant_metadata_keeps_the_weights_it_was_compressed_from(tmp_path):
+    from compress.variant import weights_sha256
+
+    model = zoo.load("seed-cnn")
+    sha = weights_sha256(model)
+    assert sha == zoo.card("seed-cnn").weights["sha256"]  # the weights themselves hash as their zoo card says
+    meta = TorchVariant("v", module=model, source={"zoo": "seed-cnn"}, original_weights_sha256=sha).save(tmp_path)
+    assert load_variant(meta).original_weights_sha256 == sha
+    data = json.loads(meta.read_text())
+    del data["original_weights_sha256"]  # a variant written before the key was recorded
+    meta.write_text(json.dumps(data))
+    assert load_variant(meta).original_weights_sha256 is None
+    meta.write_text(json.dumps({**data, "original_weights_sha256": 12}))
+    with pytest.raises(VariantError, match="original_weights_sha256 12"):
+        load_variant(meta)
