@@ -109,6 +109,40 @@ def metric_names(k: float = 0.1) -> list[str]:
     return ["spearman", f"top{int(round(k * 100))}_iou", "ssim"]
 
 
+FLOOR_SHIFTS = 5  # pairings per sample for the floor: enough for a steady mean, each as cheap as the drift itself
+
+
+def floor(original: torch.Tensor, variant: torch.Tensor, *, k: float = 0.1, absolute: bool = True, shifts: int = FLOOR_SHIFTS) -> dict[str, Any] | None:
+    """What :func:`compare`'s three similarities score between maps of *different* inputs: the level drift figures mean nothing below.
+
+    Each original map is paired with the variant's maps of the next ``shifts`` samples (cyclically),
+    so every pair shows two different digits, by the same measures as the drift itself. Maps of
+    digits on a blank background share that background whatever the digit, which keeps top-k IoU
+    and SSIM well above zero for unrelated maps; a drift figure near this floor says the variant's
+    map is no more like the original's than another digit's map is. None for fewer than two maps.
+
+    Example::
+
+        >>> import torch, explain.drift as drift
+        >>> sorted(drift.floor(torch.rand(4, 1, 28, 28), torch.rand(4, 1, 28, 28)))
+        ['pairs', 'spearman', 'ssim', 'top10_iou']
+    """
+    n = len(original)
+    if n < 2:
+        return None
+    steps = range(1, min(shifts, n - 1) + 1)
+    mine = torch.arange(n).repeat(len(steps))
+    other = torch.cat([(torch.arange(n) + s) % n for s in steps])
+    spearman, iou, structural = metric_names(k)
+    a, b = original[mine], variant[other]
+    return {
+        spearman: float(rank_correlation(a, b, absolute=absolute).mean()),
+        iou: float(topk_iou(a, b, k=k, absolute=absolute).mean()),
+        structural: float(ssim(a, b, absolute=absolute).mean()),
+        "pairs": len(mine),
+    }
+
+
 def compare(
     original: torch.Tensor,
     variant: torch.Tensor,

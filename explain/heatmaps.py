@@ -278,8 +278,9 @@ def image_panel(images: torch.Tensor, *, labels: Sequence[str], title: str | Non
     return fig
 
 
-def drift_figure(images: torch.Tensor, original: torch.Tensor, variant: torch.Tensor, *, labels: Sequence[str], names: tuple[str, str] = ("original", "variant")) -> Figure:
-    """Rows of input | original map | variant map | difference, on one scale per row so the difference is honest."""
+def drift_figure(images: torch.Tensor, original: torch.Tensor, variant: torch.Tensor, *, labels: Sequence[str], names: tuple[str, str] = ("original", "variant"),
+                 title: str | None = None) -> Figure:
+    """Rows of input | original map | variant map | difference, on one scale per row so the difference is honest; ``title`` above."""
     n = len(images)
     fig = Figure(figsize=(6.2, 1.5 * n + 0.6), dpi=DPI, layout="constrained")
     axes = np.asarray(fig.subplots(n, 4, squeeze=False))
@@ -297,11 +298,13 @@ def drift_figure(images: torch.Tensor, original: torch.Tensor, variant: torch.Te
         draw_map(axes[row, 2], img, b, vmax=1.0, signed=signed)
         diff_artist = draw_map(axes[row, 3], img, b - a, vmax=1.0, signed=True)
         axes[row, 3].text(0.5, 0.03, f"max |diff| {np.abs(b - a).max():.2f}", transform=axes[row, 3].transAxes, ha="center", va="bottom", fontsize=6, color="0.25")
-    for col, title in enumerate(("input", names[0], names[1], f"difference\n({names[1].split(chr(10))[0]} - {names[0]})")):
-        axes[0, col].set_title(title, fontsize=8)
+    for col, heading in enumerate(("input", names[0], names[1], f"difference\n({names[1].split(chr(10))[0]} - {names[0]})")):
+        axes[0, col].set_title(heading, fontsize=8)
     bar = fig.colorbar(diff_artist, ax=axes[:, 1:].ravel().tolist(), orientation="horizontal", fraction=0.6 / (n + 3), aspect=30)
     bar.ax.tick_params(labelsize=6)
     bar.set_label("relative attribution", fontsize=7)
+    if title:
+        fig.suptitle(_wrapped(title, fig.get_figwidth() - 0.3, 8), fontsize=8)
     return fig
 
 

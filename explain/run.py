@@ -581,11 +581,14 @@ def _drift(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: 
             item["position"] = kept[item["position"]]
             item["sample"] = plan.sources[item["position"]]
         spearman_of = dict(zip(kept, compared["per_sample"]["spearman"]))
+        floor = _floor(original[kept], changed[kept])
+        headline = _against_floor(compared["mean"], floor)
+        say(f"drift: {method}: {headline}")
         worst = [item["position"] for item in compared["most_drifting"]]
         figure = f"drift_{method.replace(':', '-')}.png"
         files[figure] = heatmaps.png_bytes(
             heatmaps.drift_figure(x[worst], original[worst], changed[worst], labels=[f"{plan.sources[i]}\nSpearman {spearman_of[i]:.2f}" for i in worst],
-                                  names=("original", f"{name}\n(float stand-in)" if note else name))
+                                  names=("original", f"{name}\n(float stand-in)" if note else name), title=f"{method} drift, mean of {len(kept)}: {headline}")
         )
         both = torch.tensor(kept)  # faithfulness, too, only where both maps rank pixels
         a = trust.deletion_insertion(plan.model, x[both], original[both], _subset(target, both), output=output_kind)
@@ -607,6 +610,7 @@ def _drift(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: 
             "faithfulness": faithfulness,
             "mean": compared["mean"],
             "min": compared["min"],
+            "floor": floor,
             "details": {k: compared[k] for k in ("settings", "per_sample")},
         }
         if len(kept) < len(x):
@@ -645,7 +649,29 @@ def _not_measured(reason: str) -> dict[str, Any]:
         "faithfulness": None,
         "mean": dict(empty),
         "min": dict(empty),
+        "floor": None,
     }
+
+
+def _floor(original: torch.Tensor, changed: torch.Tensor) -> dict[str, Any] | None:
+    """Drift's reference floor for explain.json: the same similarities between maps of different inputs, and how it was taken."""
+    floor = drift_mod.floor(original, changed)
+    if floor is None:
+        return None
+    # unrelated maps of digits on a blank background still share that background: IoU and SSIM are far from 0 for them
+    floor["how"] = (f"the same measures between each original map and the variant's maps of the next {min(drift_mod.FLOOR_SHIFTS, len(original) - 1)} "
+                    "other inputs (cyclically): what maps of different inputs score, so a drift figure near it means no more alike than another input's map")
+    return floor
+
+
+def _against_floor(mean: dict[str, float], floor: dict[str, Any] | None) -> str:
+    """The three drift figures in one line, each beside its floor, e.g. ``SSIM 0.91 (floor 0.45)``."""
+    labels = {"spearman": "Spearman", "ssim": "SSIM"}
+    parts = []
+    for key, value in mean.items():
+        label = labels.get(key) or f"top-{key[3:-4]}% IoU"
+        parts.append(f"{label} {value:.2f}" + (f" (floor {floor[key]:.2f})" if floor else ""))
+    return ", ".join(parts)
 
 
 def _explain_generator(plan: Plan, result: dict[str, Any], files: dict[str, bytes], say: Callable[[str], None]) -> None:

@@ -385,3 +385,15 @@ def test_a_variant_of_retrained_weights_asks_for_their_weights_root(tmp_path, ca
     _bad(argv, capsys, tmp_path / "never", "but the lenet5 weights shipped with slimlens have sha256")
     _bad(argv, capsys, tmp_path / "never", "pass the --weights-root it was made with")
     assert cli.main(["explain", *argv, "--weights-root", str(root), "--out", str(tmp_path / "ok"), "--quiet"]) == 0
+
+
+def test_drift_is_reported_beside_its_floor(tmp_path, int8_onnx, capsys):
+    """Top-k IoU and SSIM count the blank background two maps share: the floor says what maps of different digits score."""
+    out = tmp_path / "floor"
+    assert cli.main(["explain", "seed-cnn", "--methods", "occlusion", "--samples", "6", "--variant", str(int8_onnx), "--no-trust", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    d = json.loads((out / "explain.json").read_text())["drift"]["occlusion"]
+    floor = d["floor"]
+    assert set(floor) >= {"spearman", "top10_iou", "ssim", "pairs", "how"} and "other" in floor["how"]
+    assert all(d[k] > floor[k] for k in ("spearman", "top10_iou", "ssim")) and floor["ssim"] > 0.1  # not 0: the background is shared
+    assert f"SSIM {d['ssim']:.2f} (floor {floor['ssim']:.2f})" in err

@@ -148,3 +148,15 @@ def test_a_discriminators_logit_is_scored_as_the_probability_of_its_predicted_cl
     assert torch.allclose(curves["deletion"][:, 0], torch.sigmoid(z.abs()), atol=1e-6)
     assert torch.isfinite(trust.infidelity_score(model, x, maps, target, n_perturb_samples=2)).all()
     assert (trust.sensitivity(model, x[:2], target[:2], "saliency", n_perturb_samples=2) >= 0).all()
+
+
+def test_drift_floor_is_the_same_similarity_between_maps_of_different_digits(cnn, digits):
+    x, y = digits
+    maps = explain.attribute(cnn, x, y, "occlusion", **explain.default_options("occlusion"))
+    floor = drift.floor(maps, maps.clone())
+    # a map beside another digit's map, by the same three measures: shared blank background keeps IoU and SSIM well above 0
+    shifted = drift.compare(maps, maps.roll(1, dims=0))["mean"]
+    assert floor["pairs"] == 10 * drift.FLOOR_SHIFTS and set(floor) >= {"spearman", "top10_iou", "ssim"}
+    assert abs(floor["ssim"] - shifted["ssim"]) < 0.15 and 0.1 < floor["ssim"] < 0.9 and floor["top10_iou"] < 0.5
+    assert drift.compare(maps, maps)["mean"]["ssim"] > floor["ssim"] + 0.1
+    assert drift.floor(maps[:1], maps[:1]) is None  # one sample has no other to pair with
