@@ -427,6 +427,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from explain.inputs import parse_indices
     from explain.run import Request, run
 
+    module = None
+    if ":" in args.model:  # a user's own network, loaded as compress loads it
+        from compress.pipeline import load_model
+
+        module = load_model(args.model, args.weights, trust_pickle=args.trust_pickle)
+        if args.weights is None:  # an untrained network's maps look like maps too, so say whose weights these are
+            _say(args, f"note: no --weights: explaining {args.model}() with the weights it builds itself")
+    elif args.weights:
+        from zoo.errors import SlimlensError
+
+        raise SlimlensError(f"--weights loads your own model (package.module:function); retrained weights of zoo model {args.model} "
+                            "come from a folder with --weights-root")
     variant = None
     if args.variant:
         from compress import load_variant
@@ -445,6 +457,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         shared_scale=args.shared_scale,
         seed=args.seed,
         weights_root=args.weights_root,
+        module=module,
+        data=args.data,
         progress=lambda m: _say(args, m),
     )
     result = run(request)
@@ -455,7 +469,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def _add_explain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("explain", help="heatmaps of what a model looks at, how far they can be trusted, and how a variant moves them")
-    p.add_argument("model", metavar="MODEL", help="a zoo model name (slimlens zoo list)")
+    p.add_argument("model", metavar="MODEL", help="a zoo model name (slimlens zoo list), or package.module:function building your own network")
+    p.add_argument("--weights", help="your model's weights: safetensors, or a state dict torch.load(weights_only=True) reads "
+                   "(default: the builder's own initialisation)")
+    p.add_argument("--data", help="the dataset your model was trained on: mnist or mnist-ge5 (a zoo model knows its own)")
+    p.add_argument("--trust-pickle", action="store_true", help="allow a --weights pickle that needs full unpickling (it can run code)")
     p.add_argument("--methods", help="comma-separated, e.g. integrated_gradients,gradcam,occlusion (default); "
                    "also saliency, input_x_gradient, deeplift, gradient_shap, guided_backprop, feature_ablation, lime, kernel_shap, "
                    "smoothgrad, noise_tunnel:<gradient method>")

@@ -10,7 +10,7 @@ A ``Variant`` is what compression returns and what reports measure and explain/ 
   same function (e.g. the dequantized copy), for gradient-based explanations; ``None`` otherwise,
 * ``save(dir)`` writes the deployable artifact and ``<name>.variant.json`` (its metadata) into ``dir``;
   ``load_variant(json_path)`` reads it back,
-* ``original_weights_sha256``  which weights it was compressed from (see :func:`weights_sha256`), so
+* ``original_weights_sha256``  which weights it was compressed from (see :func:`zoo.weights.weights_sha256`), so
   ``slimlens explain --variant`` can refuse to compare it with a different original.
 
 So a PyTorch module and an ONNX Runtime session are interchangeable wherever a forward function
@@ -20,7 +20,6 @@ is expected (``zoo.evaluate(name, forward=variant)`` for one).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import shutil
 import tempfile
@@ -31,12 +30,11 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
 from zoo.cards import write_atomic
 from zoo.errors import SlimlensError, first_line
-from zoo.weights import read_state_dict, save_state_dict, sha256_file
+from zoo.weights import read_state_dict, save_state_dict, sha256_file, weights_sha256
 
 METADATA_SUFFIX = ".variant.json"
 MODEL_FILE_SUFFIXES = (".onnx", ".safetensors", ".pt", ".pth", ".bin")  # what a variant's artifact may be, never its metadata
@@ -172,16 +170,6 @@ def removed_with(variant: Variant, folder: Path) -> Variant:
     """
     weakref.finalize(variant, shutil.rmtree, str(folder), True)
     return variant
-
-
-def weights_sha256(module: nn.Module) -> str:
-    """sha256 of ``module``'s state dict written as safetensors: a zoo card's weights sha256 for the same weights.
-
-    It hashes the weights themselves, not the file they came from, so a checkpoint read from a
-    ``.pt`` file and the same weights in a zoo ``--weights-root`` hash alike.
-    """
-    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}  # as zoo.weights.save_state_dict writes them
-    return hashlib.sha256(save_safetensors_bytes(state)).hexdigest()
 
 
 def build_module(path: str) -> nn.Module:

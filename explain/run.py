@@ -30,6 +30,7 @@ from explain.errors import ExplainError, MethodNotApplicableError
 from explain.families import code_attribution, latent_attribution
 from explain.inputs import check_indices, load_image, spread_indices
 from explain.methods import METHODS, BinaryTarget, StandInWarning, attribute, canonical_name, conv_layers, looks_like_probability, parse_method, resolve
+from explain.user_model import user_card
 from zoo.cards import usual_mode, written_by_slimlens
 
 DEFAULT_METHODS = ("integrated_gradients", "gradcam", "occlusion")
@@ -55,6 +56,8 @@ class Request:
     shared_scale: bool = False
     seed: int = 0
     weights_root: str | None = None
+    module: nn.Module | None = None  # a user's own network, built from ``model`` (package.module:function) by the caller
+    data: str | None = None  # the zoo dataset a user's network was trained on
     progress: Callable[[str], None] = field(default=lambda message: None)
 
 
@@ -114,7 +117,7 @@ def _check_method(model: Any, method: str, kind: str, who: str) -> None:
 def prepare(request: Request) -> Plan:
     """Validate ``request`` completely (raising ExplainError with one line) and load what it needs."""
     _check_out(Path(request.out).resolve())  # "--out ." has no name to build a folder beside
-    card = zoo.card(request.model, request.weights_root)
+    card = _card(request)
     kind = _kind(card)
     if request.image is not None and request.indices:
         raise ExplainError("use --image or --indices, not both")
@@ -130,7 +133,7 @@ def prepare(request: Request) -> Plan:
     else:
         methods = [m for m in DEFAULT_METHODS if not (m == "gradcam" and (kind in ("generator", "autoencoder") or card.family not in ("cnn", "gan")))]
     methods = list(dict.fromkeys(methods))
-    model = zoo.load(request.model, request.weights_root)
+    model = request.module if request.module is not None else zoo.load(request.model, request.weights_root)
     for method in methods:
         _check_method(model, method, kind, request.model)
         if request.variant is not None:
@@ -174,6 +177,18 @@ def prepare(request: Request) -> Plan:
     return Plan(request, model, card, kind, inputs, labels, sources, notes, methods, options, partner)
 
 
+def _card(request: Request) -> Any:
+    """The zoo card of ``request.model``, or one built for a user's network from its dataset and outputs."""
+    if request.module is None:
+        if request.data is not None:
+            raise ExplainError(f"--data names the dataset of your own model (package.module:function); zoo model {request.model} "
+                               "knows its own, so leave --data out")
+        return zoo.card(request.model, request.weights_root)
+    if request.weights_root:
+        raise ExplainError("--weights-root holds retrained zoo models; your own model's weights come with --weights")
+    return user_card(request.model, request.data, request.module)
+
+
 def _check_variant_fits(request: Request, model: Any, inputs: torch.Tensor) -> None:
     """Refuse a variant made from another model: its maps would be compared with the wrong original."""
     variant, path = request.variant, request.variant_path or getattr(request.variant, "name", "the variant")
@@ -182,9 +197,10 @@ def _check_variant_fits(request: Request, model: Any, inputs: torch.Tensor) -> N
     if made_from and made_from != request.model:
         raise ExplainError(f"{path} was made from {made_from}, not {request.model}; "
                            f"run `slimlens explain {made_from} --variant {path}`")
-    if source.get("builder"):  # a user's own network: its maps beside a zoo model's would be drift between two models
-        raise ExplainError(f"{path} was made from your model {source['builder']}(), not zoo model {request.model}; "
-                           "slimlens explain compares a variant with the zoo model it was compressed from")
+    builder = source.get("builder")
+    if builder and builder != request.model:  # maps beside another model's would be drift between two models
+        raise ExplainError(f"{path} was made from your model {builder}(), not {request.model}; run `slimlens explain {builder} "
+                           f"--weights FILE --data DATASET --variant {path}` with the weights it was compressed from")
     # a variant that names no model at all (an ONNX file saved by hand) is judged by its outputs on this model's inputs
     probe = inputs[:2]
     try:
@@ -205,6 +221,10 @@ def _check_variant_weights(request: Request, card: Any) -> None:
     if not recorded or not current or recorded == current:
         return
     path = request.variant_path or getattr(request.variant, "name", "the variant")
+    if request.module is not None:
+        raise ExplainError(f"{path} was compressed from {request.model} weights with sha256 {recorded[:12]}…, but the --weights given "
+                           f"have sha256 {current[:12]}…, so its drift would be measured against a different original; pass the "
+                           "--weights it was made with, or compress these weights again")
     where = f"in --weights-root {request.weights_root}" if request.weights_root else "shipped with slimlens"
     fix = "pass the --weights-root it was made with"
     if request.weights_root and recorded == zoo.card(request.model).weights["sha256"]:
@@ -284,7 +304,7 @@ def run(request: Request) -> dict[str, Any]:
     torch.manual_seed(request.seed)
     result: dict[str, Any] = {
         "slimlens_explain": 1,
-        "model": {"name": plan.card.name, "family": plan.card.family, "task": plan.card.task, "card_metric": {plan.card.primary_metric: plan.card.metric}},
+        "model": {"name": plan.card.name, "family": plan.card.family, "task": plan.card.task, "card_metric": {plan.card.primary_metric: plan.card.metric} if plan.card.metrics else {}},
         "inputs": {"sources": plan.sources, "labels": plan.labels, "conversions": plan.notes, "shape": list(plan.inputs.shape[1:])},
         "methods": {},
     }
@@ -384,7 +404,9 @@ def _predict(forward: Any, inputs: torch.Tensor, probability: bool | None = None
 
 
 def _probability_output(card: Any) -> bool:
-    """Whether a one-output zoo model gives a probability (a binary classifier's sigmoid) rather than a logit (a discriminator's)."""
+    """Whether a one-output model gives a probability (a binary classifier's sigmoid) rather than a logit (a discriminator's)."""
+    if "output" in card.extra:  # a user's network: read from its outputs when its card was built
+        return card.extra["output"] == "probability"
     return card.task == "binary-classification"
 
 

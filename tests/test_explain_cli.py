@@ -128,7 +128,7 @@ def test_a_variant_of_another_model_is_refused(tmp_path, capsys, int8_onnx):
     # a variant of a user's own network is another model, even where its outputs fit
     theirs = OnnxVariant(name="theirs", artifact=int8_onnx.parent / "int8.onnx", source={"builder": "mypkg.nets:cnn"}, steps=[])
     _bad(["seed-cnn", "--methods", "occlusion", "--variant", str(theirs.save(tmp_path / "theirs"))], capsys, out,
-         "was made from your model mypkg.nets:cnn(), not zoo model seed-cnn")
+         "was made from your model mypkg.nets:cnn(), not seed-cnn; run `slimlens explain mypkg.nets:cnn --weights FILE --data DATASET")
 
 
 @pytest.fixture(scope="module")
@@ -397,3 +397,73 @@ def test_drift_is_reported_beside_its_floor(tmp_path, int8_onnx, capsys):
     assert set(floor) >= {"spearman", "top10_iou", "ssim", "pairs", "how"} and "other" in floor["how"]
     assert all(d[k] > floor[k] for k in ("spearman", "top10_iou", "ssim")) and floor["ssim"] > 0.1  # not 0: the background is shared
     assert f"SSIM {d['ssim']:.2f} (floor {floor['ssim']:.2f})" in err
+
+
+LENET5_BUILDER = "zoo.models.lenet:lenet5"
+
+
+def test_a_users_own_model_is_explained_as_its_zoo_twin_is(tmp_path, capsys):
+    weights = zoo.cards.weights_path("lenet5")
+    argv = ["--methods", "saliency,occlusion", "--samples", "3", "--quiet"]
+    assert cli.main(["explain", LENET5_BUILDER, "--weights", str(weights), "--data", "mnist", *argv, "--out", str(tmp_path / "own")]) == 0
+    assert cli.main(["explain", "lenet5", *argv, "--out", str(tmp_path / "zoo")]) == 0
+    own, twin = (json.loads((tmp_path / run / "explain.json").read_text()) for run in ("own", "zoo"))
+    assert own["model"] == {"name": LENET5_BUILDER, "family": "cnn", "task": "classification", "card_metric": {}}
+    assert own["inputs"] == twin["inputs"]  # the same test digits, predicted the same way
+    for method in ("saliency", "occlusion"):
+        assert own["trust"][method]["deletion_auc"] == pytest.approx(twin["trust"][method]["deletion_auc"], abs=1e-6)
+    assert sorted(p.name for p in (tmp_path / "own" / "maps").iterdir()) == sorted(p.name for p in (tmp_path / "zoo" / "maps").iterdir())
+
+
+def test_a_one_output_users_model_is_read_from_its_outputs(tmp_path):
+    # simplenet ends in a sigmoid: its card says probability, and a user's copy must be read the same way from its outputs
+    argv = ["--methods", "occlusion", "--samples", "4", "--quiet"]
+    assert cli.main(["explain", "zoo.models.mlp:SimpleNet", "--weights", str(zoo.cards.weights_path("simplenet")), "--data", "mnist-ge5",
+                     *argv, "--out", str(tmp_path / "own")]) == 0
+    assert cli.main(["explain", "simplenet", *argv, "--out", str(tmp_path / "zoo")]) == 0
+    own, twin = (json.loads((tmp_path / run / "explain.json").read_text()) for run in ("own", "zoo"))
+    assert own["model"]["task"] == "binary-classification" and "digit<5" in own["inputs"]["predictions"]
+    assert own["inputs"]["confidence"] == twin["inputs"]["confidence"]  # 1 - p where it predicts digit<5, not a sigmoid of p
+    assert own["methods"]["occlusion"]["target"] == twin["methods"]["occlusion"]["target"]
+
+
+def test_a_users_variant_is_compared_with_the_weights_it_was_made_from(tmp_path, capsys):
+    weights = zoo.cards.weights_path("lenet5")
+    run = tmp_path / "run"
+    assert cli.main(["compress", LENET5_BUILDER, "--weights", str(weights), "--data", "mnist", "--recipe", "int8", "--out", str(run),
+                     "--no-latency", "--no-report", "--quiet"]) == 0
+    variant = run / "variants" / "int8-static-onnx.variant.json"
+    out = tmp_path / "drift"
+    assert cli.main(["explain", LENET5_BUILDER, "--weights", str(weights), "--data", "mnist", "--variant", str(variant),
+                     "--methods", "occlusion", "--samples", "3", "--no-trust", "--out", str(out), "--quiet"]) == 0
+    result = json.loads((out / "explain.json").read_text())
+    assert result["variant"]["original_weights"]["checked"] is True
+    assert result["drift"]["occlusion"]["spearman"] > 0.5
+
+    other = tmp_path / "other.safetensors"  # retrained weights of the same network
+    model = zoo.load("lenet5")
+    with torch.no_grad():
+        next(model.parameters()).mul_(1.01)
+    zoo.weights.save_state_dict(model, other)
+    common = ["--data", "mnist", "--variant", str(variant), "--methods", "occlusion", "--samples", "2"]
+    _bad([LENET5_BUILDER, "--weights", str(other), *common], capsys, tmp_path / "never",
+         "but the --weights given have sha256")
+    _bad(["lenet5", "--variant", str(variant)], capsys, tmp_path / "never", f"was made from your model {LENET5_BUILDER}(), not lenet5; run `slimlens explain")
+    assert json.loads(variant.read_text())["source"] == {"builder": LENET5_BUILDER}
+
+
+def test_a_users_model_needs_its_dataset_and_nothing_of_the_zoos(tmp_path, capsys, trained_copy):
+    (tmp_path / "wide.py").write_text("from torch import nn\n\ndef build():\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 3))\n")
+    import sys
+    sys.path.insert(0, str(tmp_path))
+    try:
+        out = tmp_path / "never"
+        _bad([LENET5_BUILDER], capsys, out, f"{LENET5_BUILDER} is your own model: name the dataset it was trained on with --data (mnist or mnist-ge5)")
+        _bad([LENET5_BUILDER, "--data", "cifar"], capsys, out, "--data cifar is not a bundled dataset; give one of mnist, mnist-ge5")
+        _bad([LENET5_BUILDER, "--data", "mnist", "--weights-root", str(trained_copy)], capsys, out,
+             "--weights-root holds retrained zoo models; your own model's weights come with --weights")
+        _bad(["lenet5", "--data", "mnist"], capsys, out, "zoo model lenet5 knows its own, so leave --data out")
+        _bad(["lenet5", "--weights", str(zoo.cards.weights_path("lenet5"))], capsys, out, "come from a folder with --weights-root")
+        _bad(["wide:build", "--data", "mnist"], capsys, out, "gives outputs of shape (batch, 3) on mnist, which has 10 classes; it must give (batch, 10)")
+    finally:
+        sys.path.remove(str(tmp_path))

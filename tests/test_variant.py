@@ -200,7 +200,7 @@ def test_a_replaced_onnx_file_is_refused(tmp_path, mnist_test):
 
 
 def test_variant_metadata_keeps_the_weights_it_was_compressed_from(tmp_path):
-    from compress.variant import weights_sha256
+    from zoo.weights import weights_sha256
 
     model = zoo.load("seed-cnn")
     sha = weights_sha256(model)

@@ -82,9 +82,21 @@ def _without_wrapper_prefix(state: dict[str, torch.Tensor], expected: dict[str, 
     return state
 
 
+def _safetensors_blob(model: nn.Module) -> bytes:
+    return save_safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()})
+
+
 def save_state_dict(model: nn.Module, path: Path) -> str:
     """Save ``model``'s state dict as safetensors (atomically) and return the file's sha256."""
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    blob = save_safetensors_bytes(state)
+    blob = _safetensors_blob(model)
     write_atomic(Path(path), blob)
     return hashlib.sha256(blob).hexdigest()
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """sha256 of ``model``'s state dict written as safetensors: a zoo card's weights sha256 for the same weights.
+
+    It hashes the weights themselves, not the file they came from, so a checkpoint read from a
+    ``.pt`` file and the same weights in a zoo ``--weights-root`` hash alike.
+    """
+    return hashlib.sha256(_safetensors_blob(model)).hexdigest()

@@ -1,0 +1,62 @@
+"""A card for a user's own network (``package.module:function``), so ``slimlens explain`` treats it as it treats a zoo model.
+
+A zoo model's card says what its outputs mean; a user's network says nothing, so this card is
+built from the dataset it was trained on (``--data``) and from its own outputs on the test split.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import zoo
+from explain.errors import ExplainError
+from explain.methods import conv_layers, looks_like_probability
+from zoo.cards import ModelCard
+from zoo.datasets import DATASETS
+from zoo.registry import DIGITS
+from zoo.weights import weights_sha256
+
+BINARY_CLASSES = ["digit<5", "digit>=5"]  # mnist-ge5's labels, named as the zoo's simplenet names them
+PROBE = 256  # test images whose outputs decide what the outputs are: enough for a trained model's logits to leave [0, 1]
+
+
+def user_card(builder: str, data: str | None, module: nn.Module) -> ModelCard:
+    """The card of ``module``, built by ``builder`` and trained on zoo dataset ``data``; one-line errors when it cannot be explained."""
+    if data is None:
+        raise ExplainError(f"{builder} is your own model: name the dataset it was trained on with --data ({' or '.join(DATASETS)})")
+    if data not in DATASETS:
+        raise ExplainError(f"--data {data} is not a bundled dataset; give one of {', '.join(DATASETS)}")
+    test = zoo.dataset(data, "test")
+    try:
+        with torch.no_grad():
+            outputs = module.eval()(test.images[:PROBE])
+    except Exception as exc:  # a user's network can fail in any way on the wrong input shape
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ExplainError(f"{builder} cannot take {data}'s 1x28x28 digits ({reason}); explain a model built for them") from None
+    if not isinstance(outputs, torch.Tensor):
+        raise ExplainError(f"{builder} returns {type(outputs).__name__}, not a tensor of class scores; return the logits (batch, classes)")
+    classes = 2 if data == "mnist-ge5" else 10
+    width = outputs.shape[1] if outputs.dim() == 2 else None
+    if width not in (classes, 1 if data == "mnist-ge5" else classes):
+        shape = ", ".join(["batch", *map(str, outputs.shape[1:])])
+        raise ExplainError(f"{builder} gives outputs of shape ({shape}) on {data}, which has {classes} classes; "
+                           f"it must give (batch, {classes})" + (" or (batch, 1)" if data == "mnist-ge5" else ""))
+    single = width == 1
+    has_conv = bool(conv_layers(module))
+    return ModelCard(
+        name=builder,
+        family="cnn" if has_conv else "custom",  # a convolution is what lets Grad-CAM be a default method
+        task="binary-classification" if single else "classification",
+        description=f"your model {builder}(), trained on {data}",
+        dataset={"name": data},
+        input={"shape": [1, 28, 28]},
+        class_names=BINARY_CLASSES if data == "mnist-ge5" else list(DIGITS),
+        params=sum(p.numel() for p in module.parameters()),
+        metrics={},
+        primary_metric="accuracy",
+        higher_is_better=True,
+        weights={"sha256": weights_sha256(module)},
+        training={},
+        extra={"builder": builder, "output": ("probability" if looks_like_probability(outputs) else "logit") if single else "logits"},
+    )
