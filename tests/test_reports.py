@@ -492,7 +492,7 @@ def test_memory_under_the_columns_step_is_not_shown_as_zero(results: dict, tmp_p
     run = copy.deepcopy(results)
     run["variants"][1]["latency"]["cpu"]["peak_memory"] = memory
     html = reports.render([run], tmp_path / "mem.html").read_text()
-    row = re.search(r'<td>onnx-fp32 <span class="fmt">.*?</tr>', html, re.S).group(0)
+    row = re.search(r'<span class="nw">onnx-fp32</span> <span class="fmt">.*?</tr>', html, re.S).group(0)
     cell = re.search(r'<td class="mem[^>]*>[^<]*</td>', row).group(0)
     assert cell.endswith(f">{shown}</td>")
     if title is None:

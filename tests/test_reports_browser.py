@@ -86,6 +86,52 @@ def test_provenance_fits_a_desktop_window_with_long_paths_and_hashes(bench_run: 
     assert path in flat and sha in flat and flags in flat
 
 
+# A table's box, what it would need, and its text, found from its heading.
+_TABLE_WIDTHS = """Array.from(document.querySelectorAll('h3')).filter(h => h.textContent === HEADING).map(h => {
+  let box = h.nextElementSibling; while (!box.classList.contains('scroll')) box = box.nextElementSibling;
+  return {needs: box.scrollWidth, has: box.clientWidth, text: box.innerText};
+})"""
+
+
+def _fill_every_column(data: dict) -> None:
+    """Fill the summary and latency columns as a GPU machine does: figures and a name for the GPU, a noisy p90, a distill recipe's long name."""
+    timed = {"batch1_p50_ms": 0.1234, "batch1_p90_ms": 0.1456, "batch1_repetitions": 1234, "throughput_batch": FAST.batch,
+             "throughput_per_s": 123456.7, "throughput_per_s_by_round": [120345.1, 125678.9, 124000.0], "peak_memory_mb": 12.3}
+    for entry in data["variants"]:  # latency.cuda_latency's layout
+        entry["latency"]["cpu"]["peak_memory"] = {"inference_mb": 1.37, "resolution_kb": 4}
+        modes = {"onnxruntime": dict(timed)} if entry["format"] == "onnx" else {
+            "fp32": dict(timed), "fp16": {**timed, "batch1_p50_ms": 0.0987}, "bf16": {**timed, "batch1_p50_ms": 0.0991}}
+        entry["latency"]["cuda"] = {**timed, "device": "NVIDIA H100 80GB HBM3", "runtime": next(iter(modes)), "modes": modes}
+    cpu = data["variants"][0]["latency"]["cpu"]
+    cpu["batch1_p90_ms"] = 4 * cpu["batch1_p50_ms"]  # marked noisy
+    data["variants"].append({**json.loads(json.dumps(data["variants"][1])), "name": "pruned-distilled-alone-onnx"})
+
+
+@pytest.mark.parametrize("filled", [False, True], ids=["bench", "every-column"])
+def test_summary_and_latency_tables_fit_a_desktop_window(bench_run: Path, tmp_path: Path, filled: bool) -> None:
+    """At 1280 px the summary and latency tables need no sideways scroll (they were 1272 and 1241 px in a 1224 px column); every figure stays."""
+    run = tmp_path / "run"
+    shutil.copytree(bench_run, run)
+    if filled:
+        data = json.loads((run / "results.json").read_text())
+        _fill_every_column(data)
+        (run / "results.json").write_text(json.dumps(data))
+    html = reports.render([run], tmp_path / "report.html")
+    shown = {}
+    for heading in ("Summary", "Latency by runtime"):
+        (table,) = _measure(html, _TABLE_WIDTHS.replace("HEADING", json.dumps(heading)), 1280)
+        assert table["needs"] <= table["has"], f"the {heading} table is {table['needs']} px wide in a {table['has']} px column"
+        shown[heading] = " ".join(table["text"].split())
+    data = json.loads((run / "results.json").read_text())
+    for entry in data["variants"]:
+        cpu = entry["latency"]["cpu"]
+        assert entry["name"] in shown["Summary"] and f"{int(cpu['throughput_per_s']):,}" in shown["Summary"]  # as the table's int filter writes it
+        assert f"{cpu['batch1_repetitions']}" in shown["Latency by runtime"]
+    if filled:
+        assert "NVIDIA H100 80GB HBM3" in shown["Summary"] and "0.123 / 0.099" in shown["Summary"] and "noisy" in shown["Summary"]
+        assert "★ latency" in shown["Summary"] and "120,345–125,679 (3)" in shown["Latency by runtime"]
+
+
 def test_browser_check_catches_an_outside_request(tmp_path: Path) -> None:
     """The checker itself must see a page that reaches out, or a green test proves nothing."""
     if find_chromium() is None:
