@@ -20,10 +20,11 @@ from reports.pareto import pareto_front
 FRACTION_METRICS = frozenset({"accuracy", "balanced_accuracy", "top1", "top5", "recall", "precision", "f1"})
 MARKER_ROOM_PT = 6  # the scatter markers' radius (s=60) with their Pareto ring, in points
 
+DPI = 110  # the report's PNGs are drawn at this resolution
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 
 
-def to_data_uri(fig: Figure, dpi: int = 110) -> str:
+def to_data_uri(fig: Figure, dpi: int = DPI) -> str:
     """Render ``fig`` to PNG and return it as a ``data:image/png;base64,...`` URI."""
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
@@ -46,7 +47,9 @@ def tradeoff_figure(names: Sequence[str], costs: Sequence[float | None], metrics
     if not pts:
         return None
     front = pareto_front([p[1] for p in pts], [p[2] for p in pts], higher_is_better)
-    fig = Figure(figsize=(5.2, 3.6))
+    # at the PNG's resolution, so the names are placed with the widths they are drawn at: at the default
+    # 100 dpi 'original' fitted by a pixel, at 110 dpi it ran past the frame (text widths do not scale exactly)
+    fig = Figure(figsize=(5.2, 3.6), dpi=DPI)
     ax = fig.add_subplot()
     for i, (name, cost, metric) in enumerate(pts):
         ax.scatter(cost, metric, s=60, color=PALETTE[i % len(PALETTE)], zorder=3,
@@ -111,6 +114,14 @@ def _overlap_area(box: Any, others: Sequence[Any]) -> float:
 
 
 LABEL_GAP = 3  # points kept free between two names
+EDGE_GAP = 2  # points kept free between a name's backing and the axes frame, so no name touches the frame
+LABEL_SIZE, LABEL_PAD = 7, 0.05  # a name's font size in points, and its white backing's pad as a share of it
+
+
+def _outside_area(box: Any, room: Any) -> float:
+    """Pixels of ``box`` that lie outside ``room``."""
+    inside = max(0.0, min(box.x1, room.x1) - max(box.x0, room.x0)) * max(0.0, min(box.y1, room.y1) - max(box.y0, room.y0))
+    return box.width * box.height - inside
 
 
 def _place_labels(fig: Figure, ax: Any, points: Sequence[tuple[str, float, float]]) -> None:
@@ -118,32 +129,34 @@ def _place_labels(fig: Figure, ax: Any, points: Sequence[tuple[str, float, float
 
     Labels pushed beyond the four places around their point get a thin leader line, so a reader
     still sees which point a name belongs to. Where no place is free, the label goes where it
-    overlaps least.
+    overlaps least, and where none is inside the axes, where the least of it is outside.
     """
     canvas = FigureCanvasAgg(fig)
     canvas.draw()  # view limits are autoscaled lazily, at draw: before it, data-to-pixel positions are stale
     renderer = canvas.get_renderer()
     frame = ax.get_window_extent(renderer)
+    # the words must keep their backing and a gap clear of the frame: the words alone may end on it
+    # ('original' at the far right of a size plot ran into the frame)
+    inset = (EDGE_GAP + LABEL_PAD * LABEL_SIZE) * fig.dpi / 72
+    room = Bbox.from_extents(frame.x0 + inset, frame.y0 + inset, frame.x1 - inset, frame.y1 - inset)
     radius = 6 * fig.dpi / 72  # the markers, in pixels
     taken = [Bbox.from_extents(x - radius, y - radius, x + radius, y + radius)
              for x, y in (ax.transData.transform((c, m)) for _, c, m in points)]
     boxes: list[Any] = []
     for name, cost, metric in points:
-        best: tuple[float, tuple[int, int]] | None = None
+        best: tuple[tuple[float, float], int] = ((math.inf, math.inf), 0)
         for rank, (dx, dy) in enumerate(_OFFSETS):
             label = _annotate(ax, name, cost, metric, dx, dy, leader=rank >= 4)
             label.update_positions(renderer)
             box = Text.get_window_extent(label, renderer)  # the words only, not the leader line
             label.remove()
-            if not (frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1):
-                continue
-            overlap = _overlap_area(box, boxes + taken)
-            if best is None or overlap < best[0]:
-                best = (overlap, (dx, dy))
-            if overlap == 0:
+            score = (_outside_area(box, room), _overlap_area(box, boxes + taken))
+            if score < best[0]:
+                best = (score, rank)
+            if score == (0.0, 0.0):
                 break
-        dx, dy = best[1] if best is not None else _OFFSETS[0]
-        chosen = _annotate(ax, name, cost, metric, dx, dy, leader=_OFFSETS.index((dx, dy)) >= 4)
+        dx, dy = _OFFSETS[best[1]]
+        chosen = _annotate(ax, name, cost, metric, dx, dy, leader=best[1] >= 4)
         chosen.update_positions(renderer)
         # padded, so that two names cannot touch end to end and read as one ("int8-dynamicoriginal")
         boxes.append(Text.get_window_extent(chosen, renderer).expanded(1.0, 1.0).padded(LABEL_GAP * fig.dpi / 72))
@@ -152,9 +165,9 @@ def _place_labels(fig: Figure, ax: Any, points: Sequence[tuple[str, float, float
 def _annotate(ax: Any, name: str, cost: float, metric: float, dx: int, dy: int, leader: bool) -> Any:
     arrow = {"arrowprops": {"arrowstyle": "-", "color": "#999", "lw": 0.6, "shrinkA": 0, "shrinkB": 4}} if leader else {}
     # a light backing keeps the name readable where a grid or Pareto line passes under it
-    return ax.annotate(name, (cost, metric), xytext=(dx, dy), textcoords="offset points", fontsize=7,
+    return ax.annotate(name, (cost, metric), xytext=(dx, dy), textcoords="offset points", fontsize=LABEL_SIZE,
                        ha="left" if dx > 0 else "right", va="bottom", zorder=4,
-                       bbox={"boxstyle": "square,pad=0.05", "fc": "white", "ec": "none", "alpha": 0.8}, **arrow)
+                       bbox={"boxstyle": f"square,pad={LABEL_PAD}", "fc": "white", "ec": "none", "alpha": 0.8}, **arrow)
 
 
 def size_bars(names: Sequence[str], sizes: Sequence[int | None], gzip_sizes: Sequence[int | None]) -> str | None:

@@ -135,6 +135,32 @@ def test_tradeoff_labels_of_a_crowded_run_neither_overlap_nor_leave_the_axes() -
         assert not [other for other, b in boxes.items() if other != name and box.overlaps(b)], name
 
 
+@pytest.mark.parametrize("names, costs, accuracy", [
+    # lenet5's int8 run against size: 'original', at the far right, ran into the frame in its report
+    (["original", "original-onnx", "int8-dynamic", "int8-dynamic-onnx", "int8-static-onnx"], [1684.5, 1688.5, 498.3, 428.9, 437.6],
+     [0.98, 0.98, 0.98, 0.979, 0.98]),
+    # a long name three quarters of the way across, put on its right, ran 4 px past the frame
+    (["pruned-distilled-onnx", "fp16", "prune-structured-onnx"], [0.871, 0.631, 0.813], [1.0, 1.0, 0.9015]),
+], ids=["lenet5-by-size", "long-name-right"])
+def test_tradeoff_labels_stay_inside_the_axes_as_drawn(names: list, costs: list, accuracy: list) -> None:
+    """Each name and its white backing lie inside the axes, clear of the frame's line, in the PNG the report shows."""
+    from matplotlib.text import Text
+
+    from reports.plots import tradeoff_figure
+
+    fig = tradeoff_figure(names, costs, accuracy, cost_label="artifact size (KiB)", metric_label="accuracy", higher_is_better=True, log_x=True)
+    fig.set_dpi(110)  # as to_data_uri draws the report's PNGs: names that fitted at 100 dpi ran over the frame at 110
+    renderer = _drawn(fig)
+    ax = fig.axes[0]
+    frame = ax.get_window_extent(renderer)
+    line = ax.spines["right"].get_linewidth() * fig.dpi / 72 / 2  # the frame's line reaches this far inside the frame
+    assert sorted(t.get_text() for t in ax.texts) == sorted(names)
+    for label in ax.texts:
+        for box in (Text.get_window_extent(label, renderer), label.get_bbox_patch().get_window_extent(renderer)):
+            assert frame.x0 + line <= box.x0 and box.x1 <= frame.x1 - line, label.get_text()
+            assert frame.y0 + line <= box.y0 and box.y1 <= frame.y1 - line, label.get_text()
+
+
 def _drawn(fig):
     """The figure drawn on an Agg canvas, and its renderer: what the PNG in the report shows."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
