@@ -100,6 +100,7 @@ def explain_context(spec: Any, run_dir: Path) -> dict[str, Any] | None:
     per_class: list[dict[str, Any]] = []
     classes: list[str] = []
     gallery: list[dict[str, str]] = []
+    unchecked: list[str] = []  # variants whose original weights could not be checked against the ones explained
     for doc, base in docs:
         for m in doc.get("methods") or {}:
             if m not in methods:
@@ -109,10 +110,14 @@ def explain_context(spec: Any, run_dir: Path) -> dict[str, Any] | None:
             trust_note = trust_note or doc["trust"].get("not_measured")  # a generator or autoencoder: why there is none
         variant = doc.get("variant") if isinstance(doc.get("variant"), dict) else {}
         name = variant.get("name", "variant")
+        weights = variant.get("original_weights")
+        if isinstance(weights, dict) and weights.get("checked") is False and doc.get("drift"):
+            unchecked.append(f"{name}: {weights.get('note') or 'not checked'}")
         for method, d in (doc.get("drift") or {}).items():
             if not isinstance(d, dict):
                 continue
             mean, low, faith = d.get("mean") or {}, d.get("min") or {}, (d.get("faithfulness") or {}).get("change") or {}
+            floor = d.get("floor") if isinstance(d.get("floor"), dict) else {}  # absent before explain measured it, null for one sample
             iou_key = next((k for k in mean if k.startswith("top") and k.endswith("_iou")), None)
             drift.append({
                 "variant": name, "method": method, "agreement": _mean(variant.get("agreement_with_original")),
@@ -120,6 +125,8 @@ def explain_context(spec: Any, run_dir: Path) -> dict[str, Any] | None:
                 "iou_label": iou_key or "top-k IoU", "ssim": _mean(mean.get("ssim")), "min_spearman": _mean(low.get("spearman")),
                 "deletion_change": _mean(faith.get("deletion_auc")), "insertion_change": _mean(faith.get("insertion_auc")),
                 "ran_on": d.get("variant_ran_on", ""),
+                "spearman_floor": _mean(floor.get("spearman")), "iou_floor": _mean(floor.get(iou_key)) if iou_key else None,
+                "ssim_floor": _mean(floor.get("ssim")),
             })
             if isinstance(d.get("per_class"), dict):
                 cells = {}
@@ -141,6 +148,7 @@ def explain_context(spec: Any, run_dir: Path) -> dict[str, Any] | None:
         "trust": trust,
         "trust_note": trust_note,
         "drift": drift,
+        "unchecked_weights": unchecked,
         "iou_label": next((r["iou_label"] for r in drift), "top-k IoU"),
         "per_class": {"classes": sorted(classes, key=lambda c: (not c.isdigit(), int(c) if c.isdigit() else c)), "rows": per_class} if per_class else None,
         "gallery": gallery,

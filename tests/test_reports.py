@@ -679,3 +679,23 @@ def test_bench_refuses_a_batch_no_memory_holds(tmp_path: Path, capsys: pytest.Ca
     assert cli.main(["bench", MODEL, "--batch", "100000000", "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip()
     assert "batch must be at most 65,536, got 100,000,000" in err and len(err.splitlines()) == 1 and not any(tmp_path.iterdir())
+
+
+def test_drift_shows_its_floor_and_unchecked_weights(results: dict, tmp_path: Path) -> None:
+    run = copy.deepcopy(results)
+    run["_dir"] = str(tmp_path)
+    folder = tmp_path / "explain-int8"
+    _explain_json(folder, "int8")
+    doc = json.loads((folder / "explain.json").read_text())
+    doc["drift"]["occlusion"]["floor"] = {"spearman": 0.47, "top10_iou": 0.17, "ssim": 0.22, "pairs": 40}
+    note = "the variant's metadata records no sha256 of the weights it was compressed from"
+    doc["variant"]["original_weights"] = {"sha256": "ab" * 32, "checked": False, "note": note}
+    (folder / "explain.json").write_text(json.dumps(doc))
+    html = reports.render([run], tmp_path / "floor.html").read_text()
+    for text in ("floor 0.47", "floor 0.17", "floor 0.22", f"Weights not checked: int8: {note}".replace("'", "&#39;")):
+        assert text in html, text
+    del doc["drift"]["occlusion"]["floor"]  # an explain.json written before floors were measured still renders, without them
+    doc["variant"]["original_weights"]["checked"] = True
+    (folder / "explain.json").write_text(json.dumps(doc))
+    html = reports.render([run], tmp_path / "old.html").read_text()
+    assert "0.610" in html and "floor 0." not in html and "Weights not checked" not in html
