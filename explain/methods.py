@@ -20,6 +20,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 from captum.attr import (
     Attribution,
@@ -79,6 +80,7 @@ METHODS: dict[str, MethodInfo] = {
         MethodInfo("kernel_shap", KernelShap, False, summary="Shapley values by a weighted linear surrogate (Lundberg & Lee, 2017)"),
     )
 }
+STOCHASTIC = ("lime", "kernel_shap", "gradient_shap")  # and every noise tunnel
 GRADIENT_FREE = tuple(name for name, m in METHODS.items() if not m.gradients)
 NOISE_TUNNEL = "noise_tunnel"
 ALIASES = {"smoothgrad": "noise_tunnel:saliency", "ig": "integrated_gradients", "grad_cam": "gradcam", "shap": "kernel_shap"}
@@ -95,6 +97,30 @@ DEFAULT_BATCH_SIZE = 32  # samples per Captum call; IG multiplies it by n_steps 
 def available_methods() -> list[str]:
     """Every method name ``attribute`` accepts (``noise_tunnel:<gradient method>`` works for each gradient method)."""
     return [*METHODS, "smoothgrad", *(f"{NOISE_TUNNEL}:{n}" for n, m in METHODS.items() if m.gradients and not m.layer)]
+
+
+@contextlib.contextmanager
+def same_draws(seed: int) -> Iterator[None]:
+    """Seed torch's and NumPy's generators for one attribution, restoring both after it.
+
+    Captum draws LIME's masks and a noise tunnel's noise from torch, but GradientShap's baselines and
+    interpolation points from NumPy, so seeding torch alone left two GradientShap calls on one input
+    0.08 apart (seed-cnn).
+    """
+    numpy_state = np.random.get_state()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(numpy_state)
+
+
+def is_stochastic(method: str) -> bool:
+    """Whether ``method`` draws random masks, baselines or noise, so two calls on one input differ unless seeded alike."""
+    base, tunnel = parse_method(method)
+    return tunnel is not None or base.name in STOCHASTIC
 
 
 def parse_method(method: str) -> tuple[MethodInfo, MethodInfo | None]:

@@ -29,7 +29,7 @@ from explain.defaults import default_options, describe
 from explain.errors import ExplainError, MethodNotApplicableError
 from explain.families import code_attribution, latent_attribution
 from explain.inputs import check_indices, load_image, spread_indices
-from explain.methods import METHODS, BinaryTarget, StandInWarning, attribute, canonical_name, conv_layers, looks_like_probability, parse_method, resolve
+from explain.methods import METHODS, BinaryTarget, StandInWarning, attribute, canonical_name, conv_layers, looks_like_probability, parse_method, resolve, same_draws
 from explain.user_model import user_card
 from zoo.cards import usual_mode, written_by_slimlens
 
@@ -284,8 +284,7 @@ def _attribute_noting(model: Any, inputs: torch.Tensor, target: Any, method: str
     KernelSHAP, GradientSHAP, a noise tunnel) use the same draws: otherwise drift counted sampling noise as
     change (a model against itself: KernelSHAP Spearman 0.31, LIME 0.45).
     """
-    torch.manual_seed(seed)
-    with warnings.catch_warnings(record=True) as caught:
+    with same_draws(seed), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", StandInWarning)
         maps = attribute(model, inputs, target=target, method=method, **options).detach()
     notes = [str(w.message) for w in caught if issubclass(w.category, StandInWarning)]

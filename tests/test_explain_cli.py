@@ -287,13 +287,15 @@ def test_out_dot_replaces_an_explain_folder_it_is_run_in(tmp_path, capsys, monke
 
 
 def test_drift_of_a_sampling_method_against_an_identical_copy_is_none(tmp_path):
-    """LIME draws its perturbations at random: the original's and the variant's maps must use the same draws."""
+    """LIME (torch) and GradientSHAP (NumPy) draw at random: the original's and the variant's maps must use the same draws."""
     from compress import TorchVariant
     from explain.run import Request, run
 
     variant = TorchVariant(name="copy", module=zoo.load("seed-cnn"), source={"zoo": "seed-cnn"})
-    result = run(Request(model="seed-cnn", out=tmp_path / "out", methods=["lime"], samples=2, variant=variant, trust=False))
-    assert result["drift"]["lime"]["spearman"] == pytest.approx(1.0)
+    methods = ["lime", "gradient_shap"]
+    result = run(Request(model="seed-cnn", out=tmp_path / "out", methods=methods, samples=2, variant=variant, trust=False))
+    for method in methods:
+        assert result["drift"][method]["spearman"] == pytest.approx(1.0), method
 
 
 def test_gradcam_reads_the_map_after_the_batchnorm_that_follows_the_last_conv(tmp_path, capsys):
