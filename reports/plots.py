@@ -40,6 +40,25 @@ def tradeoff(names: Sequence[str], costs: Sequence[float | None], metrics: Seque
     return to_data_uri(fig) if fig is not None else None
 
 
+MARKER_SIZE = 60
+
+
+def _stacked_sizes(points: Sequence[tuple[float, float]], log_x: bool) -> list[float]:
+    """Marker areas, each drawn smaller than the earlier markers it would cover, so every variant stays visible.
+
+    original and original-onnx often have the same size and accuracy: drawn alike, the second hid the first.
+    """
+    costs = [math.log(c) if log_x and c > 0 else c for c, _ in points]
+    metrics = [m for _, m in points]
+    span_c = (max(costs) - min(costs)) or 1.0
+    span_m = (max(metrics) - min(metrics)) or 1.0
+    sizes: list[float] = []
+    for i, (c, m) in enumerate(zip(costs, metrics)):
+        under = [sizes[j] for j in range(i) if abs(costs[j] - c) < 0.02 * span_c and abs(metrics[j] - m) < 0.02 * span_m]
+        sizes.append(min(under) * 0.4 if under else MARKER_SIZE)
+    return sizes
+
+
 def tradeoff_figure(names: Sequence[str], costs: Sequence[float | None], metrics: Sequence[float | None], *, cost_label: str,
                     metric_label: str, higher_is_better: bool, log_x: bool = False) -> Figure | None:
     """The figure of ``tradeoff``, labels placed, before it is rendered to PNG."""
@@ -51,8 +70,9 @@ def tradeoff_figure(names: Sequence[str], costs: Sequence[float | None], metrics
     # 100 dpi 'original' fitted by a pixel, at 110 dpi it ran past the frame (text widths do not scale exactly)
     fig = Figure(figsize=(5.2, 3.6), dpi=DPI)
     ax = fig.add_subplot()
+    sizes = _stacked_sizes([(p[1], p[2]) for p in pts], log_x)
     for i, (name, cost, metric) in enumerate(pts):
-        ax.scatter(cost, metric, s=60, color=PALETTE[i % len(PALETTE)], zorder=3,
+        ax.scatter(cost, metric, s=sizes[i], color=PALETTE[i % len(PALETTE)], zorder=3 + i * 0.01,
                    edgecolors="black" if front[i] else "none", linewidths=1.5)
     line = sorted((p[1], p[2]) for p, on in zip(pts, front) if on)
     if len(line) > 1:

@@ -699,3 +699,14 @@ def test_drift_shows_its_floor_and_unchecked_weights(results: dict, tmp_path: Pa
     (folder / "explain.json").write_text(json.dumps(doc))
     html = reports.render([run], tmp_path / "old.html").read_text()
     assert "0.610" in html and "floor 0." not in html and "Weights not checked" not in html
+
+
+def test_a_variant_on_top_of_another_is_drawn_inside_it() -> None:
+    from reports.plots import tradeoff_figure
+
+    # original and original-onnx: the same accuracy, 1684 and 1688 KiB; drawn alike, the second hid the first
+    fig = tradeoff_figure(["original", "original-onnx", "int8"], [1684, 1688, 430], [0.98, 0.98, 0.979], cost_label="KiB",
+                          metric_label="accuracy", higher_is_better=True, log_x=True)
+    sizes = [float(c.get_sizes()[0]) for c in fig.axes[0].collections]
+    assert sizes[1] < sizes[0] * 0.5 and sizes[2] == sizes[0]
+    assert fig.axes[0].collections[1].get_zorder() > fig.axes[0].collections[0].get_zorder()
