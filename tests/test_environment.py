@@ -44,5 +44,6 @@ def test_arm_features_and_an_empty_cpuinfo() -> None:
 def test_the_environment_block_carries_the_features() -> None:
     env = environment(threads=2, seed=0)
     assert env["cpu"] and isinstance(env["cpu_features"], str)
+    assert env["threads_for"] == "timing"  # bench's threads time; compress's train and evaluate, and says so
     with open("/proc/cpuinfo") as f:
         assert env["cpu_features"] == features_from_cpuinfo(f.read())

@@ -137,6 +137,7 @@ def test_run_writes_loadable_variants_and_schema_valid_results(tmp_path: Path):
     assert results["schema"] == SCHEMA and names[:2] == ["original", "original-onnx"]
     assert {"distill", "distill-alone", "distill-onnx"} <= set(names)
     assert results["recipe"]["steps"][0]["temperature"] == 4.0 and results["environment"]["versions"]["torch"] == torch.__version__
+    assert results["environment"]["threads_for"].startswith("training")  # not the timing threads, which each latency record names
     by_name = {v["name"]: v for v in results["variants"]}
     assert by_name["original"]["metrics"]["accuracy"] > 0.97
     assert by_name["original-onnx"]["export_check"]["passed"] and by_name["original-onnx"]["parity"]["argmax_agreement"] == 1.0

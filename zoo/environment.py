@@ -87,8 +87,12 @@ def cuda_device_name() -> str | None:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
-def environment(threads: int, seed: int | None = None) -> dict[str, Any]:
-    """The environment block of results.json (the same for ``slimlens compress`` and ``slimlens bench``)."""
+def environment(threads: int, seed: int | None = None, threads_for: str = "timing") -> dict[str, Any]:
+    """The environment block of results.json (the same for ``slimlens compress`` and ``slimlens bench``).
+
+    ``threads_for`` says what ``threads`` counted: compress trains and evaluates with PyTorch's
+    threads and times with ``--threads``, and each latency record names its own.
+    """
     return {
         "versions": library_versions(),
         "platform": platform.platform(),
@@ -96,6 +100,7 @@ def environment(threads: int, seed: int | None = None) -> dict[str, Any]:
         "cpu_features": cpu_features(),
         "cpu_count": os.cpu_count(),
         "threads": threads,
+        "threads_for": threads_for,
         "gpu": cuda_device_name() or "none (no CUDA GPU present)",
         "seed": seed,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
