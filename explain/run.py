@@ -169,8 +169,10 @@ def prepare(request: Request) -> Plan:
             inputs = torch.cat([inputs, fakes])
             labels = [1] * len(indices) + [0] * len(indices)
             sources += [f"generated #{i}" for i in range(len(indices))]  # latents: zoo.latents(n, seed)
+    _check_finite(model, inputs, request.model, sources)
     if request.variant is not None:
         _check_variant_fits(request, model, inputs)
+        _check_finite(request.variant, inputs, f"variant {request.variant_path or getattr(request.variant, 'name', '')}".strip(), sources)
         _check_variant_weights(request, card)
     shape = tuple(inputs.shape[1:])
     options = {m: default_options(m, shape) for m in methods}
@@ -212,6 +214,16 @@ def _check_variant_fits(request: Request, model: Any, inputs: torch.Tensor) -> N
     if tuple(got.shape) != tuple(expected.shape):
         raise ExplainError(f"{path} gives outputs of shape {tuple(got.shape)} where {request.model} gives {tuple(expected.shape)}; "
                            "explain it beside the model it was compressed from")
+
+
+def _check_finite(forward: Any, inputs: torch.Tensor, who: str, sources: list[str]) -> None:
+    """Refuse a model whose outputs on the inputs to explain hold NaN or inf: every map, trust figure and verdict would be NaN."""
+    with torch.no_grad():  # in chunks: --samples may ask for a whole test split
+        bad = torch.cat([(~torch.isfinite(forward(chunk).reshape(len(chunk), -1))).any(1) for chunk in inputs.split(256)])
+    if bad.any():
+        first = sources[int(bad.nonzero()[0])]
+        raise ExplainError(f"{who} gives NaN or infinite outputs for {int(bad.sum())} of the {len(inputs)} inputs to explain ({first} first); "
+                           "check its weights (a diverged training run leaves NaN in them) and explain a model whose outputs are finite")
 
 
 def _check_variant_weights(request: Request, card: Any) -> None:

@@ -14,6 +14,7 @@ from explain.errors import ExplainError
 from explain.methods import conv_layers, looks_like_probability
 from zoo.cards import ModelCard
 from zoo.datasets import DATASETS
+from zoo.errors import first_line
 from zoo.registry import DIGITS
 from zoo.weights import weights_sha256
 
@@ -31,22 +32,26 @@ def user_card(builder: str, data: str | None, module: nn.Module) -> ModelCard:
     try:
         with torch.no_grad():
             outputs = module.eval()(test.images[:PROBE])
-    except Exception as exc:  # a user's network can fail in any way on the wrong input shape
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise ExplainError(f"{builder} cannot take {data}'s 1x28x28 digits ({reason}); explain a model built for them") from None
+    except Exception as exc:  # the user's own forward: a wrong input size, or any bug of its own
+        raise ExplainError(f"{builder} raised an error on {PROBE} of {data}'s 1x28x28 test digits ({first_line(exc, 200)}); "
+                           "fix its forward, or explain a model built for these digits") from None
     if not isinstance(outputs, torch.Tensor):
         raise ExplainError(f"{builder} returns {type(outputs).__name__}, not a tensor of class scores; return the logits (batch, classes)")
     classes = 2 if data == "mnist-ge5" else 10
     width = outputs.shape[1] if outputs.dim() == 2 else None
     if width not in (classes, 1 if data == "mnist-ge5" else classes):
-        shape = ", ".join(["batch", *map(str, outputs.shape[1:])])
+        dims = ["batch", *map(str, outputs.shape[1:])]
+        shape = ", ".join(dims) + ("," if len(dims) == 1 else "")  # Python's own spelling of a 1-tuple: (batch,)
         raise ExplainError(f"{builder} gives outputs of shape ({shape}) on {data}, which has {classes} classes; "
                            f"it must give (batch, {classes})" + (" or (batch, 1)" if data == "mnist-ge5" else ""))
+    bad = int((~torch.isfinite(outputs)).any(1).sum())
+    if bad:  # NaN scores would flow into every map, trust figure and verdict, and into explain.json as bare NaN
+        raise ExplainError(f"{builder} gives NaN or infinite outputs for {bad} of {len(outputs)} {data} test digits; "
+                           "check its weights (a diverged training run leaves NaN in them) and explain a model whose outputs are finite")
     single = width == 1
-    has_conv = bool(conv_layers(module))
     return ModelCard(
         name=builder,
-        family="cnn" if has_conv else "custom",  # a convolution is what lets Grad-CAM be a default method
+        family="cnn" if conv_layers(module) else "custom",  # a convolution is what lets Grad-CAM be a default method
         task="binary-classification" if single else "classification",
         description=f"your model {builder}(), trained on {data}",
         dataset={"name": data},

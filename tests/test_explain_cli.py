@@ -469,3 +469,97 @@ def test_a_users_model_needs_its_dataset_and_nothing_of_the_zoos(tmp_path, capsy
         _bad(["wide:build", "--data", "mnist"], capsys, out, "gives outputs of shape (batch, 3) on mnist, which has 10 classes; it must give (batch, 10)")
     finally:
         sys.path.remove(str(tmp_path))
+
+
+# Users' networks as a user writes them: a module on PYTHONPATH, imported by its package.module:function name
+USER_NETS = '''
+import torch
+from torch import nn
+
+from zoo.models.mlp import SimpleNet
+
+
+class Raises(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(784, 10)
+
+    def forward(self, x):
+        raise RuntimeError("boom in forward")
+
+
+class Flat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(784, 1)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))[:, 0]
+
+
+class SimpleNetLogit(SimpleNet):
+    """simplenet without its sigmoid: the logit whose sigmoid simplenet gives."""
+
+    def forward(self, x):
+        return self.out(torch.relu(self.hidden(torch.flatten(self.norm(x), 1))))
+
+
+def nan_net():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    with torch.no_grad():
+        net[1].bias[3] = float("nan")  # one class's score: a diverged training run leaves such weights
+    return net
+
+
+def raises():
+    return Raises()
+
+
+def flat():
+    return Flat()
+
+
+def simplenet_logit():
+    return SimpleNetLogit()
+
+
+def simplenet_prob():
+    return SimpleNet()
+
+
+def mlp():
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
+'''
+
+
+@pytest.fixture(scope="module")
+def user_nets(tmp_path_factory: pytest.TempPathFactory):
+    """The module name of USER_NETS, importable while this test module runs."""
+    import sys
+
+    folder = tmp_path_factory.mktemp("user-nets")
+    (folder / "explain_user_nets.py").write_text(USER_NETS)
+    sys.path.insert(0, str(folder))
+    yield "explain_user_nets"
+    sys.path.remove(str(folder))
+    sys.modules.pop("explain_user_nets", None)
+
+
+def test_non_finite_outputs_are_refused_for_a_users_model_and_a_zoo_model(tmp_path, capsys, user_nets, trained_copy):
+    out = tmp_path / "never"
+    _bad([f"{user_nets}:nan_net", "--data", "mnist", "--samples", "2"], capsys, out,
+         f"{user_nets}:nan_net gives NaN or infinite outputs for 256 of 256 mnist test digits; check its weights")
+
+    def diverged(model):  # retrained weights that went to NaN in one output
+        model.head.bias[0] = float("inf")
+
+    root = _retrained(trained_copy, "seed-cnn", diverged)
+    _bad(["seed-cnn", "--weights-root", str(root), "--samples", "2", "--methods", "occlusion"], capsys, out,
+         "seed-cnn gives NaN or infinite outputs for 2 of the 2 inputs to explain (test #3 first); check its weights")
+
+
+def test_a_users_model_that_raises_or_gives_flat_outputs_is_told_so(tmp_path, capsys, user_nets):
+    out = tmp_path / "never"
+    _bad([f"{user_nets}:raises", "--data", "mnist"], capsys, out,
+         f"{user_nets}:raises raised an error on 256 of mnist's 1x28x28 test digits (RuntimeError: boom in forward); fix its forward")
+    _bad([f"{user_nets}:flat", "--data", "mnist-ge5"], capsys, out, "gives outputs of shape (batch,) on mnist-ge5")
