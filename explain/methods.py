@@ -7,7 +7,8 @@ Every method is a Captum class; nothing here re-implements one. What this module
 * picking what the method runs on: a gradient-free method runs on the callable as given (an ONNX
   Runtime session, an int8 module), a gradient method on the model itself, or on a variant's float
   ``stand_in`` (and says so with a :class:`StandInWarning`),
-* Grad-CAM on the last convolution whose output is still a map, upsampled to the input's size,
+* Grad-CAM on the last convolution whose output is still a map, read after the normalisation and activation
+  that follow it (modules, or functions such as ``torch.relu`` in the forward), upsampled to the input's size,
 * eval mode for the call with the model's own modes restored afterwards, and cuDNN's RNN kernels
   switched off on a GPU (their backward refuses to run in eval mode),
 * splitting a large batch into chunks so memory stays bounded (``batch_size``).
@@ -39,6 +40,7 @@ from captum.attr import (
     Saliency,
 )
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from explain.errors import GradientsUnavailableError, MethodNotApplicableError, UnknownMethodError
 from explain.surrogate import WeightedRidge
@@ -246,6 +248,83 @@ def last_conv_layer(module: nn.Module, sample: torch.Tensor | None = None) -> nn
     return layer
 
 
+# Elementwise activations a forward may apply to a map as a function (torch.relu(h), F.leaky_relu(h, 0.2, True),
+# h.clamp(min=0)) or as an in-place module, where the layer search cannot take their output as a layer.
+_ACTIVATION_NAMES = frozenset({
+    "relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "elu", "elu_", "selu", "selu_", "celu", "celu_", "gelu", "silu",
+    "mish", "hardswish", "hardtanh", "hardtanh_", "prelu", "rrelu", "rrelu_", "sigmoid", "sigmoid_", "tanh", "tanh_",
+    "softplus", "hardsigmoid", "clamp", "clamp_", "clamp_min", "clamp_min_", "clip", "clip_", "threshold", "threshold_",
+})
+
+
+class _ReadAfterActivation(TorchFunctionMode):
+    """While active, the first activation a forward applies to ``layer``'s output is passed through ``tap``.
+
+    Grad-CAM then hooks ``tap`` and reads the activated map, the one the network's next layer reads. The
+    first torch operation on the map decides: an activation is tapped, anything else (a pool, a residual
+    add, a flatten) leaves the map as the layer gave it.
+    """
+
+    def __init__(self, layer: nn.Module, tap: nn.Module):
+        super().__init__()
+        self.layer, self.tap = layer, tap
+        self.watched: torch.Tensor | None = None
+        self.applied: str | None = None  # the activation's name, once one was tapped
+        self.calls = 0  # of the layer: a layer called twice has no one map to read
+
+    def __enter__(self) -> "_ReadAfterActivation":
+        self._handle = self.layer.register_forward_hook(self._watch)
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._handle.remove()
+        super().__exit__(*exc)
+
+    def _watch(self, _module: nn.Module, _inputs: Any, output: Any) -> None:
+        self.calls += 1
+        self.watched = output if isinstance(output, torch.Tensor) else None
+
+    def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        out = func(*args, **(kwargs or {}))  # the mode is off inside this call, so nothing here is intercepted again
+        if self.watched is None or not args or args[0] is not self.watched or not isinstance(out, torch.Tensor):
+            return out  # not the map, or only a look at it (h.shape, h.size(0))
+        self.watched = None
+        name = getattr(func, "__name__", "")
+        if name in _ACTIVATION_NAMES and out.shape == args[0].shape:
+            self.applied = name
+            out = self.tap(out)
+        return out
+
+
+def _activation_after(module: nn.Module, layer: nn.Module, sample: torch.Tensor) -> str | None:
+    """The name of the activation ``module``'s forward applies to ``layer``'s output where no module of it can be the layer, else None."""
+    reading = _ReadAfterActivation(layer, nn.Identity())
+    with torch.no_grad(), eval_mode(module), reading:
+        module(sample[:1])
+    return reading.applied if reading.calls == 1 else None
+
+
+def gradcam_layer_record(module: nn.Module, sample: torch.Tensor) -> dict[str, str]:
+    """Where Grad-CAM reads ``module``'s map on ``sample``, for explain.json: ``layer`` (its name) and, where the forward
+    activates that layer's output with a function or an in-place module, ``read_after`` (saying so).
+
+    Example::
+
+        >>> import zoo, explain
+        >>> x = zoo.dataset("mnist", "test").images[:1]
+        >>> explain.methods.gradcam_layer_record(zoo.load("seed-cnn"), x)
+        {'layer': 'features.8'}
+    """
+    layer = last_conv_layer(module, sample)
+    name = next(n for n, m in module.named_modules() if m is layer)
+    record = {"layer": name}
+    applied = _activation_after(module, layer, sample)
+    if applied:
+        record["read_after"] = (f"{applied}: the forward applies it to {name}'s output as a function or in place, so no layer holds "
+                                "the activated map; Grad-CAM reads it after the activation, the map the next layer reads")
+    return record
+
+
 @contextlib.contextmanager
 def _rnn_guard(module: nn.Module | None) -> Iterator[None]:
     # cuDNN's RNN backward only runs in training mode; off cuDNN the eval-mode backward is fine.
@@ -430,7 +509,8 @@ def attribute(
             and its negation where it predicts the other, so evidence for the prediction is positive.
         method: a name from :func:`available_methods`, e.g. ``"saliency"``, ``"occlusion"``,
             ``"gradcam"``, ``"noise_tunnel:integrated_gradients"``.
-        layer: Grad-CAM's layer (default: the last convolution whose output is still a map).
+        layer: Grad-CAM's layer, read as it is (default: the last convolution whose output is still a map,
+            read after the activation the forward applies to it, module or function).
             IntegratedGradients' own ``method`` argument is passed as ``captum_method``.
         batch_size: samples per Captum call, so memory stays bounded; ``None`` for one call.
         interpolate_mode: how Grad-CAM's map is upsampled to the input (Captum's ``interpolate``).
@@ -467,8 +547,13 @@ def attribute(
             view = target.view(resolved.forward)
             resolved = Target(view, view if resolved.module is not None else None, resolved.note)
             target = target.classes
+        reading: contextlib.AbstractContextManager = contextlib.nullcontext()
         if base.layer and layer is None:
             layer = last_conv_layer(resolved.module, inputs)
+            if _activation_after(resolved.module, layer, inputs):
+                # negatives a functional ReLU clips would otherwise count: read the activated map through a tap
+                reading = _ReadAfterActivation(layer, nn.Identity())
+                layer = reading.tap
         captum = _build(base, tunnel, resolved, layer)
         if tunnel is not None:
             options.setdefault("nt_type", "smoothgrad")
@@ -483,7 +568,8 @@ def attribute(
                 for key, value in options.items()
             }
             try:
-                result = captum.attribute(inputs[start:stop], target=_chunk_arg(target, n, start, stop, True), **chunk_options)
+                with reading:
+                    result = captum.attribute(inputs[start:stop], target=_chunk_arg(target, n, start, stop, True), **chunk_options)
             except RuntimeError as exc:
                 if base.name == "deeplift" and "used more than once" in str(exc):
                     raise MethodNotApplicableError(

@@ -151,3 +151,79 @@ def test_grid_labels_are_shortened_to_fit_their_row():
     label = _fit_row_label("a_very_long_file_name_of_a_digit_photo_taken_by_phone.png\ntrue ? · pred 3 (0.91)")
     assert all(len(line) <= ROW_LABEL_CHARS for line in label.splitlines())
     assert label.splitlines()[0].startswith("a_very_lon") and label.splitlines()[0].endswith("phone.png") and "…" in label
+
+
+class _FunctionalRelu(torch.nn.Module):
+    """A user's conv → BatchNorm → ``torch.relu`` (a function, not a module) → one logit, as QA's ``qamods:one``."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = torch.nn.Conv2d(1, 8, 3)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.fc = torch.nn.Linear(8 * 26 * 26, 1)
+
+    def activate(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.relu(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.activate(self.bn(self.c(x))).flatten(1))
+
+
+class _InPlaceFunctionalRelu(_FunctionalRelu):
+    def activate(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.relu(h, inplace=True)
+
+
+class _InPlaceModuleRelu(_FunctionalRelu):
+    def __init__(self):
+        super().__init__()
+        self.act = torch.nn.ReLU(inplace=True)  # in place, so the layer search stops before it
+
+    def activate(self, h: torch.Tensor) -> torch.Tensor:
+        return self.act(h)
+
+
+class _ModuleRelu(_FunctionalRelu):
+    def __init__(self):
+        super().__init__()
+        self.act = torch.nn.ReLU()  # the layer search reads this module's output: the reference
+
+    def activate(self, h: torch.Tensor) -> torch.Tensor:
+        return self.act(h)
+
+
+@pytest.mark.parametrize("kind", [_FunctionalRelu, _InPlaceFunctionalRelu, _InPlaceModuleRelu])
+def test_gradcam_reads_the_map_after_an_activation_the_layer_search_cannot_take(digits, kind):
+    """Read before a functional ReLU, the map holds the negatives the network clips: on QA's one-logit model the
+    blank background came out as saturated evidence for the negative class (explained through -logit)."""
+    torch.manual_seed(0)
+    reference = _ModuleRelu()
+    with torch.no_grad():
+        reference.bn.running_mean.fill_(0.3)  # BatchNorm leaves the blank background negative, as a trained one does
+    model = kind()
+    model.load_state_dict(reference.state_dict(), strict=False)
+    x, options = digits[0][:4], default_options("gradcam")  # relu_attributions, as slimlens explain runs it
+    target = explain.BinaryTarget(torch.tensor([0, 1, 0, 1]))  # the negative class through -logit, as in QA's run
+    expected = explain.attribute(reference.eval(), x, target, "gradcam", **options)
+    assert torch.allclose(explain.attribute(model.eval(), x, target, "gradcam", **options), expected, atol=1e-9)
+    assert expected.abs().amax((1, 2, 3)).min() > 0 and expected[..., 0, 0].abs().max() == 0  # nothing on the blank corner
+    before = explain.attribute(model, x, target, "gradcam", layer=model.bn, **options)  # a layer asked for is read as it is
+    assert before[..., 0, 0].abs().max() > 0  # the clipped negatives were evidence there
+    record = explain.methods.gradcam_layer_record(model, x)
+    assert record["layer"] == "bn" and "relu" in record["read_after"]
+    assert explain.methods.gradcam_layer_record(reference, x) == {"layer": "act"}  # a module activation: the layer itself
+
+
+def test_gradcam_taps_each_chunk_and_leaves_other_layers_as_they_were(cnn, digits):
+    """The activated map is read in every chunk of a batch; a layer the network reads directly (seed-cnn's ReLU module,
+    lenet5's convolution before its max-pool) gives what Captum gives on that layer."""
+    model, x = _FunctionalRelu().eval(), digits[0]
+    target = explain.BinaryTarget(torch.tensor([0, 1] * 4))
+    assert torch.allclose(explain.attribute(model, x, target, "gradcam", batch_size=3), explain.attribute(model, x, target, "gradcam"), atol=1e-9)
+    for net in (cnn, zoo.load("lenet5")):
+        record = explain.methods.gradcam_layer_record(net, x)
+        assert set(record) == {"layer"}
+        layer = net.get_submodule(record["layer"])
+        direct = LayerGradCam(net, layer).attribute(x, target=digits[1])
+        assert torch.equal(explain.attribute(net, x, digits[1], "gradcam", interpolate_mode="nearest"),
+                           torch.nn.functional.interpolate(direct, size=(28, 28), mode="nearest"))
