@@ -426,6 +426,7 @@ def _explain_classifier(plan: Plan, result: dict[str, Any], files: dict[str, byt
     single_output = plan.card.task in ("binary-classification", "discrimination")
     probability = _probability_output(plan.card)
     out, pred, conf = _predict(model, x, probability if single_output else None)
+    scale = _output_scale(out, single_output and probability)
     # explain what the model predicted; one output predicting the negative class explains the output negated
     target: Any = BinaryTarget(pred, probability) if single_output else pred
     output_kind = "sigmoid" if plan.card.task == "discrimination" else "auto"
@@ -453,7 +454,7 @@ def _explain_classifier(plan: Plan, result: dict[str, Any], files: dict[str, byt
         if base.layer:
             layer = _layer_name(model, x)
             result["methods"][method]["layer"] = layer
-        blank = ~_nonzero(maps[method])
+        blank = _clear_noise(maps[method], scale)
         if blank.any():
             why = _zero_reason(method, result["methods"][method])
             why += "; trust and drift leave these maps out" if plan.request.trust or plan.request.variant is not None else ""
@@ -475,6 +476,33 @@ def _explain_classifier(plan: Plan, result: dict[str, Any], files: dict[str, byt
         result["variant"], result["drift"] = _drift(plan, maps, target, output_kind, files, say)
 
 
+# A map whose largest |value| is below this fraction of the output's magnitude is float32 rounding noise, not
+# evidence: occlusion and ablation maps are differences of two outputs, each exact only to half a float32 ulp
+# (eps 1.19e-7), and batches of other sizes run through kernels that round differently, so an output that
+# does not move at all still differs by a few ulps (simplenet's occlusion map of a blank image: 5.96e-8
+# everywhere, one ulp of its 0.87). 1e-6 is about 8 ulps; a map any method computes from a real change of
+# the output is orders of magnitude above it.
+NOISE = 1e-6
+
+
+def _output_scale(out: torch.Tensor, probability: bool) -> torch.Tensor:
+    """Per sample, the magnitude of the numbers its explained score is computed from (the float noise in a map scales with it)."""
+    scale = out.reshape(len(out), -1).abs().amax(1)
+    # the negative class of a probability is 1 - p: its rounding is that of 1, however small p is
+    return torch.maximum(scale, torch.ones_like(scale)) if probability else scale
+
+
+def _clear_noise(maps: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Set to zero, in place, the maps that hold nothing above rounding noise, and return which samples they are.
+
+    Every later test of blankness (the grid and map PNGs, trust, drift) then sees the same all-zero
+    maps: noise drawn at its own full colour scale looked like evidence, and was scored as a ranking.
+    """
+    blank = maps.detach().reshape(len(maps), -1).abs().amax(1) <= NOISE * scale
+    maps[blank] = 0
+    return blank
+
+
 def _nonzero(maps: torch.Tensor) -> torch.Tensor:
     """Per sample, whether its map has any non-zero element (an all-zero map ranks no pixel above another)."""
     return maps.detach().reshape(len(maps), -1).ne(0).any(1)
@@ -486,7 +514,7 @@ def _zero_reason(method: str, record: dict[str, Any]) -> str:
     if base.layer:
         why = f"Grad-CAM keeps only positive evidence (relu_attributions) for the predicted class, and layer {record.get('layer', '?')} holds none for these inputs"
     else:
-        why = f"{method} gives exactly zero everywhere for these inputs"
+        why = f"{method} gives zero everywhere for these inputs: no value above float rounding noise ({NOISE:.0e} of the output's magnitude)".replace("e-0", "e-")
     return why
 
 
@@ -519,7 +547,7 @@ def _trust(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: 
     report: dict[str, Any] = {"random_order": {"deletion_auc": float(random_order["deletion_auc"].mean()), "insertion_auc": float(random_order["insertion_auc"].mean())}}
     all_x, all_target = x, target
     for method, m in maps.items():
-        keep = _nonzero(m)
+        keep = _nonzero(m)  # maps of rounding noise only were zeroed when computed
         if not keep.any():
             reason = f"every {method} map is all zero, so it ranks no pixel above another and any score of it would measure an arbitrary pixel order"
             say(f"trust: {method} not measured: every map is all zero")
@@ -577,8 +605,9 @@ def _drift(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: 
     names = plan.card.class_names or ["0", "1"]
     single = plan.card.task in ("binary-classification", "discrimination")
     probability = _probability_output(plan.card) if single else None
-    _, v_pred, _ = _predict(variant, x, probability)
+    v_out, v_pred, _ = _predict(variant, x, probability)
     _, pred, _ = _predict(plan.model, x, probability)
+    v_scale = _output_scale(v_out, bool(single and probability))
     info = {
         "name": name,
         "format": getattr(variant, "format", None),
@@ -603,6 +632,7 @@ def _drift(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: 
         if note:  # the stand-in's weights differ from the original's, but it is still not the deployed arithmetic
             note += "; this drift measures the stand-in's float weights, not what the deployed variant computes"
         # two blank maps would "agree" perfectly: only samples where both maps have content are compared
+        _clear_noise(changed, v_scale)  # as the original's maps were
         kept = (_nonzero(original) & _nonzero(changed)).nonzero().flatten().tolist()
         if not kept:
             reason = f"every {method} map of the original or of the variant is all zero, so there is no map to compare"

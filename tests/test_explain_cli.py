@@ -563,3 +563,21 @@ def test_a_users_model_that_raises_or_gives_flat_outputs_is_told_so(tmp_path, ca
     _bad([f"{user_nets}:raises", "--data", "mnist"], capsys, out,
          f"{user_nets}:raises raised an error on 256 of mnist's 1x28x28 test digits (RuntimeError: boom in forward); fix its forward")
     _bad([f"{user_nets}:flat", "--data", "mnist-ge5"], capsys, out, "gives outputs of shape (batch,) on mnist-ge5")
+
+
+def test_maps_of_float_rounding_noise_count_as_all_zero_in_trust_and_drift(tmp_path):
+    """On a blank image simplenet's occlusion map was 5.96e-8 everywhere (one float32 ulp of its output): drawn, scored, and called zero by drift alone."""
+    from compress import TorchVariant
+    from explain.run import Request, run
+
+    Image.fromarray(np.zeros((28, 28), dtype=np.uint8), "L").save(tmp_path / "blank.png")
+    same = TorchVariant(name="same", module=zoo.load("simplenet"), source={"zoo": "simplenet"})
+    result = run(Request(model="simplenet", out=tmp_path / "out", methods=["occlusion", "integrated_gradients"], image=tmp_path / "blank.png", variant=same))
+    for method in ("occlusion", "integrated_gradients"):
+        assert result["methods"][method]["all_zero_maps"]["count"] == 1, method
+        assert result["trust"][method]["deletion_auc"] is None and "all zero" in result["trust"][method]["not_measured"]
+        assert result["drift"][method]["measured"] is False
+    assert "rounding noise" in result["methods"]["occlusion"]["all_zero_maps"]["why"]
+    # a digit's maps are far above the noise: nothing of them is cleared
+    digit = run(Request(model="simplenet", out=tmp_path / "digit", methods=["occlusion"], samples=2, trust=False))
+    assert "all_zero_maps" not in digit["methods"]["occlusion"]
