@@ -227,3 +227,25 @@ def test_gradcam_taps_each_chunk_and_leaves_other_layers_as_they_were(cnn, digit
         direct = LayerGradCam(net, layer).attribute(x, target=digits[1])
         assert torch.equal(explain.attribute(net, x, digits[1], "gradcam", interpolate_mode="nearest"),
                            torch.nn.functional.interpolate(direct, size=(28, 28), mode="nearest"))
+
+
+def _colour_bar_scale_texts(fig) -> list:
+    """Every colour bar's offset/exponent text (the "×10⁻⁸" of a tiny map) as the PNG draws it."""
+    heatmaps.png_bytes(fig)
+    return [ax.xaxis.get_offset_text() for ax in fig.axes if getattr(ax, "_colorbar", None) is not None]
+
+
+def test_a_tiny_maps_colour_bar_shows_its_exponent_inside_the_picture(digits):
+    """A map of values near 6e-8 read 0-6 on its colour bar: the 1e-8 was drawn below the bottom of the PNG."""
+    x = digits[0][0]
+    tiny = torch.linspace(0, 6e-8, 784).reshape(1, 28, 28)
+    figures = [heatmaps.heatmap(x, tiny, title="occlusion\nsecond line"), heatmaps.row_heatmap(x, tiny, title="lstm"),
+               heatmaps.grid(x[None], {"occlusion": tiny[None]}, shared_scale=True)]
+    for fig in figures:
+        texts = _colour_bar_scale_texts(fig)
+        assert texts and all(t.get_text() for t in texts)  # an exponent is drawn
+        for t in texts:
+            box = t.get_window_extent()
+            assert "-8" in t.get_text().replace("\N{MINUS SIGN}", "-") and box.y0 >= 0 and box.x1 <= fig.bbox.x1, (t.get_text(), box)
+    # six-figure values are written with their power of ten, not as 600000 running into its neighbours
+    assert "10^{5}" in _colour_bar_scale_texts(heatmaps.heatmap(x, tiny * 1e13))[0].get_text()
