@@ -214,6 +214,33 @@ def _check_variant_fits(request: Request, model: Any, inputs: torch.Tensor) -> N
     if tuple(got.shape) != tuple(expected.shape):
         raise ExplainError(f"{path} gives outputs of shape {tuple(got.shape)} where {request.model} gives {tuple(expected.shape)}; "
                            "explain it beside the model it was compressed from")
+    if expected.reshape(len(probe), -1).shape[1] == 1:
+        # one output: a probability read as a logit (or the reverse) predicts the wrong class and explains another function,
+        # e.g. a hand-saved ONNX file of a sigmoid model beside a user's logit model (compress makes neither for it)
+        with torch.no_grad():
+            got, expected = variant(inputs).reshape(-1), model(inputs).reshape(-1)
+        if _one_is_probability(got, expected):
+            raise ExplainError(f"{path} gives {_output_words(got)} where {request.model} gives {_output_words(expected)}: one of them ends in a "
+                               "sigmoid and the other does not, so their predictions and maps cannot be compared; explain it beside the model it "
+                               "was compressed from")
+
+
+def _one_is_probability(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether one set of one-output values reads as probabilities and the other is clearly logits (well outside [0, 1])."""
+    def inside(v: torch.Tensor) -> bool:
+        return bool(((v >= 0) & (v <= 1)).all())
+
+    def beyond(v: torch.Tensor) -> bool:  # far enough out that a quantized copy's error cannot put it there
+        return bool(((v < -0.5) | (v > 1.5)).any())
+
+    return (inside(a) and beyond(b)) or (inside(b) and beyond(a))
+
+
+def _output_words(values: torch.Tensor) -> str:
+    """One output's values in words for an error line: probabilities, or logits with their range."""
+    if bool(((values >= 0) & (values <= 1)).all()):
+        return "probabilities (all in [0, 1])"
+    return f"logits (from {float(values.min()):.2f} to {float(values.max()):.2f})"
 
 
 def _check_finite(forward: Any, inputs: torch.Tensor, who: str, sources: list[str]) -> None:
@@ -429,7 +456,8 @@ def _explain_classifier(plan: Plan, result: dict[str, Any], files: dict[str, byt
     scale = _output_scale(out, single_output and probability)
     # explain what the model predicted; one output predicting the negative class explains the output negated
     target: Any = BinaryTarget(pred, probability) if single_output else pred
-    output_kind = "sigmoid" if plan.card.task == "discrimination" else "auto"
+    # one logit (dcgan-d's, or a user's on mnist-ge5) is scored through its sigmoid, so trust figures are probabilities as for simplenet
+    output_kind = "sigmoid" if single_output and not probability else "auto"
     negated = "1 - p" if probability else "-logit"
     result["inputs"].update({"predictions": [names[int(p)] for p in pred], "confidence": [round(float(c), 4) for c in conf]})
     row_labels = []

@@ -581,3 +581,34 @@ def test_maps_of_float_rounding_noise_count_as_all_zero_in_trust_and_drift(tmp_p
     # a digit's maps are far above the noise: nothing of them is cleared
     digit = run(Request(model="simplenet", out=tmp_path / "digit", methods=["occlusion"], samples=2, trust=False))
     assert "all_zero_maps" not in digit["methods"]["occlusion"]
+
+
+def test_a_users_one_logit_model_is_scored_as_a_probability(tmp_path, user_nets):
+    """simplenet without its sigmoid gives the logit of simplenet's probability: its trust figures must be simplenet's, not logit units."""
+    argv = ["--methods", "occlusion", "--samples", "4", "--quiet"]
+    assert cli.main(["explain", f"{user_nets}:simplenet_logit", "--weights", str(zoo.cards.weights_path("simplenet")), "--data", "mnist-ge5",
+                     *argv, "--out", str(tmp_path / "logit")]) == 0
+    assert cli.main(["explain", "simplenet", *argv, "--out", str(tmp_path / "zoo")]) == 0
+    logit, twin = (json.loads((tmp_path / run / "explain.json").read_text()) for run in ("logit", "zoo"))
+    assert logit["inputs"]["predictions"] == twin["inputs"]["predictions"]
+    for auc in ("deletion_auc", "insertion_auc"):
+        # a random pixel order scores the model's outputs alone: the same probabilities as simplenet's
+        assert logit["trust"]["random_order"][auc] == pytest.approx(twin["trust"]["random_order"][auc], abs=1e-5), auc
+        assert 0 <= logit["trust"]["occlusion"][auc] <= 1, auc  # the logit's own occlusion map ranks pixels its own way
+    assert logit["trust"]["occlusion"]["deletion_auc"] < logit["trust"]["random_order"]["deletion_auc"]
+
+
+def test_a_probability_variant_beside_a_logit_model_is_refused(tmp_path, capsys, user_nets):
+    """compress makes no variant of a one-logit mnist-ge5 model; a hand-saved file of simplenet's sigmoid beside it would be read as a logit."""
+    onnx_file = tmp_path / "simplenet.onnx"
+    torch.onnx.export(zoo.load("simplenet"), torch.zeros(1, 1, 28, 28), onnx_file, dynamo=False, input_names=["input"],
+                      output_names=["p"], dynamic_axes={"input": {0: "batch"}, "p": {0: "batch"}})
+    saved = OnnxVariant(name="by-hand", artifact=onnx_file, source={}, steps=[]).save(tmp_path)
+    weights = str(zoo.cards.weights_path("simplenet"))
+    _bad([f"{user_nets}:simplenet_logit", "--weights", weights, "--data", "mnist-ge5", "--variant", str(saved), "--samples", "2"], capsys,
+         tmp_path / "never", f"gives probabilities (all in [0, 1]) where {user_nets}:simplenet_logit gives logits (from ")
+    # beside the model it was saved from, it is compared
+    out = tmp_path / "ok"
+    assert cli.main(["explain", f"{user_nets}:simplenet_prob", "--weights", weights, "--data", "mnist-ge5", "--variant", str(saved),
+                     "--samples", "2", "--no-trust", "--methods", "occlusion", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "explain.json").read_text())["variant"]["agreement_with_original"] == 1.0
