@@ -317,15 +317,35 @@ def drift_figure(images: torch.Tensor, original: torch.Tensor, variant: torch.Te
         draw_map(axes[row, 1], img, a, vmax=1.0, signed=signed)
         draw_map(axes[row, 2], img, b, vmax=1.0, signed=signed)
         diff_artist = draw_map(axes[row, 3], img, b - a, vmax=1.0, signed=True)
-        axes[row, 3].text(0.5, 0.03, f"max |diff| {np.abs(b - a).max():.2f}", transform=axes[row, 3].transAxes, ha="center", va="bottom", fontsize=6, color="0.25")
+        # on a white backing: over a saturated difference map grey text could not be read
+        axes[row, 3].text(0.5, 0.03, f"max |diff| {np.abs(b - a).max():.2f}", transform=axes[row, 3].transAxes, ha="center", va="bottom", fontsize=6,
+                          color="0.15", bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "0.6", "linewidth": 0.5, "alpha": 0.9})
     for col, heading in enumerate(("input", names[0], names[1], f"difference\n({names[1].split(chr(10))[0]} - {names[0]})")):
         axes[0, col].set_title(heading, fontsize=8)
     bar = fig.colorbar(diff_artist, ax=axes[:, 1:].ravel().tolist(), orientation="horizontal", fraction=0.6 / (n + 3), aspect=30)
     bar.ax.tick_params(labelsize=6)
     bar.set_label("relative attribution", fontsize=7)
     if title:
-        fig.suptitle(_wrapped(title, fig.get_figwidth() - 0.3, 8), fontsize=8)
+        fig.suptitle(_title_lines(title, fig.get_figwidth() - 0.3, 8), fontsize=8)
     return fig
+
+
+def _title_lines(title: str, inches: float, fontsize: float) -> str:
+    """A drift title as lines: what the mean is over, then its figures, broken only between items (``, ``), so a figure
+    keeps its floor beside it ('SSIM 0.04' ended one line and '(floor 0.04)' made the next)."""
+    lines = title.splitlines() if "\n" in title else title.replace(": ", ":\n", 1).splitlines()
+    width = max(8, int(inches * 72 / (0.55 * fontsize)))
+    out: list[str] = []
+    for line in lines:
+        current = ""
+        for item in line.split(", "):
+            if current and len(current) + 2 + len(item) > width:
+                out.append(current + ",")
+                current = item
+            else:
+                current = f"{current}, {item}" if current else item
+        out.extend(_wrapped(current, inches, fontsize).splitlines())  # an item longer than a line still fits
+    return "\n".join(out)
 
 
 def png_bytes(fig: Figure) -> bytes:

@@ -249,3 +249,17 @@ def test_a_tiny_maps_colour_bar_shows_its_exponent_inside_the_picture(digits):
             assert "-8" in t.get_text().replace("\N{MINUS SIGN}", "-") and box.y0 >= 0 and box.x1 <= fig.bbox.x1, (t.get_text(), box)
     # six-figure values are written with their power of ten, not as 600000 running into its neighbours
     assert "10^{5}" in _colour_bar_scale_texts(heatmaps.heatmap(x, tiny * 1e13))[0].get_text()
+
+
+def test_drift_figure_keeps_each_figure_beside_its_floor_and_its_max_diff_readable(digits):
+    """QA: '(floor 0.04)' wrapped onto a line of its own, and 'max |diff|' in grey was lost over a dark difference map."""
+    x = digits[0][:2]
+    maps = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    title = "gradcam drift, mean of 4: Spearman -0.17 (floor -0.03), top-10% IoU 0.10 (floor 0.10), SSIM 0.04 (floor 0.04)"
+    fig = heatmaps.drift_figure(x, maps, -maps, labels=["a", "b"], names=("original", "distill"), title=title)
+    lines = fig._suptitle.get_text().splitlines()
+    assert lines[0] == "gradcam drift, mean of 4:" and all(line.count("(floor") == line.count(")") for line in lines)
+    assert all(f in fig._suptitle.get_text() for f in ("Spearman -0.17 (floor -0.03)", "SSIM 0.04 (floor 0.04)"))
+    labels = [t for ax in fig.axes for t in ax.texts if t.get_text().startswith("max |diff|")]
+    assert len(labels) == 2 and all(t.get_bbox_patch() is not None and t.get_bbox_patch().get_facecolor()[:3] == (1.0, 1.0, 1.0) for t in labels)
+    heatmaps.png_bytes(fig)
