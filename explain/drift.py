@@ -143,6 +143,56 @@ def floor(original: torch.Tensor, variant: torch.Tensor, *, k: float = 0.1, abso
     }
 
 
+def floor_record(original: torch.Tensor, variant: torch.Tensor, *, k: float = 0.1, absolute: bool = True, shifts: int = FLOOR_SHIFTS) -> dict[str, Any]:
+    """:func:`floor` as explain.json records it: the three figures with how they were taken, or, under one
+    compared input, empty figures and why there are none (a floor left out with no word read as one not wanted).
+
+    Example::
+
+        >>> import torch, explain.drift as drift
+        >>> drift.floor_record(torch.rand(1, 1, 28, 28), torch.rand(1, 1, 28, 28))["unavailable"][:36]
+        'needs at least two compared inputs: '
+    """
+    spearman, iou, structural = metric_names(k)
+    measured = floor(original, variant, k=k, absolute=absolute, shifts=shifts)
+    if measured is None:
+        return {spearman: None, iou: None, structural: None, "pairs": 0,
+                "unavailable": (f"needs at least two compared inputs: it pairs each input's map with another input's, and "
+                                f"{len(original)} {'was' if len(original) == 1 else 'were'} compared")}
+    others = min(shifts, len(original) - 1)
+    if others == 1:
+        partners = "the variant's map of the other input"
+    elif others == len(original) - 1:
+        partners = f"the variant's maps of {'both' if others == 2 else f'all {others}'} other inputs"
+    else:
+        partners = f"the variant's maps of the next {others} other inputs (cyclically)"
+    # maps of digits on a blank background share it, so IoU and SSIM between unrelated maps are far from 0
+    measured["how"] = (f"the same measures between each original map and {partners}: what maps of different inputs score, "
+                       "so a drift figure near it means no more alike than another input's map")
+    return measured
+
+
+def headline(mean: dict[str, float], floor: dict[str, Any] | None) -> str:
+    """The three drift figures in one line, each beside its floor (``SSIM 0.91 (floor 0.45)``), or saying why there is no floor."""
+    labels = {"spearman": "Spearman", "ssim": "SSIM"}
+    has_floor = bool(floor) and all(floor.get(key) is not None for key in mean)
+    parts = []
+    for key, value in mean.items():
+        label = labels.get(key) or f"top-{key[3:-4]}% IoU"
+        parts.append(f"{label} {value:.2f}" + (f" (floor {floor[key]:.2f})" if has_floor else ""))
+    line = ", ".join(parts)
+    if floor and not has_floor:
+        line += " (no floor: " + (floor.get("unavailable") or "not measured").split(":")[0] + ")"
+    return line
+
+
+def figure_title(method: str, mean: dict[str, float], floor: dict[str, Any] | None, compared: int, total: int) -> str:
+    """A drift figure's title: what the mean is over (and what was left out), then :func:`headline` on a line of its own."""
+    over = f"mean of {compared}" if compared == total else (
+        f"mean of {compared} of {total} ({total - compared} all-zero map{'' if total - compared == 1 else 's'} left out)")
+    return f"{method} drift, {over}:\n{headline(mean, floor)}"
+
+
 def compare(
     original: torch.Tensor,
     variant: torch.Tensor,

@@ -172,3 +172,20 @@ def test_sensitivity_of_a_sampling_method_measures_the_input_not_its_own_draws(m
     moved = trust.sensitivity(model, x, y, method, radius=0.05, n_perturb_samples=2)
     assert (still < 0.01).all(), still  # LIME's own draws alone scored 1.3 to 1.6 here
     assert (moved > still).all()
+
+
+def test_a_floor_says_how_it_was_taken_in_plain_words_or_why_there_is_none():
+    """QA: "the next 1 other inputs", and with one sample a null floor with no reason while the figure left it out."""
+    maps = torch.rand(10, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    hows = {n: drift.floor_record(maps[:n], maps[:n])["how"] for n in (2, 3, 4, 10)}
+    assert "the variant's map of the other input:" in hows[2] and "both other inputs:" in hows[3] and "all 3 other inputs:" in hows[4]
+    assert f"the next {drift.FLOOR_SHIFTS} other inputs (cyclically)" in hows[10] and not any("1 other inputs" in h for h in hows.values())
+    none = drift.floor_record(maps[:1], maps[:1])
+    assert none["spearman"] is None and none["pairs"] == 0 and none["unavailable"].startswith("needs at least two compared inputs")
+    mean = drift.compare(maps[:1], maps[:1])["mean"]
+    assert drift.headline(mean, none) == "Spearman 1.00, top-10% IoU 1.00, SSIM 1.00 (no floor: needs at least two compared inputs)"
+    floor = drift.floor_record(maps[:4], maps[:4])
+    assert drift.headline(mean, floor).startswith(f"Spearman 1.00 (floor {floor['spearman']:.2f}), ")
+    assert drift.figure_title("occlusion", mean, none, 1, 1).startswith("occlusion drift, mean of 1:\n")
+    assert drift.figure_title("feature_ablation", mean, floor, 3, 4).startswith("feature_ablation drift, mean of 3 of 4 (1 all-zero map left out):\n")
+
