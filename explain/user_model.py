@@ -51,7 +51,7 @@ def user_card(builder: str, data: str | None, module: nn.Module) -> ModelCard:
     single = width == 1
     return ModelCard(
         name=builder,
-        family="cnn" if conv_layers(module) else "custom",  # a convolution is what lets Grad-CAM be a default method
+        family=zoo_family(module),
         task="binary-classification" if single else "classification",
         description=f"your model {builder}(), trained on {data}",
         dataset={"name": data},
@@ -65,3 +65,11 @@ def user_card(builder: str, data: str | None, module: nn.Module) -> ModelCard:
         training={},
         extra={"builder": builder, "output": ("probability" if looks_like_probability(outputs) else "logit") if single else "logits"},
     )
+
+
+def zoo_family(module: nn.Module) -> str:
+    """The zoo family ``module`` would have: lstm with a recurrent layer, cnn with a convolution, else mlp."""
+    # the family picks the explanation: an LSTM's maps are read per time step (row), and Grad-CAM is a default only for a cnn
+    if any(isinstance(m, nn.RNNBase) for m in module.modules()):
+        return "lstm"
+    return "cnn" if conv_layers(module) else "mlp"

@@ -612,3 +612,17 @@ def test_a_probability_variant_beside_a_logit_model_is_refused(tmp_path, capsys,
     assert cli.main(["explain", f"{user_nets}:simplenet_prob", "--weights", weights, "--data", "mnist-ge5", "--variant", str(saved),
                      "--samples", "2", "--no-trust", "--methods", "occlusion", "--out", str(out), "--quiet"]) == 0
     assert json.loads((out / "explain.json").read_text())["variant"]["agreement_with_original"] == 1.0
+
+
+def test_a_users_recurrent_or_dense_model_gets_the_zoos_family(tmp_path, user_nets):
+    """A builder holding an LSTM was family 'custom' and lost the per-time-step treatment the zoo's seed-lstm gets."""
+    argv = ["--methods", "occlusion", "--samples", "2", "--no-trust", "--quiet"]
+    assert cli.main(["explain", "zoo.models.lstm:seed_lstm", "--weights", str(zoo.cards.weights_path("seed-lstm")), "--data", "mnist",
+                     *argv, "--out", str(tmp_path / "own")]) == 0
+    assert cli.main(["explain", "seed-lstm", *argv, "--out", str(tmp_path / "zoo")]) == 0
+    own, twin = (json.loads((tmp_path / run / "explain.json").read_text()) for run in ("own", "zoo"))
+    assert own["model"]["family"] == "lstm" and own["lstm"] == twin["lstm"] and len(own["lstm"]["occlusion"]["per_step_mean"]) == 28
+    for name in ("maps/test-3_occlusion.png", "grid.png"):  # drawn row by row, as the zoo's seed-lstm is
+        assert (tmp_path / "own" / name).read_bytes() == (tmp_path / "zoo" / name).read_bytes(), name
+    assert cli.main(["explain", f"{user_nets}:mlp", "--data", "mnist", *argv, "--out", str(tmp_path / "mlp")]) == 0
+    assert json.loads((tmp_path / "mlp" / "explain.json").read_text())["model"]["family"] == "mlp"  # as softmax-regression's
