@@ -115,6 +115,38 @@ def deletion_insertion(
     }
 
 
+def faithfulness_change(
+    model: Forward,
+    variant: Forward,
+    inputs: torch.Tensor,
+    original: torch.Tensor,
+    changed: torch.Tensor,
+    target: Any = None,
+    *,
+    output: str = "auto",
+    of: int | None = None,
+) -> dict[str, Any]:
+    """Deletion and insertion AUC of the original's maps on ``model`` and of the variant's maps on ``variant``, on the
+    same ``inputs``, and the change: how far compression moved the maps' faithfulness.
+
+    ``of`` is how many inputs there were before those where either map is all zero were left out; where some
+    were, ``samples`` says so, since ``original`` then need not equal the trust figure of the same method,
+    which leaves out only inputs whose original map is all zero (0.3881 here against 0.3839 there, QA's
+    int8 simplenet, whose feature-ablation map of one digit was all zero on the variant only).
+    """
+    a = deletion_insertion(model, inputs, original, target, output=output)
+    b = deletion_insertion(variant, inputs, changed, target, output=output)
+    result: dict[str, Any] = {
+        "original": {"deletion_auc": float(a["deletion_auc"].mean()), "insertion_auc": float(a["insertion_auc"].mean())},
+        "variant": {"deletion_auc": float(b["deletion_auc"].mean()), "insertion_auc": float(b["insertion_auc"].mean())},
+    }
+    result["change"] = {k: result["variant"][k] - result["original"][k] for k in ("deletion_auc", "insertion_auc")}
+    if of is not None and of > len(inputs):
+        result["samples"] = (f"the {len(inputs)} of {of} inputs where neither map is all zero: a change needs both maps of an input, so "
+                             "'original' can differ from trust's figure for this method, which leaves out only inputs whose original map is all zero")
+    return result
+
+
 def infidelity_score(forward: Forward, inputs: torch.Tensor, attributions: torch.Tensor, target: Any = None, *, noise: float = 0.1, n_perturb_samples: int = 10, seed: int = 0) -> torch.Tensor:
     """Captum's infidelity (Yeh et al., 2019) per sample under Gaussian pixel noise of std ``noise``; lower is better.
 
