@@ -37,6 +37,7 @@ DEFAULT_METHODS = ("integrated_gradients", "gradcam", "occlusion")
 GRADIENT_FREE_DEFAULTS = ("occlusion", "feature_ablation")
 TRUST_SAMPLES = 6  # sensitivity and randomisation cost a full explanation per perturbation or layer
 MAX_LATENT_SAMPLES = 1000  # a generator has no split to bound --samples: the test split's size keeps runs in minutes
+LOW_AGREEMENT = 0.5  # a variant predicting otherwise on most inputs explains other decisions: its drift is warned about
 GRID_MAX_ROWS = 32  # grid.png draws at most this many samples: 32 rows take ~9 s and ~1 MB, 200 rows ~1 min and 7 MB
 
 
@@ -56,6 +57,7 @@ class Request:
     shared_scale: bool = False
     seed: int = 0
     weights_root: str | None = None
+    weights: str | None = None  # the --weights file a user's network was loaded from; None: the builder's own initialisation
     module: nn.Module | None = None  # a user's own network, built from ``model`` (package.module:function) by the caller
     data: str | None = None  # the zoo dataset a user's network was trained on
     progress: Callable[[str], None] = field(default=lambda message: None)
@@ -261,6 +263,10 @@ def _check_variant_weights(request: Request, card: Any) -> None:
         return
     path = request.variant_path or getattr(request.variant, "name", "the variant")
     if request.module is not None:
+        if request.weights is None:  # no file to blame: the builder's own initialisation was explained
+            raise ExplainError(f"{path} was compressed from {request.model} weights with sha256 {recorded[:12]}…, but no --weights was given, "
+                               f"so {request.model}() is explained with the weights it builds itself (sha256 {current[:12]}…); pass the "
+                               "--weights it was compressed from")
         raise ExplainError(f"{path} was compressed from {request.model} weights with sha256 {recorded[:12]}…, but the --weights given "
                            f"have sha256 {current[:12]}…, so its drift would be measured against a different original; pass the "
                            "--weights it was made with, or compress these weights again")
@@ -273,15 +279,29 @@ def _check_variant_weights(request: Request, card: Any) -> None:
                        "or compress these weights again")
 
 
-def _original_weights(plan: Plan, say: Callable[[str], None]) -> dict[str, Any]:
+def _original_weights(plan: Plan) -> dict[str, Any]:
     """Whether the variant was checked to come from the original's weights (prepare refused a mismatch), for explain.json."""
     current = plan.card.weights.get("sha256")
     if getattr(plan.request.variant, "original_weights_sha256", None):
         return {"sha256": current, "checked": True}
     note = ("the variant's metadata records no sha256 of the weights it was compressed from (written by an older slimlens, or saved "
             f"by hand), so whether it was made from these {plan.card.name} weights cannot be checked")
-    say(f"note: {note}")
     return {"sha256": current, "checked": False, "note": note}
+
+
+def _variant_warnings(plan: Plan, name: str, agreement: float, original: dict[str, Any]) -> list[str]:
+    """What a reader of the drift must know first: an unchecked origin, and a variant that mostly predicts otherwise."""
+    warnings = [original["note"]] if not original["checked"] else []
+    if agreement < LOW_AGREEMENT:
+        if original["checked"]:
+            why = "though it was made from these weights: compression changed what it predicts, so its maps explain other decisions"
+        else:
+            flag = "--weights" if plan.request.module is not None else "--weights-root"
+            why = ("and which weights it was made from cannot be checked: it was likely compressed from other weights, so its drift compares "
+                   f"two different models; pass the {flag} it was made with" + (" (none for the shipped weights)" if flag == "--weights-root" else ""))
+        warnings.append(f"variant {name} agrees with {plan.card.name}'s predictions on only {agreement:.0%} of the {len(plan.inputs)} "
+                        f"inputs, {why}")
+    return warnings
 
 
 def _exists(name: str) -> bool:
@@ -636,15 +656,20 @@ def _drift(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: 
     v_out, v_pred, _ = _predict(variant, x, probability)
     _, pred, _ = _predict(plan.model, x, probability)
     v_scale = _output_scale(v_out, bool(single and probability))
+    agreement = float((v_pred == pred).float().mean())
+    original = _original_weights(plan)
     info = {
         "name": name,
         "format": getattr(variant, "format", None),
         "path": plan.request.variant_path,
-        "agreement_with_original": float((v_pred == pred).float().mean()),
+        "agreement_with_original": agreement,
         "predictions": [names[int(p)] for p in v_pred],
         "gradient_methods_run_on": _gradient_host(variant, plan.model),
-        "original_weights": _original_weights(plan, say),
+        "original_weights": original,
+        "warnings": _variant_warnings(plan, name, agreement, original),
     }
+    for warning in info["warnings"]:
+        say(f"warning: {warning}")  # a warning line, which --quiet keeps: the drift figures below may compare two different models
     labels = [lab if lab is not None else -1 for lab in plan.labels]
     report: dict[str, Any] = {}
     for method, original in maps.items():

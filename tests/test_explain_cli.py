@@ -249,6 +249,7 @@ def test_a_discriminators_variant_is_compared_like_a_classifiers(tmp_path, capsy
     assert cli.main(["explain", "dcgan-d", "--variant", str(saved), "--samples", "2", "--no-trust", "--out", str(out), "--quiet"]) == 0
     result = json.loads((out / "explain.json").read_text())
     assert result["variant"]["agreement_with_original"] == 1.0  # the same network in ONNX Runtime
+    assert "cannot be checked" in capsys.readouterr().err  # saved by hand without the weights' sha256: a warning, even under --quiet
     assert set(result["drift"]) == {"occlusion", "feature_ablation"} and result["drift"]["occlusion"]["spearman"] > 0.99
     _bad(["seed-autoencoder", "--variant", str(saved)], capsys, tmp_path / "never", "explain it without --variant")
 
@@ -626,3 +627,55 @@ def test_a_users_recurrent_or_dense_model_gets_the_zoos_family(tmp_path, user_ne
         assert (tmp_path / "own" / name).read_bytes() == (tmp_path / "zoo" / name).read_bytes(), name
     assert cli.main(["explain", f"{user_nets}:mlp", "--data", "mnist", *argv, "--out", str(tmp_path / "mlp")]) == 0
     assert json.loads((tmp_path / "mlp" / "explain.json").read_text())["model"]["family"] == "mlp"  # as softmax-regression's
+
+
+def test_an_unchecked_variant_that_mostly_disagrees_is_warned_about_even_when_quiet(tmp_path, capsys, lenet5_int8_run, trained_copy):
+    """A variant from before weights were hashed, beside clearly other weights: agreement 0.0, and the only word of it was a progress line."""
+    old = tmp_path / "old"
+    shutil.copytree(lenet5_int8_run / "variants", old)
+    variant = old / "int8-static-onnx.variant.json"
+    meta = json.loads(variant.read_text())
+    del meta["original_weights_sha256"]
+    variant.write_text(json.dumps(meta))
+
+    def shift_classes(model):  # every prediction moves to the next digit
+        model.head.weight.copy_(model.head.weight.roll(1, 0))
+        model.head.bias.copy_(model.head.bias.roll(1, 0))
+
+    root = _retrained(trained_copy, "lenet5", shift_classes)
+    out = tmp_path / "out"
+    assert cli.main(["explain", "lenet5", "--variant", str(variant), "--weights-root", str(root), "--methods", "occlusion", "--samples", "2",
+                     "--no-trust", "--out", str(out), "--quiet"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2 and "cannot be checked" in warnings[0], warnings
+    assert "agrees with lenet5's predictions on only 0% of the 2 inputs" in warnings[1] and "pass the --weights-root it was made with" in warnings[1]
+    recorded = json.loads((out / "explain.json").read_text())["variant"]
+    assert recorded["agreement_with_original"] == 0.0 and [f"warning: {w}" for w in recorded["warnings"]] == warnings
+
+
+def test_a_builders_own_initialisation_is_named_when_its_variants_weights_differ(tmp_path, capsys):
+    from compress import TorchVariant
+
+    saved = TorchVariant(name="copy", module=zoo.load("lenet5"), source={"builder": LENET5_BUILDER},
+                         original_weights_sha256=zoo.card("lenet5").weights["sha256"]).save(tmp_path / "variant")
+    _bad([LENET5_BUILDER, "--data", "mnist", "--variant", str(saved), "--samples", "2"], capsys, tmp_path / "never",
+         f"but no --weights was given, so {LENET5_BUILDER}() is explained with the weights it builds itself (sha256 ")
+    out = tmp_path / "ok"  # with the weights it was made from, it is compared and nothing is warned
+    assert cli.main(["explain", LENET5_BUILDER, "--weights", str(zoo.cards.weights_path("lenet5")), "--data", "mnist", "--variant", str(saved),
+                     "--methods", "occlusion", "--samples", "2", "--no-trust", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "explain.json").read_text())["variant"]["warnings"] == [] and capsys.readouterr().err == ""
+
+
+def test_a_variant_of_the_model_explained_needs_no_trust_code(tmp_path, capsys, user_nets):
+    """Its builder is the MODEL argument, already imported and called: --trust-code guards other code only."""
+    from compress import TorchVariant
+
+    weights = zoo.cards.weights_path("simplenet")
+    saved = TorchVariant(name="copy", module=zoo.load("simplenet"), source={"builder": f"{user_nets}:simplenet_prob"},
+                         original_weights_sha256=zoo.card("simplenet").weights["sha256"]).save(tmp_path / "variant")
+    out = tmp_path / "ok"
+    assert cli.main(["explain", f"{user_nets}:simplenet_prob", "--weights", str(weights), "--data", "mnist-ge5", "--variant", str(saved),
+                     "--methods", "occlusion", "--samples", "2", "--no-trust", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "explain.json").read_text())["variant"]["agreement_with_original"] == 1.0
+    _bad([f"{user_nets}:simplenet_logit", "--weights", str(weights), "--data", "mnist-ge5", "--variant", str(saved)], capsys,
+         tmp_path / "never", f"rebuilds its architecture by calling {user_nets}:simplenet_prob(), code named by the file; pass --trust-code")
