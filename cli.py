@@ -426,7 +426,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     """Write heatmaps, a grid and explain.json for a model or variant."""
     from explain.inputs import parse_indices
     from explain.run import Request, run
+    from zoo.errors import SlimlensError
 
+    if args.samples is not None and (args.indices is not None or args.image):  # it would be silently ignored
+        picked = "--indices picks the test images" if args.indices is not None else "--image is the one input"
+        raise SlimlensError(f"use --samples or {'--indices' if args.indices is not None else '--image'}, not both: {picked} to explain")
     module = None
     if ":" in args.model:  # a user's own network, loaded as compress loads it
         from compress.pipeline import load_model
@@ -435,8 +439,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if args.weights is None:  # an untrained network's maps look like maps too, so say whose weights these are
             _say(args, f"note: no --weights: explaining {args.model}() with the weights it builds itself")
     elif args.weights:
-        from zoo.errors import SlimlensError
-
         raise SlimlensError(f"--weights loads your own model (package.module:function); retrained weights of zoo model {args.model} "
                             "come from a folder with --weights-root")
     variant = None
@@ -449,7 +451,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         model=args.model,
         out=Path(args.out),
         methods=_methods_arg(args.methods),
-        samples=args.samples,
+        samples=Request.samples if args.samples is None else args.samples,  # the library's default where --samples was not given
         indices=parse_indices(args.indices) if args.indices is not None else None,
         image=Path(args.image) if args.image else None,
         variant=variant,
@@ -495,7 +497,7 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", help="comma-separated, e.g. integrated_gradients,gradcam,occlusion (default); "
                    "also saliency, input_x_gradient, deeplift, gradient_shap, guided_backprop, feature_ablation, lime, kernel_shap, "
                    "smoothgrad, noise_tunnel:<gradient method>")
-    p.add_argument("--samples", type=int, default=8, help="test images to explain, one of each class in turn (default: 8; at most the split's size; grid.png shows the first 32)")
+    p.add_argument("--samples", type=int, help="test images to explain, one of each class in turn (default: 8; at most the split's size; grid.png shows the first 32)")
     p.add_argument("--indices", help="test-split indices instead, e.g. 3,17,40-43")
     p.add_argument("--image", help="explain this 28x28 digit image file instead (PNG; colour or larger square images are converted)")
     p.add_argument("--trust-code", action="store_true", help="allow --variant to rebuild a user's model by calling the package.module:function it names")

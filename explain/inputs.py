@@ -27,10 +27,14 @@ def spread_indices(labels: torch.Tensor, n: int) -> list[int]:
 
 
 def check_indices(indices: Sequence[int], size: int) -> list[int]:
-    """``indices`` as a list, or an ExplainError naming the first one outside 0..size-1."""
+    """``indices`` as a list, or an ExplainError naming the first one outside 0..size-1 or given twice."""
+    seen: set[int] = set()
     for i in indices:
         if not 0 <= i < size:
             raise ExplainError(f"index {i} is out of range: the test split has {size:,} images (indices 0 to {size - 1})")
+        if i in seen:  # its map files would overwrite each other, and drift's floor would compare an image with itself
+            raise ExplainError(f"index {i} is given more than once in --indices; give each index once")
+        seen.add(i)
     return list(indices)
 
 

@@ -679,3 +679,13 @@ def test_a_variant_of_the_model_explained_needs_no_trust_code(tmp_path, capsys, 
     assert json.loads((out / "explain.json").read_text())["variant"]["agreement_with_original"] == 1.0
     _bad([f"{user_nets}:simplenet_logit", "--weights", str(weights), "--data", "mnist-ge5", "--variant", str(saved)], capsys,
          tmp_path / "never", f"rebuilds its architecture by calling {user_nets}:simplenet_prob(), code named by the file; pass --trust-code")
+
+
+def test_repeated_indices_and_samples_beside_indices_or_an_image_are_refused(tmp_path, capsys):
+    """--indices 3,3,3 wrote one map over another and scored drift's floor on an image against itself; --samples beside them was ignored."""
+    out = tmp_path / "never"
+    _bad(["seed-cnn", "--indices", "3,7,3"], capsys, out, "index 3 is given more than once in --indices; give each index once")
+    _bad(["seed-cnn", "--indices", "2-5,4"], capsys, out, "index 4 is given more than once")
+    _bad(["seed-cnn", "--indices", "3,4", "--samples", "2"], capsys, out, "use --samples or --indices, not both")
+    Image.fromarray(np.zeros((28, 28), dtype=np.uint8), "L").save(tmp_path / "digit.png")
+    _bad(["seed-cnn", "--image", str(tmp_path / "digit.png"), "--samples", "8"], capsys, out, "use --samples or --image, not both")
