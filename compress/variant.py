@@ -235,8 +235,13 @@ def load_variant(path: str | Path, threads: int = 1, trust_code: bool = False) -
     path = Path(path)
     if path.is_dir():
         found = sorted(path.glob(f"*{METADATA_SUFFIX}"))
+        if not found and sorted((path / "variants").glob(f"*{METADATA_SUFFIX}")):  # a compress run folder: its variants are one level down
+            example = sorted((path / "variants").glob(f"*{METADATA_SUFFIX}"))[0]
+            raise VariantError(f"{path} is a slimlens compress run folder; its variants are in {path / 'variants'}/: "
+                               f"name one *{METADATA_SUFFIX} file there, e.g. {example}")
         if len(found) != 1:
-            raise VariantError(f"{path} holds {len(found)} variant metadata files; name one *{METADATA_SUFFIX} file")
+            names = f" ({', '.join(f.name for f in found[:3])}{', …' if len(found) > 3 else ''})" if found else ""
+            raise VariantError(f"{path} holds {len(found)} variant metadata files{names}; name one *{METADATA_SUFFIX} file")
         path = found[0]
     if path.suffix.lower() in MODEL_FILE_SUFFIXES and path.is_file():
         raise VariantError(_not_metadata(path))
@@ -257,8 +262,16 @@ def load_variant(path: str | Path, threads: int = 1, trust_code: bool = False) -
     except (OSError, KeyError, TypeError, AttributeError, IndexError, ValueError, RuntimeError) as exc:
         # a damaged or hand-edited metadata file or artifact (a folder where a file belongs, a key the
         # model lacks, a list where a name belongs) fails in many places; the user needs one line
-        raise VariantError(f"variant {path} cannot be loaded ({type(exc).__name__}: {first_line(exc, 200)}); "
+        raise VariantError(f"variant {path} cannot be loaded ({first_line(exc, 200)}); "
                            "it is damaged or was not written by this slimlens: re-run slimlens compress") from None
+
+
+def _remake_advice(metadata: Path) -> str:
+    """How to get a variant's files back: they were made by a compress run, not shipped or trained."""
+    results = metadata.parent.parent / "results.json"
+    if results.is_file():
+        return f"re-run the slimlens compress command that made it (recorded as \"command\" in {results})"
+    return "re-run the slimlens compress command that made it"
 
 
 def _load_from_metadata(path: Path, meta: dict[str, Any], threads: int, trust_code: bool) -> Variant:
@@ -274,6 +287,10 @@ def _load_from_metadata(path: Path, meta: dict[str, Any], threads: int, trust_co
         value = meta.get(key)
         if value is not None and (not isinstance(value, str) or Path(value).name != value or value in ("", ".", "..")):
             raise VariantError(f"variant metadata {path} gives {key} {value!r}; it must name a file in the same folder")
+    for key, what in (("artifact", "model file"), ("stand_in", "float stand-in")):
+        named = path.parent / meta[key] if meta.get(key) else None
+        if named is not None and not named.exists():
+            raise VariantError(f"{named}, the {what} of variant {path.name}, is missing; {_remake_advice(path)}")
     artifact = path.parent / meta["artifact"] if meta.get("artifact") else None
     original = meta.get("original_weights_sha256")  # absent from variants written before it was recorded
     if original is not None and not isinstance(original, str):

@@ -689,3 +689,17 @@ def test_repeated_indices_and_samples_beside_indices_or_an_image_are_refused(tmp
     _bad(["seed-cnn", "--indices", "3,4", "--samples", "2"], capsys, out, "use --samples or --indices, not both")
     Image.fromarray(np.zeros((28, 28), dtype=np.uint8), "L").save(tmp_path / "digit.png")
     _bad(["seed-cnn", "--image", str(tmp_path / "digit.png"), "--samples", "8"], capsys, out, "use --samples or --image, not both")
+
+
+def test_a_compress_runs_missing_files_and_its_folder_name_what_to_do(tmp_path, capsys, lenet5_int8_run):
+    run = tmp_path / "run"
+    shutil.copytree(lenet5_int8_run, run)
+    out = tmp_path / "never"
+    _bad(["lenet5", "--variant", str(run)], capsys, out,
+         f"{run} is a slimlens compress run folder; its variants are in {run / 'variants'}/: name one *.variant.json file there, e.g. ")
+    remake = f"re-run the slimlens compress command that made it (recorded as \"command\" in {run / 'results.json'})"
+    for meta, removed in (("int8-static-onnx", "int8-static-onnx.onnx"), ("int8-dynamic", "int8-dynamic.safetensors"),
+                          ("int8-dynamic-onnx", "int8-dynamic-onnx.stand-in.safetensors")):
+        (run / "variants" / removed).unlink()
+        _bad(["lenet5", "--variant", str(run / "variants" / f"{meta}.variant.json")], capsys, out, f"{removed}, the ")
+        _bad(["lenet5", "--variant", str(run / "variants" / f"{meta}.variant.json")], capsys, out, f"is missing; {remake}")

@@ -81,6 +81,7 @@ def test_variant_metadata_cannot_name_code_outside_slimlens(tmp_path):
 def test_a_user_builder_named_by_variant_metadata_needs_trust(tmp_path):
     meta = tmp_path / "mine.variant.json"
     meta.write_text(json.dumps({"name": "mine", "format": "torch", "artifact": "mine.safetensors", "source": {"builder": "os:getcwd"}}))
+    (tmp_path / "mine.safetensors").write_bytes(b"")  # present: a missing file is reported before the builder is called
     with pytest.raises(VariantError, match=r"calling os:getcwd\(\), code named by the file; pass --trust-code"):
         load_variant(meta)
     with pytest.raises(VariantError, match="builder os:getcwd returned str, not a torch.nn.Module"):  # trusted, and checked
@@ -214,3 +215,13 @@ def test_variant_metadata_keeps_the_weights_it_was_compressed_from(tmp_path):
     meta.write_text(json.dumps({**data, "original_weights_sha256": 12}))
     with pytest.raises(VariantError, match="original_weights_sha256 12"):
         load_variant(meta)
+
+
+def test_a_damaged_variant_names_its_error_once(tmp_path):
+    meta_path, meta = _saved_seed_cnn(tmp_path)
+    meta["source"] = {"zoo": ["seed-cnn"]}  # a hand edit: a list where a name belongs
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(VariantError) as caught:
+        load_variant(meta_path)
+    message = str(caught.value)
+    assert "cannot be loaded (TypeError: " in message and "TypeError: TypeError" not in message, message
