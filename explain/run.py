@@ -29,7 +29,8 @@ from explain.defaults import default_options, describe
 from explain.errors import ExplainError, MethodNotApplicableError
 from explain.families import code_attribution, latent_attribution
 from explain.inputs import check_indices, load_image, spread_indices
-from explain.methods import METHODS, BinaryTarget, StandInWarning, attribute, canonical_name, conv_layers, looks_like_probability, parse_method, resolve, same_draws
+from explain.methods import (METHODS, BinaryTarget, StandInWarning, attribute, canonical_name, conv_layers, gradcam_layer_record,
+                             looks_like_probability, parse_method, resolve, same_draws)
 from explain.user_model import user_card
 from zoo.cards import usual_mode, written_by_slimlens
 
@@ -500,8 +501,7 @@ def _explain_classifier(plan: Plan, result: dict[str, Any], files: dict[str, byt
             "seconds": round(time.perf_counter() - t, 3),
         }
         if base.layer:
-            layer = _layer_name(model, x)
-            result["methods"][method]["layer"] = layer
+            result["methods"][method].update(gradcam_layer_record(model, x))
         blank = _clear_noise(maps[method], scale)
         if blank.any():
             why = _zero_reason(method, result["methods"][method])
@@ -568,13 +568,6 @@ def _zero_reason(method: str, record: dict[str, Any]) -> str:
 
 def _subset(target: Any, keep: torch.Tensor | slice) -> Any:
     return target[keep] if isinstance(target, BinaryTarget) or (isinstance(target, torch.Tensor) and target.dim()) else target
-
-
-def _layer_name(model: nn.Module, x: torch.Tensor) -> str:
-    from explain.methods import last_conv_layer
-
-    layer = last_conv_layer(model, x)
-    return next(name for name, m in model.named_modules() if m is layer)
 
 
 def _trust(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: str, say: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -697,23 +690,17 @@ def _drift(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: 
             item["position"] = kept[item["position"]]
             item["sample"] = plan.sources[item["position"]]
         spearman_of = dict(zip(kept, compared["per_sample"]["spearman"]))
-        floor = _floor(original[kept], changed[kept])
-        headline = _against_floor(compared["mean"], floor)
+        floor = drift_mod.floor_record(original[kept], changed[kept])
+        headline = drift_mod.headline(compared["mean"], floor)
         say(f"drift: {method}: {headline}")
         worst = [item["position"] for item in compared["most_drifting"]]
         figure = f"drift_{method.replace(':', '-')}.png"
         files[figure] = heatmaps.png_bytes(
             heatmaps.drift_figure(x[worst], original[worst], changed[worst], labels=[f"{plan.sources[i]}\nSpearman {spearman_of[i]:.2f}" for i in worst],
-                                  names=("original", f"{name}\n(float stand-in)" if note else name), title=f"{method} drift, mean of {len(kept)}: {headline}")
+                                  names=("original", f"{name}\n(float stand-in)" if note else name), title=drift_mod.figure_title(method, compared["mean"], floor, len(kept), len(x)))
         )
         both = torch.tensor(kept)  # faithfulness, too, only where both maps rank pixels
-        a = trust.deletion_insertion(plan.model, x[both], original[both], _subset(target, both), output=output_kind)
-        b = trust.deletion_insertion(variant, x[both], changed[both], _subset(target, both), output=output_kind)
-        faithfulness = {
-            "original": {"deletion_auc": float(a["deletion_auc"].mean()), "insertion_auc": float(a["insertion_auc"].mean())},
-            "variant": {"deletion_auc": float(b["deletion_auc"].mean()), "insertion_auc": float(b["insertion_auc"].mean())},
-        }
-        faithfulness["change"] = {k: faithfulness["variant"][k] - faithfulness["original"][k] for k in ("deletion_auc", "insertion_auc")}
+        faithfulness = trust.faithfulness_change(plan.model, variant, x[both], original[both], changed[both], _subset(target, both), output=output_kind, of=len(x))
         report[method] = {
             **compared["mean"],
             "deletion_auc_change": faithfulness["change"]["deletion_auc"],
@@ -767,27 +754,6 @@ def _not_measured(reason: str) -> dict[str, Any]:
         "min": dict(empty),
         "floor": None,
     }
-
-
-def _floor(original: torch.Tensor, changed: torch.Tensor) -> dict[str, Any] | None:
-    """Drift's reference floor for explain.json: the same similarities between maps of different inputs, and how it was taken."""
-    floor = drift_mod.floor(original, changed)
-    if floor is None:
-        return None
-    # unrelated maps of digits on a blank background still share that background: IoU and SSIM are far from 0 for them
-    floor["how"] = (f"the same measures between each original map and the variant's maps of the next {min(drift_mod.FLOOR_SHIFTS, len(original) - 1)} "
-                    "other inputs (cyclically): what maps of different inputs score, so a drift figure near it means no more alike than another input's map")
-    return floor
-
-
-def _against_floor(mean: dict[str, float], floor: dict[str, Any] | None) -> str:
-    """The three drift figures in one line, each beside its floor, e.g. ``SSIM 0.91 (floor 0.45)``."""
-    labels = {"spearman": "Spearman", "ssim": "SSIM"}
-    parts = []
-    for key, value in mean.items():
-        label = labels.get(key) or f"top-{key[3:-4]}% IoU"
-        parts.append(f"{label} {value:.2f}" + (f" (floor {floor[key]:.2f})" if floor else ""))
-    return ", ".join(parts)
 
 
 def _explain_generator(plan: Plan, result: dict[str, Any], files: dict[str, bytes], say: Callable[[str], None]) -> None:
