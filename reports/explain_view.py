@@ -100,7 +100,7 @@ def explain_context(spec: Any, run_dir: Path) -> dict[str, Any] | None:
     per_class: list[dict[str, Any]] = []
     classes: list[str] = []
     gallery: list[dict[str, str]] = []
-    unchecked: list[str] = []  # variants whose original weights could not be checked against the ones explained
+    variant_warnings: list[str] = []  # what a reader of the drift must know first, as explain printed it
     for doc, base in docs:
         for m in doc.get("methods") or {}:
             if m not in methods:
@@ -110,9 +110,12 @@ def explain_context(spec: Any, run_dir: Path) -> dict[str, Any] | None:
             trust_note = trust_note or doc["trust"].get("not_measured")  # a generator or autoencoder: why there is none
         variant = doc.get("variant") if isinstance(doc.get("variant"), dict) else {}
         name = variant.get("name", "variant")
+        said = variant.get("warnings")
         weights = variant.get("original_weights")
-        if isinstance(weights, dict) and weights.get("checked") is False and doc.get("drift"):
-            unchecked.append(f"{name}: {weights.get('note') or 'not checked'}")
+        if isinstance(said, list):  # an unchecked origin, a variant that mostly predicts otherwise
+            variant_warnings += [f"{name}: {w}" for w in said if isinstance(w, str)]
+        elif isinstance(weights, dict) and weights.get("checked") is False and doc.get("drift"):  # written before warnings were listed
+            variant_warnings.append(f"{name}: {weights.get('note') or 'which weights it was made from was not checked'}")
         for method, d in (doc.get("drift") or {}).items():
             if not isinstance(d, dict):
                 continue
@@ -148,7 +151,7 @@ def explain_context(spec: Any, run_dir: Path) -> dict[str, Any] | None:
         "trust": trust,
         "trust_note": trust_note,
         "drift": drift,
-        "unchecked_weights": unchecked,
+        "variant_warnings": variant_warnings,
         "iou_label": next((r["iou_label"] for r in drift), "top-k IoU"),
         "per_class": {"classes": sorted(classes, key=lambda c: (not c.isdigit(), int(c) if c.isdigit() else c)), "rows": per_class} if per_class else None,
         "gallery": gallery,

@@ -692,13 +692,19 @@ def test_drift_shows_its_floor_and_unchecked_weights(results: dict, tmp_path: Pa
     doc["variant"]["original_weights"] = {"sha256": "ab" * 32, "checked": False, "note": note}
     (folder / "explain.json").write_text(json.dumps(doc))
     html = reports.render([run], tmp_path / "floor.html").read_text()
-    for text in ("floor 0.47", "floor 0.17", "floor 0.22", f"Weights not checked: int8: {note}".replace("'", "&#39;")):
-        assert text in html, text
+    for text in ("floor 0.47", "floor 0.17", "floor 0.22", f"<b>Warning:</b> int8: {note}".replace("'", "&#39;")):
+        assert text in html, text  # an explain.json written before explain listed variant.warnings
+    low = "variant int8 agrees with lenet5's predictions on only 25% of the 4 inputs"
+    doc["variant"]["warnings"] = [note, low]
+    (folder / "explain.json").write_text(json.dumps(doc))
+    html = reports.render([run], tmp_path / "warned.html").read_text()
+    assert f"<b>Warning:</b> int8: {low}".replace("'", "&#39;") in html and html.count("<b>Warning:</b>") == 2
     del doc["drift"]["occlusion"]["floor"]  # an explain.json written before floors were measured still renders, without them
     doc["variant"]["original_weights"]["checked"] = True
+    doc["variant"]["warnings"] = []
     (folder / "explain.json").write_text(json.dumps(doc))
     html = reports.render([run], tmp_path / "old.html").read_text()
-    assert "0.610" in html and "floor 0." not in html and "Weights not checked" not in html
+    assert "0.610" in html and "floor 0." not in html and "<b>Warning:</b>" not in html
 
 
 def test_a_variant_on_top_of_another_is_drawn_inside_it() -> None:
