@@ -130,6 +130,7 @@ def explain_context(spec: Any, run_dir: Path) -> dict[str, Any] | None:
                 "ran_on": d.get("variant_ran_on", ""),
                 "spearman_floor": _mean(floor.get("spearman")), "iou_floor": _mean(floor.get(iou_key)) if iou_key else None,
                 "ssim_floor": _mean(floor.get("ssim")),
+                "no_floor": floor.get("unavailable") if isinstance(floor.get("unavailable"), str) else None,
             })
             if isinstance(d.get("per_class"), dict):
                 cells = {}

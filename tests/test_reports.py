@@ -699,6 +699,11 @@ def test_drift_shows_its_floor_and_unchecked_weights(results: dict, tmp_path: Pa
     (folder / "explain.json").write_text(json.dumps(doc))
     html = reports.render([run], tmp_path / "warned.html").read_text()
     assert f"<b>Warning:</b> int8: {low}".replace("'", "&#39;") in html and html.count("<b>Warning:</b>") == 2
+    doc["drift"]["occlusion"]["floor"] = {"spearman": None, "top10_iou": None, "ssim": None, "pairs": 0,
+                                          "unavailable": "needs at least two compared inputs"}  # one sample explained
+    (folder / "explain.json").write_text(json.dumps(doc))
+    html = reports.render([run], tmp_path / "one.html").read_text()
+    assert "No floor for int8 · occlusion: needs at least two compared inputs." in html and "floor 0." not in html
     del doc["drift"]["occlusion"]["floor"]  # an explain.json written before floors were measured still renders, without them
     doc["variant"]["original_weights"]["checked"] = True
     doc["variant"]["warnings"] = []
