@@ -497,7 +497,8 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", help="comma-separated, e.g. integrated_gradients,gradcam,occlusion (default); "
                    "also saliency, input_x_gradient, deeplift, gradient_shap, guided_backprop, feature_ablation, lime, kernel_shap, "
                    "smoothgrad, noise_tunnel:<gradient method>")
-    p.add_argument("--samples", type=int, help="test images to explain, one of each class in turn (default: 8; at most the split's size; grid.png shows the first 32)")
+    p.add_argument("--samples", type=int, help="test images to explain, one of each class in turn (default: 8; at most the split's size; grid.png shows the first 32); "
+                   "a discriminator also explains as many generated digits beside them, and a generator that many latent vectors")
     p.add_argument("--indices", help="test-split indices instead, e.g. 3,17,40-43")
     p.add_argument("--image", help="explain this 28x28 digit image file instead (PNG; colour or larger square images are converted)")
     p.add_argument("--trust-code", action="store_true", help="allow --variant to rebuild a user's model by calling the package.module:function it names")
