@@ -230,18 +230,15 @@ def _check_variant_fits(request: Request, model: Any, inputs: torch.Tensor) -> N
 
 def _one_is_probability(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether one set of one-output values reads as probabilities and the other is clearly logits (well outside [0, 1])."""
-    def inside(v: torch.Tensor) -> bool:
-        return bool(((v >= 0) & (v <= 1)).all())
-
     def beyond(v: torch.Tensor) -> bool:  # far enough out that a quantized copy's error cannot put it there
         return bool(((v < -0.5) | (v > 1.5)).any())
 
-    return (inside(a) and beyond(b)) or (inside(b) and beyond(a))
+    return (looks_like_probability(a) and beyond(b)) or (looks_like_probability(b) and beyond(a))
 
 
 def _output_words(values: torch.Tensor) -> str:
     """One output's values in words for an error line: probabilities, or logits with their range."""
-    if bool(((values >= 0) & (values <= 1)).all()):
+    if looks_like_probability(values):
         return "probabilities (all in [0, 1])"
     return f"logits (from {float(values.min()):.2f} to {float(values.max()):.2f})"
 
@@ -647,7 +644,7 @@ def _drift(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: 
     single = plan.card.task in ("binary-classification", "discrimination")
     probability = _probability_output(plan.card) if single else None
     v_out, v_pred, _ = _predict(variant, x, probability)
-    _, pred, _ = _predict(plan.model, x, probability)
+    pred = target.classes if isinstance(target, BinaryTarget) else target  # the original's predictions, as _explain_classifier made them
     v_scale = _output_scale(v_out, bool(single and probability))
     agreement = float((v_pred == pred).float().mean())
     original = _original_weights(plan)

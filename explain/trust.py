@@ -203,13 +203,8 @@ def sensitivity(model: Model, inputs: torch.Tensor, target: Any = None, method: 
 
 def _row(target: Any, i: int) -> Any:
     """Sample ``i``'s part of a per-sample target (a tensor, a list or a BinaryTarget); a shared target as it is."""
-    if isinstance(target, BinaryTarget):
-        return BinaryTarget(target.classes[i:i + 1], target.probability)
-    if isinstance(target, torch.Tensor) and target.dim() > 0:
-        return target[i:i + 1]
-    if isinstance(target, list):
-        return target[i:i + 1]
-    return target
+    per_sample = isinstance(target, (BinaryTarget, list)) or (isinstance(target, torch.Tensor) and target.dim() > 0)
+    return target[i:i + 1] if per_sample else target
 
 
 def convergence_delta(model: Model, inputs: torch.Tensor, target: Any = None, **options: Any) -> dict[str, float]:
