@@ -446,7 +446,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         from compress import load_variant
 
         # the builder named by a variant of the very MODEL explained was imported and called already: no more code to trust
-        variant = load_variant(args.variant, trust_code=args.trust_code or (module is not None and _variant_builder(args.variant) == args.model))
+        variant = load_variant(args.variant, trust_code=args.trust_code, trusted_builder=args.model if module is not None else None)
     request = Request(
         model=args.model,
         out=Path(args.out),
@@ -469,22 +469,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
     _say(args, f"{len(result['files'])} files in {result['seconds']:.1f} s")
     print(Path(args.out) / "explain.json")
     return 0
-
-
-def _variant_builder(path: str) -> str | None:
-    """The package.module:function a variant's metadata names to rebuild it, or None (load_variant reports anything unreadable)."""
-    metadata = Path(path)
-    if metadata.is_dir():
-        found = sorted(metadata.glob("*.variant.json"))
-        if len(found) != 1:
-            return None
-        metadata = found[0]
-    try:
-        source = json.loads(metadata.read_text(encoding="utf-8")).get("source")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-        return None
-    builder = source.get("builder") if isinstance(source, dict) and "zoo" not in source else None
-    return builder if isinstance(builder, str) else None
 
 
 def _add_explain(sub: argparse._SubParsersAction) -> None:

@@ -38,11 +38,12 @@ from compress.prune import dense_weights_warning, prunable_weights
 from compress.recipe import Recipe, RecipeStep, load_recipe
 from compress.results import SCHEMA, counted_module, is_float_module, move_into_place, staging_dir, write_results
 from compress.steps import get_step
-from compress.variant import OnnxVariant, TorchVariant, Variant, build_module, weights_sha256
+from compress.variant import OnnxVariant, TorchVariant, Variant, build_module
 from zoo.environment import environment
 from zoo.errors import SlimlensError, first_line
 from zoo.footprint import disk_bytes, module_macs, module_params, onnx_macs, onnx_params
-from zoo.metrics import batched_outputs, decision_threshold, output_parity
+from zoo.metrics import batched_outputs, decision_threshold, looks_like_probability, output_parity
+from zoo.weights import weights_sha256
 
 Progress = Callable[[str], None]
 POINT_METRICS = ("accuracy", "macro_f1", "confident_fraction")  # fractions whose tolerances are given in points
@@ -513,7 +514,7 @@ def check_fits(model: nn.Module, data: CompressionData) -> None:
         else:
             fix = f"give a model with {classes} output{'s' if classes > 1 else ''}"
         raise SlimlensError(f"{data.model_name} returns {got} for inputs {shape}; {data.task} on this data needs (batch, {classes}): {fix}")
-    if data.task == "binary-classification" and not bool(((out >= 0) & (out <= 1)).all()):
+    if data.task == "binary-classification" and not looks_like_probability(out):
         # scoring thresholds the output at 0.5 and fine-tuning uses binary cross-entropy: both need a probability
         raise SlimlensError(f"{data.model_name} returns values from {out.min().item():.3g} to {out.max().item():.3g}; binary classification "
                             f"on {data.train.name} needs the probability of the positive class: end the model with torch.sigmoid")

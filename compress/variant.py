@@ -34,7 +34,7 @@ from torch import nn
 
 from zoo.cards import write_atomic
 from zoo.errors import SlimlensError, first_line
-from zoo.weights import read_state_dict, save_state_dict, sha256_file, weights_sha256
+from zoo.weights import read_state_dict, save_state_dict, sha256_file
 
 METADATA_SUFFIX = ".variant.json"
 MODEL_FILE_SUFFIXES = (".onnx", ".safetensors", ".pt", ".pth", ".bin")  # what a variant's artifact may be, never its metadata
@@ -225,18 +225,19 @@ def _not_metadata(path: Path) -> str:
             f"wrote beside the model file (none in {path.parent} names {path.name})")
 
 
-def load_variant(path: str | Path, threads: int = 1, trust_code: bool = False) -> Variant:
+def load_variant(path: str | Path, threads: int = 1, trust_code: bool = False, trusted_builder: str | None = None) -> Variant:
     """Load a saved variant from its ``<name>.variant.json`` (or from a folder holding exactly one).
 
     A variant of a user's own model names the ``package.module:function`` that rebuilds its
     architecture; importing and calling it runs code the file chose, so it needs ``trust_code``.
-    Zoo architectures need nothing.
+    Zoo architectures need nothing, nor does ``trusted_builder``, a builder the caller has already called.
     """
     path = Path(path)
     if path.is_dir():
         found = sorted(path.glob(f"*{METADATA_SUFFIX}"))
-        if not found and sorted((path / "variants").glob(f"*{METADATA_SUFFIX}")):  # a compress run folder: its variants are one level down
-            example = sorted((path / "variants").glob(f"*{METADATA_SUFFIX}"))[0]
+        below = sorted((path / "variants").glob(f"*{METADATA_SUFFIX}"))
+        if not found and below:  # a compress run folder: its variants are one level down
+            example = below[0]
             raise VariantError(f"{path} is a slimlens compress run folder; its variants are in {path / 'variants'}/: "
                                f"name one *{METADATA_SUFFIX} file there, e.g. {example}")
         if len(found) != 1:
@@ -256,7 +257,7 @@ def load_variant(path: str | Path, threads: int = 1, trust_code: bool = False) -
     if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
         raise VariantError(f"variant metadata {path} has no variant name; it was not written by slimlens")
     try:
-        return _load_from_metadata(path, meta, threads, trust_code)
+        return _load_from_metadata(path, meta, threads, trust_code, trusted_builder)
     except SlimlensError:
         raise
     except (OSError, KeyError, TypeError, AttributeError, IndexError, ValueError, RuntimeError) as exc:
@@ -274,13 +275,14 @@ def _remake_advice(metadata: Path) -> str:
     return "re-run the slimlens compress command that made it"
 
 
-def _load_from_metadata(path: Path, meta: dict[str, Any], threads: int, trust_code: bool) -> Variant:
+def _load_from_metadata(path: Path, meta: dict[str, Any], threads: int, trust_code: bool, trusted_builder: str | None = None) -> Variant:
     """The variant ``meta`` (read from ``path``) describes."""
     source = meta.get("source") or {}
     builder = source.get("builder") if isinstance(source, dict) and "zoo" not in source else None
     # a plain ONNX file runs in ONNX Runtime and never calls the builder
     calls_builder = not (meta.get("format") == "onnx" and not meta.get("stand_in") and not meta.get("loader"))
-    if builder is not None and calls_builder and not str(builder).startswith("zoo.") and not trust_code:
+    # a builder the caller already imported and called (the model being explained) runs no code not yet trusted
+    if builder is not None and calls_builder and not str(builder).startswith("zoo.") and not trust_code and builder != trusted_builder:
         raise VariantError(f"{path} rebuilds its architecture by calling {builder}(), code named by the file; "
                            "pass --trust-code (trust_code=True) if you made this run or trust it")
     for key in ("artifact", "stand_in"):  # files beside the metadata only: it must not point a reader elsewhere on disk

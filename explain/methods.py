@@ -45,6 +45,7 @@ from torch.overrides import TorchFunctionMode
 from explain.errors import GradientsUnavailableError, MethodNotApplicableError, UnknownMethodError
 from explain.surrogate import WeightedRidge
 from zoo.evaluate import eval_mode
+from zoo.metrics import looks_like_probability
 
 Model = nn.Module | Callable[[torch.Tensor], torch.Tensor]
 
@@ -427,11 +428,6 @@ class _TwoClassView(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.inner(x).reshape(len(x), 1)
         return torch.cat([1 - out if self.probability else -out, out], dim=1)
-
-
-def looks_like_probability(outputs: torch.Tensor) -> bool:
-    """Whether one-output ``outputs`` read as probabilities (all within [0, 1]) rather than logits."""
-    return bool(((outputs >= 0) & (outputs <= 1)).all())
 
 
 def predicted_target(forward: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, batch_size: int = 256) -> torch.Tensor | BinaryTarget | None:

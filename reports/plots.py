@@ -18,7 +18,7 @@ from reports.pareto import pareto_front
 
 # Metrics that are a share of the inputs: they lie in [0, 1], so their axes do too.
 FRACTION_METRICS = frozenset({"accuracy", "balanced_accuracy", "top1", "top5", "recall", "precision", "f1"})
-MARKER_ROOM_PT = 6  # the scatter markers' radius (s=60) with their Pareto ring, in points
+MARKER_ROOM_PT = 6  # room for a scatter marker, in points: radius about 4.6 (s=60 and the Pareto ring) plus a margin
 
 DPI = 110  # the report's PNGs are drawn at this resolution
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
@@ -159,7 +159,7 @@ def _place_labels(fig: Figure, ax: Any, points: Sequence[tuple[str, float, float
     # ('original' at the far right of a size plot ran into the frame)
     inset = (EDGE_GAP + LABEL_PAD * LABEL_SIZE) * fig.dpi / 72
     room = Bbox.from_extents(frame.x0 + inset, frame.y0 + inset, frame.x1 - inset, frame.y1 - inset)
-    radius = 6 * fig.dpi / 72  # the markers, in pixels
+    radius = MARKER_ROOM_PT * fig.dpi / 72  # the markers, in pixels
     taken = [Bbox.from_extents(x - radius, y - radius, x + radius, y + radius)
              for x, y in (ax.transData.transform((c, m)) for _, c, m in points)]
     boxes: list[Any] = []

@@ -35,6 +35,11 @@ def require_finite(outputs: torch.Tensor, what: str = "the model's outputs") -> 
     return outputs
 
 
+def looks_like_probability(outputs: torch.Tensor) -> bool:
+    """Whether one-output ``outputs`` read as probabilities (all within [0, 1]) rather than logits."""
+    return bool(((outputs >= 0) & (outputs <= 1)).all())
+
+
 def decision_threshold(task: str) -> float:
     """Where a single output column decides: 0 for a discriminator's logit, 0.5 for a binary classifier's probability."""
     return 0.0 if task == "discrimination" else 0.5
