@@ -215,29 +215,37 @@ _MAP_FOLLOWERS = (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d, nn.ReLU, nn.R
 
 def last_conv_layer(module: nn.Module, sample: torch.Tensor | None = None) -> nn.Module:
     """Grad-CAM's usual layer: the last convolution whose output on ``sample`` is still a map (more than 1x1),
-    taken after the BatchNorm and activation that directly follow it (each called once, not in place)."""
+    taken after the BatchNorm and activation that directly follow it (each called once, not in place), and
+    then as the output of the block that holds it where that block adds more to the same map (a residual block)."""
     convs = conv_layers(module)
     if not convs:
         raise MethodNotApplicableError(f"gradcam needs a convolutional layer, and {type(module).__name__} has none; try integrated_gradients or occlusion")
     if sample is None:
         return convs[-1][1]
-    sizes: dict[nn.Module, int] = {}
+    outputs: dict[nn.Module, Any] = {}
+    calls: dict[nn.Module, int] = {}
     order: list[nn.Module] = []  # leaf modules in the order the forward pass calls them
-    leaves = [m for m in module.modules() if not list(m.children())]
 
     def seen(mod: nn.Module, _inputs: Any, out: Any) -> None:
-        order.append(mod)
-        if isinstance(out, torch.Tensor) and out.dim() == 4:
-            sizes[mod] = out.shape[-1] * out.shape[-2]
+        calls[mod] = calls.get(mod, 0) + 1
+        # a copy, because the forward may change it in place afterwards (a BasicBlock adds its skip path with +=)
+        outputs[mod] = out.clone() if isinstance(out, torch.Tensor) else out
+        if not list(mod.children()):
+            order.append(mod)
 
-    handles = [m.register_forward_hook(seen) for m in leaves]
+    handles = [m.register_forward_hook(seen) for m in module.modules() if m is not module]
     try:
         with torch.no_grad(), eval_mode(module):
             module(sample[:1])
     finally:
         for h in handles:
             h.remove()
-    maps = [m for _, m in convs if sizes.get(m, 0) > 1]
+
+    def map_size(mod: nn.Module) -> int:
+        out = outputs.get(mod)
+        return out.shape[-1] * out.shape[-2] if isinstance(out, torch.Tensor) and out.dim() == 4 else 0
+
+    maps = [m for _, m in convs if map_size(m) > 1]
     layer = maps[-1] if maps else convs[-1][1]
     if order.count(layer) != 1:
         return layer
@@ -246,7 +254,28 @@ def last_conv_layer(module: nn.Module, sample: torch.Tensor | None = None) -> nn
         if not isinstance(follower, _MAP_FOLLOWERS) or in_place or order.count(follower) != 1:
             break
         layer = follower
-    return layer
+    return _enclosing_block(module, layer, outputs, calls)
+
+
+def _enclosing_block(module: nn.Module, layer: nn.Module, outputs: dict[nn.Module, Any], calls: dict[nn.Module, int]) -> nn.Module:
+    """The outermost block around ``layer`` (below ``module`` itself) whose output is a new map of the same shape,
+    e.g. a residual block's sum after its ReLU, as pytorch-grad-cam reads ``layer4[-1]`` of a ResNet; else ``layer``.
+
+    Read at a residual block's last BatchNorm, the map left out the skip path the next layer also reads.
+    A container that only passes the map on (a Sequential ending in the layer) keeps the layer's own name.
+    The block's output is compared by value, since a block may write its sum into the layer's own tensor.
+    """
+    name = next(n for n, m in module.named_modules() if m is layer)
+    best, current = layer, outputs.get(layer)
+    parts = name.split(".")
+    for depth in range(len(parts) - 1, 0, -1):
+        parent = module.get_submodule(".".join(parts[:depth]))
+        out = outputs.get(parent)
+        if calls.get(parent) != 1 or not isinstance(out, torch.Tensor) or not isinstance(current, torch.Tensor) or out.shape != current.shape:
+            break
+        if not torch.equal(out, current):
+            best, current = parent, out
+    return best
 
 
 # Elementwise activations a forward may apply to a map as a function (torch.relu(h), F.leaky_relu(h, 0.2, True),

@@ -229,6 +229,20 @@ def test_gradcam_taps_each_chunk_and_leaves_other_layers_as_they_were(cnn, digit
                            torch.nn.functional.interpolate(direct, size=(28, 28), mode="nearest"))
 
 
+def test_gradcam_reads_a_residual_block_at_its_output_not_at_its_last_batchnorm(digits):
+    """resnet-mnist's map was read at layer3.1.bn2, before the skip path is added and the block's ReLU applied:
+    the map the pool and head read is the block's output, the layer pytorch-grad-cam takes for a ResNet."""
+    net, x, target = zoo.load("resnet-mnist"), digits[0][:4], digits[1][:4]
+    assert explain.methods.gradcam_layer_record(net, x) == {"layer": "layer3.1"}
+    direct = LayerGradCam(net, net.layer3[1]).attribute(x, target=target)
+    ours = explain.attribute(net, x, target, "gradcam", interpolate_mode="nearest")
+    assert torch.equal(ours, torch.nn.functional.interpolate(direct, size=(28, 28), mode="nearest"))
+    before_add = LayerGradCam(net, net.layer3[1].bn2).attribute(x, target=target)
+    assert not torch.allclose(direct, before_add, atol=1e-3)
+    # a block that only passes its last layer's map on keeps that layer's name (seed-cnn's features ends in its ReLU)
+    assert explain.methods.gradcam_layer_record(zoo.load("seed-cnn"), x) == {"layer": "features.8"}
+
+
 def _colour_bar_scale_texts(fig) -> list:
     """Every colour bar's offset/exponent text (the "×10⁻⁸" of a tiny map) as the PNG draws it."""
     heatmaps.png_bytes(fig)
