@@ -68,8 +68,10 @@ def user_card(builder: str, data: str | None, module: nn.Module) -> ModelCard:
 
 
 def zoo_family(module: nn.Module) -> str:
-    """The zoo family ``module`` would have: lstm with a recurrent layer, cnn with a convolution, else mlp."""
-    # the family picks the explanation: an LSTM's maps are read per time step (row), and Grad-CAM is a default only for a cnn
-    if any(isinstance(m, nn.RNNBase) for m in module.modules()):
-        return "lstm"
-    return "cnn" if conv_layers(module) else "mlp"
+    """The zoo family ``module`` would have: cnn with a convolution, lstm with a recurrent layer and no convolution, else mlp."""
+    # the family picks the explanation: an LSTM's maps are read per time step, taken as the input's rows, and
+    # Grad-CAM is a default only for a cnn. Behind a convolution (a CRNN) the recurrence runs over feature-map
+    # positions, not input rows, and the convolution gives Grad-CAM its map.
+    if conv_layers(module):
+        return "cnn"
+    return "lstm" if any(isinstance(m, nn.RNNBase) for m in module.modules()) else "mlp"

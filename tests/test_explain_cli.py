@@ -529,6 +529,26 @@ def simplenet_prob():
 
 def mlp():
     return nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+class ConvLSTM(nn.Module):
+    """A CRNN: convolutions, then an LSTM over the feature map's columns, so the input's rows are not its time steps."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.lstm = nn.LSTM(8 * 14, 16, batch_first=True)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        h = self.conv(x)  # (batch, 8, 14, 14)
+        steps = h.permute(0, 3, 1, 2).flatten(2)  # one step per column
+        return self.head(self.lstm(steps)[0][:, -1])
+
+
+def conv_lstm():
+    torch.manual_seed(0)
+    return ConvLSTM()
 '''
 
 
@@ -626,6 +646,16 @@ def test_a_users_recurrent_or_dense_model_gets_the_zoos_family(tmp_path, user_ne
         assert (tmp_path / "own" / name).read_bytes() == (tmp_path / "zoo" / name).read_bytes(), name
     assert cli.main(["explain", f"{user_nets}:mlp", "--data", "mnist", *argv, "--out", str(tmp_path / "mlp")]) == 0
     assert json.loads((tmp_path / "mlp" / "explain.json").read_text())["model"]["family"] == "mlp"  # as softmax-regression's
+
+
+def test_a_users_convolutional_lstm_is_explained_as_a_cnn(tmp_path, user_nets):
+    """A conv → LSTM network was family lstm: its maps were summed per input row, which are not its time steps
+    (its LSTM runs over the feature map's columns), and Grad-CAM, which its convolution supports, was no default."""
+    out = tmp_path / "crnn"
+    assert cli.main(["explain", f"{user_nets}:conv_lstm", "--data", "mnist", "--samples", "2", "--no-trust", "--quiet", "--out", str(out)]) == 0
+    result = json.loads((out / "explain.json").read_text())
+    assert result["model"]["family"] == "cnn" and "lstm" not in result
+    assert result["methods"]["gradcam"]["layer"] == "conv.1"
 
 
 def test_an_unchecked_variant_that_mostly_disagrees_is_warned_about_even_when_quiet(tmp_path, capsys, lenet5_int8_run, trained_copy):
