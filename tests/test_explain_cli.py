@@ -298,6 +298,37 @@ def test_drift_of_a_sampling_method_against_an_identical_copy_is_none(tmp_path):
         assert result["drift"][method]["spearman"] == pytest.approx(1.0), method
 
 
+class _BlindOnFaintDigits(torch.nn.Module):
+    """seed-cnn, except that on digits with little ink its scores no longer depend on the pixels: a variant whose
+    saliency maps of those digits are all zero while it still predicts what seed-cnn predicts."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = zoo.load("seed-cnn")
+
+    def forward(self, x):
+        out = self.net(x)
+        inked = x.flatten(1).sum(1) > 108
+        return torch.where(inked[:, None], out, out.detach())
+
+
+def test_drift_leaves_out_inputs_whose_variant_map_is_blank_and_says_faithfulness_covers_the_rest(tmp_path):
+    """Only trust.faithfulness_change was tested: nothing checked that a whole run hands it the subset and the count."""
+    from compress import TorchVariant
+    from explain.run import Request, run
+
+    x = zoo.dataset("mnist", "test").images[:4]
+    faint = (x.flatten(1).sum(1) <= 108).tolist()
+    assert 0 < sum(faint) < 4  # the first four test digits hold both kinds
+    variant = TorchVariant(name="blind", module=_BlindOnFaintDigits(), source={"zoo": "seed-cnn"})
+    result = run(Request(model="seed-cnn", out=tmp_path / "out", methods=["saliency"], indices=[0, 1, 2, 3], variant=variant, trust=False))
+    drift = result["drift"]["saliency"]
+    kept = [f"test #{i}" for i in range(4) if not faint[i]]
+    assert drift["details"]["samples"] == kept and drift["left_out"].startswith(f"{sum(faint)} of 4 samples where a map is all zero")
+    assert drift["faithfulness"]["samples"].startswith(f"the {len(kept)} of 4 inputs where neither map is all zero")
+    assert drift["spearman"] == pytest.approx(1.0)  # where the variant's map has content it is seed-cnn's own
+
+
 def test_gradcam_reads_the_map_after_the_batchnorm_that_follows_the_last_conv(tmp_path, capsys):
     """Before BatchNorm each channel carries the constant BatchNorm removes: on dcgan-d that made every map blank."""
     out = tmp_path / "discriminator"
