@@ -200,7 +200,7 @@ def size_bars_figure(names: Sequence[str], sizes: Sequence[int | None], gzip_siz
     """The figure of ``size_bars``, before it is rendered to PNG; None if no size is known."""
     if not any(s for s in sizes):
         return None
-    fig = Figure(figsize=(5.2, 0.5 + 0.42 * len(names)))
+    fig = Figure(figsize=(5.2, 0.5 + 0.42 * len(names)), dpi=DPI)
     ax = fig.add_subplot()
     y = np.arange(len(names))
     ax.barh(y + 0.2, [(s or 0) / 1024 for s in sizes], height=0.4, color="#1f77b4", label="on disk")
@@ -220,7 +220,7 @@ def confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], title
     diff = reference is not None
     if diff:
         m = m - np.asarray(reference)
-    fig = Figure(figsize=(1.6 + 0.2 * n, 1.5 + 0.2 * n))
+    fig = Figure(figsize=(1.6 + 0.2 * n, 1.5 + 0.2 * n), dpi=DPI)
     ax = fig.add_subplot()
     if diff:
         lim = max(int(np.abs(m).max()), 1)
@@ -291,7 +291,7 @@ def sensitivity_figure(layers: dict[str, Any], title: str, metric_label: str, *,
     sign = 1.0 if higher_is_better else -1.0
     # the layers that lose most at their strongest setting get colours and a legend entry; the rest stay grey
     worst = sorted(curves, key=lambda n: sign * min(curves[n][1], key=lambda v: sign * v))[:highlight]
-    fig = Figure(figsize=(5.2, 3.6))
+    fig = Figure(figsize=(5.2, 3.6), dpi=DPI)
     ax = fig.add_subplot()
     for name, (x, y) in curves.items():
         if name not in worst:
@@ -317,7 +317,7 @@ def sensitivity_figure(layers: dict[str, Any], title: str, metric_label: str, *,
 def image_grid(rows: Sequence[Sequence[Any]], column_titles: Sequence[str], row_titles: Sequence[str], diverging: Sequence[bool]) -> str:
     """A grid of 2-D arrays (heatmaps): one row per input, columns e.g. original | variant | difference."""
     n_rows, n_cols = len(rows), len(column_titles)
-    fig = Figure(figsize=(1.6 * n_cols + 0.6, 1.6 * n_rows + 0.3))
+    fig = Figure(figsize=(1.6 * n_cols + 0.6, 1.6 * n_rows + 0.3), dpi=DPI)
     for r, row in enumerate(rows):
         for c, image in enumerate(row):
             ax = fig.add_subplot(n_rows, n_cols, r * n_cols + c + 1)

@@ -197,7 +197,7 @@ def test_an_unbounded_metric_keeps_its_axis() -> None:
 
 def test_legends_sit_outside_the_data() -> None:
     """Each plot's legend lies below the axes and their x label, so it covers no point, bar or line whatever the data."""
-    from reports.plots import sensitivity_figure, size_bars_figure, tradeoff_figure
+    from reports.plots import DPI, sensitivity_figure, size_bars_figure, tradeoff_figure
 
     # a dominated variant at the lower right, where the Pareto legend used to sit; bars reaching the right end
     trade = tradeoff_figure(["original", "int8", "slow"], [1.0, 0.3, 2.0], [0.99, 0.98, 0.90], cost_label="ms",
@@ -206,6 +206,7 @@ def test_legends_sit_outside_the_data() -> None:
     layers = {f"features.{i}.weight": {"values": [0.98, 0.98 - 0.1 * i, 0.9 - 0.2 * i]} for i in range(8)}
     sens = sensitivity_figure(layers, "pruning", "accuracy", xs=[0.5, 0.75, 0.9], baseline=0.98)
     for fig in (trade, bars, sens):
+        assert fig.dpi == DPI  # laid out at 100 dpi and saved at 110, the bars' and curves' legends were placed for another size
         renderer = _drawn(fig)
         ax = fig.axes[0]
         legend = ax.get_legend()
