@@ -381,6 +381,22 @@ def _check_recorded_shapes(path: Path, state: dict[str, torch.Tensor], shapes: A
                                f"records {tuple(shapes[key])}; the weights file was replaced: re-run slimlens compress")
 
 
+def _pruned_groups(conv: nn.modules.conv._ConvNd) -> int:
+    """The groups of a grouped convolution whose weight was resized to pruned shapes, read while its channel counts are still the architecture's.
+
+    Torch-Pruning removes whole groups of a depthwise convolution (groups = channels: 16 → 8 channels is
+    8 groups), so each group keeps its channels; a weight whose groups lost channels instead keeps its groups.
+    """
+    if conv.groups == 1:
+        return 1
+    rows, per_row = (conv.in_channels, conv.out_channels) if conv.transposed else (conv.out_channels, conv.in_channels)
+    rows_per_group, per_row_in_group = rows // conv.groups, per_row // conv.groups  # the weight's dims 0 and 1 are per group
+    w = conv.weight
+    if w.shape[1] == per_row_in_group and w.shape[0] % rows_per_group == 0:
+        return w.shape[0] // rows_per_group
+    return conv.groups
+
+
 def _fit_shapes(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Resize parameters and buffers to the saved shapes, so a channel-pruned model rebuilds from its builder.
 
@@ -411,6 +427,7 @@ def _fit_shapes(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
     for sub in module.modules():  # keep the layers' own size attributes true to their new weights
         if isinstance(sub, nn.modules.conv._ConvNd):  # 1-D to 3-D, transposed too
             w = sub.weight
+            sub.groups = _pruned_groups(sub)
             out_ch, in_ch = (w.shape[1] * sub.groups, w.shape[0]) if sub.transposed else (w.shape[0], w.shape[1] * sub.groups)
             sub.out_channels, sub.in_channels = out_ch, in_ch
         elif isinstance(sub, nn.Linear):

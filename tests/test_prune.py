@@ -344,3 +344,35 @@ def test_the_older_hook_based_weight_norm_is_baked_in_too():
     baked = plain_weights(model)
     assert not baked.hidden._forward_pre_hooks and "weight_g" not in dict(baked.hidden.named_parameters())
     assert torch.allclose(baked(x), before, atol=1e-6)
+
+
+class Separable(torch.nn.Module):
+    """A user's MobileNet-style CNN: depthwise (groups = channels) and pointwise convolutions."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 16, 3, padding=1, groups=16), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 32, 1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
+            torch.nn.Conv2d(32, 32, 3, stride=2, padding=1, groups=32), torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1))
+        self.head = torch.nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(self.body(x).flatten(1))
+
+
+def test_a_pruned_depthwise_convolution_reloads_with_its_groups(tmp_path):
+    """QA: a pruned MobileNet-style variant saved fine but could not be loaded again: groups stayed 16 beside 8 channels."""
+    from compress.prune import PruneStructuredConfig, prune_structured
+
+    torch.manual_seed(0)
+    model, data = Separable().eval(), data_for("tests.test_prune:Separable", data="mnist")
+    pruned = prune_structured(model, PruneStructuredConfig(ratio=0.5, steps=1, epochs=0.0), data)
+    assert [pruned.body[i].groups for i in (3, 9)] == [8, 16] and pruned.body[9].in_channels == pruned.body[9].out_channels == 16
+    x = data.inputs(8, split="test")
+    meta = TorchVariant("narrow", source=data.source, module=pruned).save(tmp_path)
+    again = load_variant(meta, trust_code=True)
+    assert [again.module.body[i].groups for i in (3, 9)] == [8, 16]
+    assert torch.equal(again(x), TorchVariant("p", module=pruned)(x))
