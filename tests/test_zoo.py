@@ -223,6 +223,21 @@ def test_integer_weights_for_a_float_model_are_refused(tmp_path):
         load_into(zoo.build("seed-cnn"), state, tmp_path / "int8.safetensors")
 
 
+def test_weights_without_batchnorm_counters_load_as_pytorch_loads_them(tmp_path):
+    """QA: a file without BatchNorm's num_batches_tracked (which inference never reads, and which load_state_dict fills
+    in) was refused as '7 missing'; a missing running mean is still refused."""
+    from zoo.weights import load_into
+
+    trained = zoo.load("resnet-mnist").state_dict()
+    state = {k: v for k, v in trained.items() if not k.endswith("num_batches_tracked")}
+    assert len(state) < len(trained)
+    loaded = load_into(zoo.build("resnet-mnist"), state, tmp_path / "w.safetensors")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
+    del state["stem.2.running_mean"]
+    with pytest.raises(zoo.WeightsError, match=r"1 missing \(stem\.2\.running_mean\)"):
+        load_into(zoo.build("resnet-mnist"), state, tmp_path / "w.safetensors")
+
+
 @pytest.mark.parametrize("model", ["seed-cnn", "seed-autoencoder", "dcgan-g", "dcgan-d"])
 def test_nan_outputs_are_an_error_not_a_score(model):
     """argmax reads a NaN row as class 0, which scored a broken seed-cnn 0.10 as if it were a real accuracy."""

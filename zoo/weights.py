@@ -46,7 +46,8 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> n
     """Load ``state`` into ``model`` strictly, turning a shape or key mismatch into a one-line WeightsError."""
     expected = model.state_dict()
     state = _without_wrapper_prefix(state, expected)
-    missing = [k for k in expected if k not in state]
+    # load_state_dict fills in a BatchNorm's step counter (read only by momentum=None) when a file leaves it out
+    missing = [k for k in expected if k not in state and k.rpartition(".")[2] != "num_batches_tracked"]
     unexpected = [k for k in state if k not in expected]
     reshaped = [f"{k} {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model" for k, v in expected.items() if k in state and state[k].shape != v.shape]
     # load_state_dict would cast int8 codes into float weights as if they were values: a quantized
