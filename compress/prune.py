@@ -316,10 +316,12 @@ def prune_structured(model: nn.Module, config: PruneStructuredConfig, data: Comp
         raise SlimlensError(f"Torch-Pruning cannot trace {type(model).__name__} ({first_line(exc, 200)}); "
                             "prune it with prune-unstructured instead") from None
     teacher = _teacher(model, data, original)
-    removed_none = SlimlensError(f"prune-structured removed no channels from {data.model_name} at ratio={config.ratio}; raise ratio, "
-                                 "or use prune-unstructured instead" + (
-                                     " (Torch-Pruning cannot follow a recurrent layer's final state h_n to the layer that reads it)"
-                                     if any(isinstance(m, nn.RNNBase) for m in model.modules()) else ""))
+    # a recurrent model that loses nothing has a head on h_n, where a higher ratio cannot help
+    removed_none = SlimlensError(
+        f"prune-structured removed no channels from {data.model_name} at ratio={config.ratio}; " + (
+            "Torch-Pruning cannot follow a recurrent layer's final state h_n to the layer that reads it (a head on the "
+            "output sequence's last step, out[:, -1], it can follow), so use prune-unstructured instead"
+            if any(isinstance(m, nn.RNNBase) for m in model.modules()) else "raise ratio, or use prune-unstructured instead"))
     for step in range(config.steps):
         try:
             pruner.step()
