@@ -429,19 +429,25 @@ def _resolve(model: nn.Module | str, recipe: Recipe | str | Path | list, data: C
         data = data_for(data, seed=seed)
     if data.family == "custom":
         check_fits(model.eval(), data)
-        data = recurrent_family(model, data)
+        data = user_family(model, data)
     return model.eval(), recipe, data
 
 
-def recurrent_family(model: nn.Module, data: CompressionData) -> CompressionData:
-    """``data`` as family "lstm" when a user's model holds an LSTM, GRU or RNN layer, so recipes route it as a recurrent model."""
+def user_family(model: nn.Module, data: CompressionData) -> CompressionData:
+    """``data`` with the family a zoo model like a user's would have: lstm with an LSTM, GRU or RNN layer, cnn with a
+    convolution, else mlp, so a recipe's ``families`` route it as it routes the zoo's."""
     # The presets give recurrent models gentler pruning and dynamic instead of static int8 by family;
-    # as "custom", the edge preset's static int8 step would refuse a user's LSTM after minutes of work.
+    # as "custom", the edge preset's static int8 step would refuse a user's LSTM after minutes of work, and a
+    # step with families = ["cnn"] (the README's example) skipped a user's CNN. A conv → LSTM network is lstm
+    # here: its LSTM op is what static int8 cannot calibrate.
     # Fine-tuning clips the gradient norm at 1 as the zoo's LSTM was trained (the presets' learning rates
     # were tuned with it), unless the caller set a norm of their own.
-    if data.family == "custom" and any(isinstance(m, nn.RNNBase) for m in model.modules()):
+    if data.family != "custom":
+        return data
+    if any(isinstance(m, nn.RNNBase) for m in model.modules()):
         return dataclasses.replace(data, family="lstm", clip_grad_norm=1.0 if data.clip_grad_norm is None else data.clip_grad_norm)
-    return data
+    has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+    return dataclasses.replace(data, family="cnn" if has_conv else "mlp")
 
 
 def check_families(recipe: Recipe, data: CompressionData) -> None:

@@ -147,10 +147,10 @@ def test_a_users_recurrent_model_takes_the_recurrent_route_of_a_recipe(tmp_path:
     assert results["family"] == "lstm" and steps["quantize_static_onnx"]["skipped"] == "runs on cnn, custom models only, not lstm"
     assert "would stay in float" in steps["quantize_dynamic_onnx"]["skipped"]
     assert [v["name"] for v in results["variants"]] == ["original", "int8-dynamic"]
-    from compress.pipeline import recurrent_family
+    from compress.pipeline import user_family
 
     # fine-tuned with the gradient clipping the zoo's LSTM trained and its presets were tuned with
-    assert recurrent_family(RowGRU(), data_for(BUILDER, data="mnist")).clip_grad_norm == 1.0
+    assert user_family(RowGRU(), data_for(BUILDER, data="mnist")).clip_grad_norm == 1.0
 
 
 @pytest.mark.parametrize("architecture", [RowGRU, TwoLayerLSTM])
@@ -219,3 +219,17 @@ def test_bench_times_a_run_of_a_users_model(tmp_path: Path):
     reports.bench(str(tmp_path / "run"), tmp_path / "bench", "cpu", cfg, memory=False, html=False, trust_code=True)
     timed = json.loads((tmp_path / "bench" / "results.json").read_text())["variants"]
     assert [v["name"] for v in timed] == ["original", "int8-dynamic"] and all(v["latency"]["cpu"]["batch1_p50_ms"] > 0 for v in timed)
+
+
+def test_a_users_cnn_and_dense_model_take_the_zoos_cnn_and_mlp_routes(tmp_path: Path):
+    """QA: a user's CNN was family 'custom', so the README's own example step, families = ["cnn"], skipped it silently."""
+    import zoo
+
+    recipe = [{"step": "quantize_static_onnx", "samples": 8, "families": ["cnn"], "name": "int8-cnn"},
+              {"step": "quantize_dynamic", "families": ["mlp"], "name": "int8-mlp"}]
+    model = zoo.load("lenet5")  # its weights, built as a user's own network would be
+    cnn = run(model, recipe, data_for("zoo.models.lenet:lenet5", data="mnist"), out_dir=tmp_path / "cnn", export=False).results
+    assert cnn["family"] == "cnn" and [v["name"] for v in cnn["variants"]] == ["original", "int8-cnn"]
+    mlp = run(zoo.load("softmax-regression"), recipe, data_for("zoo.models.mlp:softmax_regression", data="mnist"),
+              out_dir=tmp_path / "mlp", export=False).results
+    assert mlp["family"] == "mlp" and [v["name"] for v in mlp["variants"]] == ["original", "int8-mlp"]
