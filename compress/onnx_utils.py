@@ -88,14 +88,16 @@ def quantize_static_file(
     reduce_range: bool = False,
     ranges: dict[str, tuple[float, float]] | None = None,
     preprocessed: bool = False,
+    notes: list[str] | None = None,
 ) -> Path:
     """Static int8 in QDQ format, activation ranges calibrated on ``calibration`` with ``method``.
 
     ``ranges`` fixes the (min, max) of named tensors instead of calibrating them (learned QAT ranges);
-    ``preprocessed`` says ``source`` already went through :func:`preprocess`, so the names match.
+    ``preprocessed`` says ``source`` already went through :func:`preprocess`, so the names match;
+    ``notes`` receives the quantizer's warnings.
     """
     extra: dict = {"CalibPercentile": percentile} if method == "percentile" else {}
-    with _quiet(), tempfile.TemporaryDirectory(prefix="slimlens-") as tmp:
+    with _quiet(notes), tempfile.TemporaryDirectory(prefix="slimlens-") as tmp:
         prepared = Path(source) if preprocessed else preprocess(source, Path(tmp) / "prepared.onnx")
         overrides = dict(ranges or {})
         if method == "entropy":  # fixed ranges (QAT's) still win over calibrated ones
@@ -164,14 +166,30 @@ def layer_input_names(path: str | Path, weights: list[np.ndarray]) -> list[str |
     return found
 
 
+class _Collect(logging.Handler):
+    def __init__(self, into: list[str]):
+        super().__init__(logging.WARNING)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record.getMessage())
+
+
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence the calibrator's progress prints and INFO logs, so scripted runs stay quiet; errors still raise."""
+def _quiet(notes: list[str] | None = None) -> Iterator[None]:
+    """Silence the calibrator's progress prints and the quantizer's logging, so scripted runs stay quiet; errors still raise.
+
+    The quantizer's warnings (ONNX Runtime logs through the root logger, whose first ``logging.warning``
+    installs a stderr handler) go into ``notes`` for the step's record instead of onto the terminal as
+    ``WARNING:root:Axis 1 is out-of-range for weight 'val_9'``, which no user can act on.
+    """
     root = logging.getLogger()
-    level = root.level
+    level, handlers = root.level, root.handlers[:]
+    root.handlers = [_Collect(notes if notes is not None else [])]
     root.setLevel(logging.WARNING)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
+        root.handlers = handlers
         root.setLevel(level)

@@ -147,6 +147,27 @@ def _step_warnings(data: CompressionData, recipe_step: RecipeStep, before: dict,
     return warnings
 
 
+# Steps whose whole point is a smaller file: one that grows it is worth a word
+SHRINKING_STEPS = frozenset({"quantize_static_onnx", "quantize_dynamic_onnx", "quantize_dynamic", "quantize_pt2e", "qat", "half_precision"})
+
+
+def _size_warnings(step: str, made: list[dict], before: dict, entries: list[dict]) -> list[str]:
+    """A quantized file larger than the float file of the same format it was made from (a tiny model's graph outweighs its weights)."""
+    if step not in SHRINKING_STEPS:
+        return []
+    same_format = {before["format"]: before}
+    exported = (before.get("onnx_export") or {}).get("variant")
+    same_format.update({e["format"]: e for e in entries if exported and e["name"] == exported})
+    warnings = []
+    for entry in made:
+        reference = same_format.get(entry["format"])
+        if reference is not None and entry["size_bytes"] > reference["size_bytes"]:
+            warnings.append(f"{entry['name']} is {entry['size_bytes']:,} bytes, more than the {reference['size_bytes']:,} of {reference['name']}, "
+                            f"the float model it was made from: at {before['params']:,} parameters the file is mostly format "
+                            "(graph, scales, zero points), so this step saves no space on this model")
+    return warnings
+
+
 def _compressed_bytes(variant: Variant) -> int:
     with tempfile.TemporaryDirectory(prefix="slimlens-search-") as tmp:
         saved = copy.copy(variant)  # saving sets the artifact path; keep the candidate's own untouched
@@ -526,6 +547,21 @@ def check_fits(model: nn.Module, data: CompressionData) -> None:
                             f"on {data.train.name} needs the probability of the positive class: end the model with torch.sigmoid")
 
 
+UNTRAINED_MARGIN = 0.05  # accuracy within this of always answering the most common class counts as untrained
+
+
+def original_warnings(data: CompressionData, metrics: dict) -> list[str]:
+    """What is wrong with the original itself: a classifier no better than always answering its most common class."""
+    if not data.labelled or "accuracy" not in metrics:
+        return []
+    majority = float(torch.bincount(data.test.labels).max()) / len(data.test.labels)
+    if metrics["accuracy"] > majority + UNTRAINED_MARGIN:
+        return []
+    fix = "pass the --weights it was trained to" if "builder" in data.source else "check or retrain its weights"
+    return [f"{data.model_name} scores {metrics['accuracy']:.3f} accuracy on the test split, no better than always answering its most "
+            f"common class ({majority:.3f}): its weights look untrained or not loaded, so its variants' figures mean nothing; {fix}"]
+
+
 def run(
     model: nn.Module | str,
     recipe: Recipe | str | Path | list,
@@ -605,7 +641,11 @@ def _run_into(out: Path, model: nn.Module, recipe: Recipe, data: CompressionData
                  "original", [], 0.0)
 
     current, chain_steps, timings = model, [], []
-    current_metrics = recorder.entries[0]["metrics"]
+    current_entry = recorder.entries[0]
+    current_metrics = current_entry["metrics"]
+    run_warnings = original_warnings(data, current_metrics)
+    for warning in run_warnings:
+        progress(f"warning: original: {warning}")
     for index, recipe_step in enumerate(recipe.steps):
         progress(f"[{index + 1}/{len(recipe.steps)}] {recipe_step.label} ({recipe_step.step})")
         start = time.perf_counter()
@@ -639,7 +679,7 @@ def _run_into(out: Path, model: nn.Module, recipe: Recipe, data: CompressionData
             # A step that trains several variants one after another (distill: student, then alone) times each.
             produced_in = own.get("training_seconds", seconds)
             made.append(recorder.add(produced, name, chain_steps + [{**step_record, **own}], produced_in, extra))
-        warnings = _step_warnings(data, recipe_step, current_metrics, made)
+        warnings = _step_warnings(data, recipe_step, current_metrics, made) + _size_warnings(recipe_step.step, made, current_entry, recorder.entries)
         if recipe_step.step in ("prune-unstructured", "weight-sharing"):  # a user's layer the step cannot treat stays as it was
             left = dense_weights_warning(outputs[0][1].variant.module) if hasattr(outputs[0][1].variant, "module") else None
             warnings += [left] if left else []
@@ -650,7 +690,8 @@ def _run_into(out: Path, model: nn.Module, recipe: Recipe, data: CompressionData
         first = outputs[0][1]
         if first.chains:
             current, chain_steps = first.variant.module, chain_steps + [step_record]
-            current_metrics = made[0]["metrics"]
+            current_entry = made[0]
+            current_metrics = current_entry["metrics"]
 
     extra: dict[str, Any] = {}
     if recipe.sensitivity is not None:
@@ -672,6 +713,7 @@ def _run_into(out: Path, model: nn.Module, recipe: Recipe, data: CompressionData
                                    threads_for="training, calibration and evaluation (each latency record names its timing threads)"),
         "timings": {"steps": timings, "total_seconds": round(time.perf_counter() - started, 2)},
         "variants": recorder.entries,
+        **({"warnings": run_warnings} if run_warnings else {}),
         **extra,
     }
     write_results(results, out / "results.json")

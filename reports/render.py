@@ -264,6 +264,7 @@ def run_context(run: dict[str, Any]) -> dict[str, Any]:
         "busy": busy,
         "failed": run.get("failed_variants") or [],
         "step_log": _step_log(run.get("timings")),
+        "run_warnings": [str(w) for w in run["warnings"]] if isinstance(run.get("warnings"), list) else [],
         "explain": explain_context(run.get("explain"), Path(run.get("_dir", "."))),
     }
 

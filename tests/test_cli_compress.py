@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -321,3 +322,23 @@ def test_a_model_returning_a_tuple_is_told_what_to_return(tmp_path: Path, recipe
     err = _fails(["tests.test_cli_compress:_TupleOut", "--data", "mnist", "--recipe", str(recipe), "--out", str(tmp_path / "r"),
                   "--no-latency"], capsys)
     assert "returns tuple" in err and "whose forward returns that tensor alone" in err
+
+
+def test_an_untrained_users_model_is_warned_about_in_the_terminal_the_results_and_the_report(tmp_path: Path, capsys):
+    """QA: without --weights a user's builder was compressed from its random initialisation at 0.100 accuracy, with only a note."""
+    recipe = tmp_path / "int8.toml"
+    recipe.write_text('[[steps]]\nstep = "quantize_dynamic"\n')
+    out = tmp_path / "run"
+    assert cli.main(["compress", "zoo.models.lenet:lenet5", "--data", "mnist", "--recipe", str(recipe), "--out", str(out),
+                     "--no-latency", "--quiet"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "no better than always answering its most common class" in warnings[0] and "--weights" in warnings[0]
+    results = json.loads((out / "results.json").read_text())
+    assert [f"warning: original: {w}" for w in results["warnings"]] == warnings
+    import html
+
+    assert f"Warning: {results['warnings'][0]}" in re.sub(r"<[^>]+>", "", html.unescape((out / "report.html").read_text()))
+    trained = tmp_path / "trained"
+    assert cli.main(["compress", "zoo.models.lenet:lenet5", "--weights", str(TRAINED_DIR / "lenet5.safetensors"), "--data", "mnist",
+                     "--recipe", str(recipe), "--out", str(trained), "--no-latency", "--quiet"]) == 0
+    assert "warning:" not in capsys.readouterr().err and "warnings" not in json.loads((trained / "results.json").read_text())

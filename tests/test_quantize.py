@@ -464,3 +464,55 @@ def test_pruned_zeros_are_counted_in_int8_onnx_with_uint8_weights(per_channel):
             prune.remove(layer, "weight")
     int8 = quantize_static_onnx(model, StaticInt8Config(samples=8, weights="uint8", per_channel=per_channel), data_for("lenet5"))
     assert onnx_params(int8.artifact) == module_params(model)  # biases stay float, so every zero survives
+
+
+class GroupNormNet(torch.nn.Module):
+    """A user's CNN normalised by GroupNorm, whose 1-D scale ONNX Runtime's per-channel quantizer warns about."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.GroupNorm(2, 8), torch.nn.SiLU(),
+                                        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def test_the_quantizers_log_lines_go_into_the_step_record_not_onto_the_terminal(capfd):
+    """QA: `WARNING:root:Axis 1 is out-of-range for weight 'val_9' with rank 1` was printed even under --quiet."""
+    import logging
+
+    torch.manual_seed(0)
+    handlers = logging.getLogger().handlers[:]
+    variant = quantize_static_onnx(GroupNormNet().eval(), StaticInt8Config(samples=8), data_for("test_quantize:GroupNormNet", data="mnist"))
+    assert "WARNING" not in capfd.readouterr().err
+    assert any("out-of-range" in note for note in variant.steps[0]["quantizer_warnings"])
+    assert logging.getLogger().handlers == handlers  # the caller's logging is as it was
+
+
+class TinyNet(torch.nn.Module):
+    """A user's 110-parameter CNN: its ONNX file is mostly graph, which static int8 grows with Q/DQ nodes and scales."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def test_a_quantized_file_larger_than_its_float_file_is_warned_about(tmp_path):
+    """QA: edge's int8 file of a small MobileNet was 20,375 bytes against its float file's 19,167, without a word."""
+    from compress import run
+
+    torch.manual_seed(0)
+    said: list[str] = []
+    results = run(TinyNet().eval(), [{"step": "quantize_static_onnx", "samples": 8}], data_for("test_quantize:TinyNet", data="mnist"),
+                  out_dir=tmp_path / "run", progress=said.append).results
+    sizes = {v["name"]: v["size_bytes"] for v in results["variants"]}
+    assert sizes["int8-static-onnx"] > sizes["original-onnx"]
+    (warning,) = results["timings"]["steps"][0]["warnings"]
+    assert f"{sizes['int8-static-onnx']:,} bytes, more than the {sizes['original-onnx']:,} of original-onnx" in warning
+    assert f"warning: quantize_static_onnx: {warning}" in said

@@ -139,12 +139,15 @@ def quantize_static_onnx(model: nn.Module, config: StaticInt8Config, data: Compr
                 old = fixed.get(name, (low, high))
                 fixed[name] = (min(old[0], low), max(old[1], high))
         progress(f"calibrating static int8 ({config.calibration}, {len(calibration)} inputs)")
+        notes: list[str] = []
         target = quantize_static_file(
             prepared, folder / f"{config.name}.onnx", calibration, method=config.calibration, percentile=config.percentile,
             per_channel=config.per_channel, activations=config.activations, weights=config.weights,
-            reduce_range=reduce_range, ranges=fixed, preprocessed=True,
+            reduce_range=reduce_range, ranges=fixed, preprocessed=True, notes=notes,
         )
-    extra = {"fixed_input_ranges": f"{sum(n is not None for n in names)} of {len(layer_ranges)} layers"} if layer_ranges else {}
+    extra: dict[str, Any] = {"fixed_input_ranges": f"{sum(n is not None for n in names)} of {len(layer_ranges)} layers"} if layer_ranges else {}
+    if notes:  # e.g. a GroupNorm scale that per-channel quantization could not split by channel; the variant's accuracy shows the effect
+        extra["quantizer_warnings"] = sorted(set(notes))
     step = step_record("quantize_static_onnx", config, backend="onnxruntime.quantization.quantize_static (QDQ)",
                         exported_with=exporter, calibration_inputs=len(calibration), reduce_range_used=reduce_range, **extra)
     # the float model it was quantized from: what gradient explanations of this variant run on
