@@ -54,9 +54,23 @@ def run_variants(run_dir: Path, threads: int, trust_code: bool = False) -> tuple
     if not found:
         raise ReportError(f"{run_dir} holds no saved variants (*{METADATA_SUFFIX} in {run_dir / 'variants'})")
     variants = [load_variant(p, threads=threads, trust_code=trust_code) for p in found]
+    example = torch.zeros(1, *run_input_shape(run_dir))
+    for variant in variants:
+        _check_runs(variant, example, run_dir)
     order = {v["name"]: i for i, v in enumerate(results["variants"])}
     variants.sort(key=lambda v: (v.name != "original", order.get(v.name, len(order)), v.name))
     return results.get("model"), variants
+
+
+def _check_runs(variant: Any, example: torch.Tensor, run_dir: Path) -> None:
+    """Refuse in one line a loaded variant that fails on an input of its run's shape (its builder's code changed since, say)."""
+    try:
+        with torch.inference_mode():
+            variant(example)
+    except Exception as exc:  # noqa: BLE001 - any error of a user's forward; bench measures nothing of a model that cannot run
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ReportError(f"variant {variant.name} of {run_dir} fails on an input of shape {tuple(example.shape)} ({detail}); "
+                          "its model's code may have changed since the run: re-run the compress command in its results.json") from None
 
 
 def _prepare_out(out: Path, force: bool) -> None:

@@ -722,3 +722,30 @@ def test_a_variant_on_top_of_another_is_drawn_inside_it() -> None:
     sizes = [float(c.get_sizes()[0]) for c in fig.axes[0].collections]
     assert sizes[1] < sizes[0] * 0.5 and sizes[2] == sizes[0]
     assert fig.axes[0].collections[1].get_zorder() > fig.axes[0].collections[0].get_zorder()
+
+
+def test_bench_refuses_in_one_line_a_variant_whose_builder_no_longer_runs(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch) -> None:
+    """QA: a saved variant that loaded but could not run (a pruned depthwise conv's groups) crashed bench with a traceback."""
+    import sys
+
+    from compress import run
+    from compress.context import data_for
+
+    package = tmp_path / "code"
+    package.mkdir()
+    (package / "benchnets.py").write_text("from torch import nn\n\ndef build():\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))\n")
+    monkeypatch.syspath_prepend(str(package))
+    monkeypatch.delitem(sys.modules, "benchnets", raising=False)
+    import benchnets
+
+    run(benchnets.build(), [{"step": "quantize_dynamic"}], data_for("benchnets:build", data="mnist"), out_dir=tmp_path / "run", export=False)
+    # the same weights' names, but the forward no longer flattens the digit
+    (package / "benchnets.py").write_text("from torch import nn\n\ndef build():\n    return nn.Sequential(nn.Identity(), nn.Linear(784, 10))\n")
+    monkeypatch.delitem(sys.modules, "benchnets")
+    out = tmp_path / "bench"
+    assert cli.main(["bench", str(tmp_path / "run"), "--trust-code", "--no-compile", "--no-memory", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("slimlens:")]  # a library's UserWarning may sit beside it
+    assert "Traceback" not in err and line.startswith("slimlens: error: variant int8-dynamic of")
+    assert "fails on an input of shape (1, 1, 28, 28)" in line and "re-run the compress command" in line
+    assert not out.exists()
