@@ -194,6 +194,13 @@ def _card(request: Request) -> Any:
     return user_card(request.model, request.data, request.module)
 
 
+def _refit_advice(model: str, made_from: str | None) -> str:
+    """What to do about a variant that does not fit ``model``: it names this model, so its files or code changed; else it is another model's."""
+    if made_from == model:
+        return f"it was made from {model}, so its files or {model}'s code changed since; re-run the compress command in its run's results.json"
+    return "explain it beside the model it was compressed from"
+
+
 def _check_variant_fits(request: Request, model: Any, inputs: torch.Tensor) -> None:
     """Refuse a variant made from another model: its maps would be compared with the wrong original."""
     variant, path = request.variant, request.variant_path or getattr(request.variant, "name", "the variant")
@@ -213,10 +220,10 @@ def _check_variant_fits(request: Request, model: Any, inputs: torch.Tensor) -> N
             got, expected = variant(probe), model(probe)
     except Exception as exc:  # any failure here means it cannot take this model's inputs
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise ExplainError(f"{path} cannot take {request.model}'s inputs ({reason}); explain it beside the model it was compressed from") from None
+        raise ExplainError(f"{path} cannot take {request.model}'s inputs ({reason}); {_refit_advice(request.model, made_from or builder)}") from None
     if tuple(got.shape) != tuple(expected.shape):
         raise ExplainError(f"{path} gives outputs of shape {tuple(got.shape)} where {request.model} gives {tuple(expected.shape)}; "
-                           "explain it beside the model it was compressed from")
+                           + _refit_advice(request.model, made_from or builder))
     if expected.reshape(len(probe), -1).shape[1] == 1:
         # one output: a probability read as a logit (or the reverse) predicts the wrong class and explains another function,
         # e.g. a hand-saved ONNX file of a sigmoid model beside a user's logit model (compress makes neither for it)

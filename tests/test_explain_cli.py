@@ -763,3 +763,22 @@ def test_a_compress_runs_missing_files_and_its_folder_name_what_to_do(tmp_path, 
         (run / "variants" / removed).unlink()
         _bad(["lenet5", "--variant", str(run / "variants" / f"{meta}.variant.json")], capsys, out, f"{removed}, the ")
         _bad(["lenet5", "--variant", str(run / "variants" / f"{meta}.variant.json")], capsys, out, f"is missing; {remake}")
+
+
+def test_a_variant_of_this_very_model_that_cannot_run_is_not_called_another_models(tmp_path):
+    """QA: a pruned variant of the model being explained that failed on its inputs was told to be explained beside the
+    model it was compressed from, which it already was."""
+    from compress import TorchVariant
+    from explain.errors import ExplainError
+    from explain.run import Request, run
+
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("Given groups=16, expected weight to be at least 16 at dimension 0")
+
+    for source, advice in (({"zoo": "seed-cnn"}, "it was made from seed-cnn, so its files or seed-cnn's code changed since; re-run"),
+                           ({}, "explain it beside the model it was compressed from")):
+        variant = TorchVariant(name="broken", module=Broken(), source=source)
+        with pytest.raises(ExplainError, match="cannot take seed-cnn's inputs") as refused:
+            run(Request(model="seed-cnn", out=tmp_path / "out", methods=["saliency"], samples=2, variant=variant, trust=False))
+        assert advice in str(refused.value)
