@@ -287,20 +287,33 @@ _ACTIVATION_NAMES = frozenset({
 })
 
 
-class _ReadAfterActivation(TorchFunctionMode):
-    """While active, the first activation a forward applies to ``layer``'s output is passed through ``tap``.
+# What a forward does to add a skip path (or a bias) to a map: the sum, not the branch, is what the next layer reads
+_ADD_NAMES = frozenset({"add", "add_", "__add__", "__radd__", "__iadd__"})
 
-    Grad-CAM then hooks ``tap`` and reads the activated map, the one the network's next layer reads. The
-    first torch operation on the map decides: an activation is tapped, anything else (a pool, a residual
-    add, a flatten) leaves the map as the layer gave it.
+
+class _ReadAfterActivation(TorchFunctionMode):
+    """While active, the map the network goes on with after ``layer`` is passed through ``tap``.
+
+    Grad-CAM then hooks ``tap`` and reads that map: after the activation a forward applies to the layer's
+    output as a function or in place, and after a residual add written in the forward (``F.relu(x +
+    self.bn(self.conv(x)))``), whose sum the next layer reads where the layer holds only the branch. The
+    first torch operation on the map decides: an add of the same shape is followed and the next operation
+    decides again; an activation is tapped; anything else (a pool, a flatten) reads the sum, if an add was
+    followed, and leaves the layer's own map otherwise.
     """
 
     def __init__(self, layer: nn.Module, tap: nn.Module):
         super().__init__()
         self.layer, self.tap = layer, tap
         self.watched: torch.Tensor | None = None
-        self.applied: str | None = None  # the activation's name, once one was tapped
+        self.steps: list[str] = []  # the operations followed and tapped after the layer, once the tap was used
+        self.followed: list[str] = []  # adds followed so far, not yet tapped
         self.calls = 0  # of the layer: a layer called twice has no one map to read
+
+    @property
+    def applied(self) -> str | None:
+        """The operations applied to the layer's output before the tapped map ("add, relu"), or None when the layer is read as it is."""
+        return ", ".join(self.steps) or None
 
     def __enter__(self) -> "_ReadAfterActivation":
         self._handle = self.layer.register_forward_hook(self._watch)
@@ -313,21 +326,34 @@ class _ReadAfterActivation(TorchFunctionMode):
     def _watch(self, _module: nn.Module, _inputs: Any, output: Any) -> None:
         self.calls += 1
         self.watched = output if isinstance(output, torch.Tensor) else None
+        self.followed = []
 
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        out = func(*args, **(kwargs or {}))  # the mode is off inside this call, so nothing here is intercepted again
-        if self.watched is None or not args or args[0] is not self.watched or not isinstance(out, torch.Tensor):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)  # the mode is off inside this call, so nothing here is intercepted again
+        watched = self.watched
+        operands = args[:2]
+        if watched is None or not isinstance(out, torch.Tensor) or not any(a is watched for a in operands):
             return out  # not the map, or only a look at it (h.shape, h.size(0))
-        self.watched = None
         name = getattr(func, "__name__", "")
-        if name in _ACTIVATION_NAMES and out.shape == args[0].shape:
-            self.applied = name
-            out = self.tap(out)
+        if name in _ADD_NAMES and out.shape == watched.shape:
+            self.watched = out
+            self.followed.append("add")
+            return out
+        self.watched = None
+        if name in _ACTIVATION_NAMES and args[0] is watched and out.shape == watched.shape:
+            self.steps = [*self.followed, name]
+            return self.tap(out)
+        if self.followed:  # the sum goes straight on (to a pool): run this operation again on the tapped sum
+            self.steps = list(self.followed)
+            tapped = self.tap(watched)
+            return func(*(tapped if a is watched else a for a in args), **kwargs)
         return out
 
 
 def _activation_after(module: nn.Module, layer: nn.Module, sample: torch.Tensor) -> str | None:
-    """The name of the activation ``module``'s forward applies to ``layer``'s output where no module of it can be the layer, else None."""
+    """What ``module``'s forward applies to ``layer``'s output before the map its next layer reads ("relu", "add, relu"), where no
+    module of it holds that map; else None."""
     reading = _ReadAfterActivation(layer, nn.Identity())
     with torch.no_grad(), eval_mode(module), reading:
         module(sample[:1])
@@ -349,7 +375,10 @@ def gradcam_layer_record(module: nn.Module, sample: torch.Tensor) -> dict[str, s
     name = next(n for n, m in module.named_modules() if m is layer)
     record = {"layer": name}
     applied = _activation_after(module, layer, sample)
-    if applied:
+    if applied and applied.startswith("add"):
+        record["read_after"] = (f"{applied}: the forward adds {name}'s output to another map (a skip path){' and activates the sum' if ',' in applied else ''} "
+                                "as functions, so no layer holds the map the next layer reads; Grad-CAM reads it after them")
+    elif applied:
         record["read_after"] = (f"{applied}: the forward applies it to {name}'s output as a function or in place, so no layer holds "
                                 "the activated map; Grad-CAM reads it after the activation, the map the next layer reads")
     return record
