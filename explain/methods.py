@@ -17,6 +17,7 @@ Every method is a Captum class; nothing here re-implements one. What this module
 from __future__ import annotations
 
 import contextlib
+import itertools
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -224,16 +225,23 @@ def last_conv_layer(module: nn.Module, sample: torch.Tensor | None = None) -> nn
         return convs[-1][1]
     outputs: dict[nn.Module, Any] = {}
     calls: dict[nn.Module, int] = {}
+    spans: dict[nn.Module, tuple[int, int]] = {}  # when each module's call began and ended, to tell which calls hold which
+    clock = itertools.count()
     order: list[nn.Module] = []  # leaf modules in the order the forward pass calls them
+
+    def entered(mod: nn.Module, _inputs: Any) -> None:
+        spans[mod] = (next(clock), -1)
 
     def seen(mod: nn.Module, _inputs: Any, out: Any) -> None:
         calls[mod] = calls.get(mod, 0) + 1
+        spans[mod] = (spans[mod][0], next(clock))
         # a copy, because the forward may change it in place afterwards (a BasicBlock adds its skip path with +=)
         outputs[mod] = out.clone() if isinstance(out, torch.Tensor) else out
         if not list(mod.children()):
             order.append(mod)
 
-    handles = [m.register_forward_hook(seen) for m in module.modules() if m is not module]
+    children = [m for m in module.modules() if m is not module]
+    handles = [m.register_forward_pre_hook(entered) for m in children] + [m.register_forward_hook(seen) for m in children]
     try:
         with torch.no_grad(), eval_mode(module):
             module(sample[:1])
@@ -254,11 +262,12 @@ def last_conv_layer(module: nn.Module, sample: torch.Tensor | None = None) -> nn
         if not isinstance(follower, _MAP_FOLLOWERS) or in_place or order.count(follower) != 1:
             break
         layer = follower
-    return _enclosing_block(module, layer, outputs, calls)
+    return _enclosing_block(module, layer, outputs, calls, spans)
 
 
-def _enclosing_block(module: nn.Module, layer: nn.Module, outputs: dict[nn.Module, Any], calls: dict[nn.Module, int]) -> nn.Module:
-    """The outermost block around ``layer`` (below ``module`` itself) whose output is a new map of the same shape,
+def _enclosing_block(module: nn.Module, layer: nn.Module, outputs: dict[nn.Module, Any], calls: dict[nn.Module, int],
+                     spans: dict[nn.Module, tuple[int, int]]) -> nn.Module:
+    """The outermost block whose call holds ``layer``'s (below ``module`` itself) and whose output is a new map of the same shape,
     e.g. a residual block's sum after its ReLU, as pytorch-grad-cam reads ``layer4[-1]`` of a ResNet; else ``layer``.
 
     Read at a residual block's last BatchNorm, the map left out the skip path the next layer also reads.
@@ -272,6 +281,9 @@ def _enclosing_block(module: nn.Module, layer: nn.Module, outputs: dict[nn.Modul
         parent = module.get_submodule(".".join(parts[:depth]))
         out = outputs.get(parent)
         if calls.get(parent) != 1 or not isinstance(out, torch.Tensor) or not isinstance(current, torch.Tensor) or out.shape != current.shape:
+            break
+        # registered under it but called by someone else after it returned: its output comes before the layer's
+        if not spans[parent][0] < spans[layer][0] < spans[layer][1] < spans[parent][1]:
             break
         if not torch.equal(out, current):
             best, current = parent, out

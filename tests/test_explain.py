@@ -243,6 +243,33 @@ def test_gradcam_reads_a_residual_block_at_its_output_not_at_its_last_batchnorm(
     assert explain.methods.gradcam_layer_record(zoo.load("seed-cnn"), x) == {"layer": "features.8"}
 
 
+class _Backbone(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU())
+        self.refine = torch.nn.Conv2d(8, 8, 3, padding=1)  # registered here, called by the model after the backbone returns
+
+    def forward(self, x):
+        return self.stem(x)
+
+
+class _RefinedAfterBackbone(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone = _Backbone()
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.head(self.backbone.refine(self.backbone(x)).mean((2, 3)))
+
+
+def test_gradcam_takes_a_block_only_when_its_call_holds_the_layers(digits):
+    """Review: the block search walked registered parents, so a conv registered under a backbone but run after it
+    was read at the backbone's output, the map before that last conv."""
+    torch.manual_seed(0)
+    assert explain.methods.gradcam_layer_record(_RefinedAfterBackbone().eval(), digits[0][:2]) == {"layer": "backbone.refine"}
+
+
 class _FlatResidual(torch.nn.Module):
     """A user's residual step written in the forward, as QA's ``resadd``: relu(x + bn(conv(x))), no block module."""
 
