@@ -40,7 +40,7 @@ from torch import nn
 from compress.context import CompressionData
 from compress.finetune import clone
 from compress.steps import register_step
-from compress.variant import TorchVariant, VariantError
+from compress.variant import TorchVariant, VariantError, conv_groups
 from zoo.cards import write_atomic
 from zoo.errors import first_line
 
@@ -262,7 +262,8 @@ class CompressedVariant(TorchVariant):
         blob = encode_state(state)
         write_atomic(self.artifact, blob)
         shapes = {k: list(v.shape) for k, v in state.items()}
-        return self._write_metadata(directory, {"sha256": hashlib.sha256(blob).hexdigest(), "shapes": shapes, "storage": STORAGE})
+        return self._write_metadata(directory, {"sha256": hashlib.sha256(blob).hexdigest(), "shapes": shapes, "storage": STORAGE,
+                                                "groups": conv_groups(self.module)})
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,7 @@ class TorchVariant(Variant):
         self.artifact = directory / f"{self.name}.safetensors"
         sha = save_state_dict(self.module, self.artifact)
         shapes = {k: list(v.shape) for k, v in self.module.state_dict().items()}
-        return self._write_metadata(directory, {"sha256": sha, "shapes": shapes})
+        return self._write_metadata(directory, {"sha256": sha, "shapes": shapes, "groups": conv_groups(self.module)})
 
 
 @dataclass
@@ -143,12 +143,12 @@ class OnnxVariant(Variant):
         state = self.stand_in.state_dict()
         try:  # a stand-in of another shape (e.g. QAT's BatchNorm-folded graph) stays in memory only
             rebuilt = _rebuild_module(self.source)
-            _fit_shapes(rebuilt, state)
+            _fit_shapes(rebuilt, state, conv_groups(self.stand_in))
             rebuilt.load_state_dict(state)
         except Exception:
             return {}
         path = directory / f"{self.name}.stand-in.safetensors"
-        return {"stand_in": path.name, "stand_in_sha256": save_state_dict(self.stand_in, path)}
+        return {"stand_in": path.name, "stand_in_sha256": save_state_dict(self.stand_in, path), "stand_in_groups": conv_groups(self.stand_in)}
 
 
 @contextlib.contextmanager
@@ -322,7 +322,7 @@ def _load_from_metadata(path: Path, meta: dict[str, Any], threads: int, trust_co
         if meta.get("stand_in"):  # the float model it was quantized from, for gradient explanations
             stand_in = _rebuild_module(meta["source"])
             state = read_state_dict(path.parent / meta["stand_in"], expected_sha256=meta.get("stand_in_sha256"))
-            _fit_shapes(stand_in, state)
+            _fit_shapes(stand_in, state, meta.get("stand_in_groups"))
             stand_in.load_state_dict(state)
             stand_in.eval()
         return OnnxVariant(**common, threads=threads, stand_in=stand_in)
@@ -335,7 +335,7 @@ def _load_from_metadata(path: Path, meta: dict[str, Any], threads: int, trust_co
         else:
             state, kind = read_state_dict(artifact, expected_sha256=meta.get("sha256")), TorchVariant
         _check_recorded_shapes(path, state, meta.get("shapes"))
-        _fit_shapes(module, state)
+        _fit_shapes(module, state, meta.get("groups"))
         module.load_state_dict(state)
         return kind(**common, module=module.eval())
     raise VariantError(f"variant {path} has unknown format {meta.get('format')!r}")
@@ -382,10 +382,12 @@ def _check_recorded_shapes(path: Path, state: dict[str, torch.Tensor], shapes: A
 
 
 def _pruned_groups(conv: nn.modules.conv._ConvNd) -> int:
-    """The groups of a grouped convolution whose weight was resized to pruned shapes, read while its channel counts are still the architecture's.
+    """A best guess at the groups of a convolution resized to pruned shapes, for metadata that did not record them.
 
     Torch-Pruning removes whole groups of a depthwise convolution (groups = channels: 16 → 8 channels is
     8 groups), so each group keeps its channels; a weight whose groups lost channels instead keeps its groups.
+    A grouped convolution that lost only output channels looks like one that lost whole groups: the
+    recorded groups decide that case.
     """
     if conv.groups == 1:
         return 1
@@ -397,7 +399,12 @@ def _pruned_groups(conv: nn.modules.conv._ConvNd) -> int:
     return conv.groups
 
 
-def _fit_shapes(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+def conv_groups(module: nn.Module) -> dict[str, int]:
+    """The ``groups`` of every convolution of ``module`` by name: saved with a variant, since pruned weights alone cannot tell them."""
+    return {name: m.groups for name, m in module.named_modules() if isinstance(m, nn.modules.conv._ConvNd)}
+
+
+def _fit_shapes(module: nn.Module, state: dict[str, torch.Tensor], groups: Any = None) -> None:
     """Resize parameters and buffers to the saved shapes, so a channel-pruned model rebuilds from its builder.
 
     Pruning only removes channels, so a tensor with more dimensions or a larger size than the
@@ -424,10 +431,11 @@ def _fit_shapes(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
                 setattr(owner, attr, nn.Parameter(replacement, requires_grad=current.requires_grad))
             else:
                 owner.register_buffer(attr, replacement)
-    for sub in module.modules():  # keep the layers' own size attributes true to their new weights
+    recorded = groups if isinstance(groups, dict) else {}  # metadata from before groups were saved has none
+    for name, sub in module.named_modules():  # keep the layers' own size attributes true to their new weights
         if isinstance(sub, nn.modules.conv._ConvNd):  # 1-D to 3-D, transposed too
             w = sub.weight
-            sub.groups = _pruned_groups(sub)
+            sub.groups = recorded[name] if isinstance(recorded.get(name), int) else _pruned_groups(sub)
             out_ch, in_ch = (w.shape[1] * sub.groups, w.shape[0]) if sub.transposed else (w.shape[0], w.shape[1] * sub.groups)
             sub.out_channels, sub.in_channels = out_ch, in_ch
         elif isinstance(sub, nn.Linear):

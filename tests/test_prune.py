@@ -376,3 +376,38 @@ def test_a_pruned_depthwise_convolution_reloads_with_its_groups(tmp_path):
     again = load_variant(meta, trust_code=True)
     assert [again.module.body[i].groups for i in (3, 9)] == [8, 16]
     assert torch.equal(again(x), TorchVariant("p", module=pruned)(x))
+
+
+class GroupedFromInput(torch.nn.Module):
+    """A grouped (not depthwise) conv on the digit repeated to 4 channels: Torch-Pruning can cut only its outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 8, 3, padding=1, groups=2)
+        self.body = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 3, stride=2, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1))
+        self.head = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.head(self.body(self.conv(x.repeat(1, 4, 1, 1))).flatten(1))
+
+
+def test_groups_are_read_from_the_metadata_and_guessed_only_for_older_files(tmp_path):
+    """Review: a grouped conv that lost only output channels (weight (4, 2, 3, 3), groups 2) looks like one that lost
+    whole groups, and was reloaded as groups=1; variants now record their groups, older metadata is still read."""
+    import json
+
+    torch.manual_seed(0)
+    data = data_for("tests.test_prune:GroupedFromInput", data="mnist")
+    pruned = prune_structured(GroupedFromInput().eval(), PruneStructuredConfig(ratio=0.5, steps=1, epochs=0.0), data)
+    assert pruned.conv.groups == 2 and tuple(pruned.conv.weight.shape) == (4, 2, 3, 3)
+    x = data.inputs(4, split="test")
+    meta = TorchVariant("narrow", source=data.source, module=pruned).save(tmp_path)
+    again = load_variant(meta, trust_code=True)
+    assert again.module.conv.groups == 2 and torch.equal(again(x), TorchVariant("p", module=pruned)(x))
+    separable = prune_structured(Separable().eval(), PruneStructuredConfig(ratio=0.5, steps=1, epochs=0.0),
+                                 data_for("tests.test_prune:Separable", data="mnist"))
+    older = TorchVariant("older", source={"builder": "tests.test_prune:Separable"}, module=separable).save(tmp_path)
+    recorded = json.loads(older.read_text())
+    del recorded["groups"]  # as written before groups were recorded: a depthwise conv's are guessed from its weight
+    older.write_text(json.dumps(recorded))
+    assert [load_variant(older, trust_code=True).module.body[i].groups for i in (3, 9)] == [8, 16]

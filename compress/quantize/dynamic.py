@@ -20,7 +20,7 @@ from compress.context import CompressionData
 from compress.finetune import clone
 from compress.quantize.common import Progress, QuantizationError, no_progress, step_record
 from compress.steps import register_step
-from compress.variant import TorchVariant, _fit_shapes, _rebuild_module
+from compress.variant import TorchVariant, _fit_shapes, _rebuild_module, conv_groups
 from zoo.cards import write_atomic
 from zoo.weights import read_state_dict
 
@@ -136,7 +136,7 @@ def _dequantized_module(float_model: nn.Module, tensors: dict[str, torch.Tensor]
     """A float copy computing with the dequantized int8 weights: the gradient-friendly stand-in for explanations."""
     stand_in = clone(float_model)
     state = _float_state(tensors, int8)
-    _fit_shapes(stand_in, state)
+    _fit_shapes(stand_in, state, conv_groups(float_model))
     stand_in.load_state_dict(state)
     return stand_in.eval()
 
@@ -176,7 +176,7 @@ class Int8TorchVariant(TorchVariant):
         blob = save_safetensors_bytes(tensors)
         self.artifact = directory / f"{self.name}.safetensors"
         write_atomic(self.artifact, blob)
-        return self._write_metadata(directory, {"sha256": hashlib.sha256(blob).hexdigest(), "int8_weights": int8})
+        return self._write_metadata(directory, {"sha256": hashlib.sha256(blob).hexdigest(), "int8_weights": int8, "groups": conv_groups(self.module)})
 
 
 def load_int8_variant(meta: dict[str, Any], common: dict[str, Any]) -> Int8TorchVariant:
@@ -185,7 +185,7 @@ def load_int8_variant(meta: dict[str, Any], common: dict[str, Any]) -> Int8Torch
     int8 = meta["int8_weights"]
     float_model = _rebuild_module(meta["source"])
     state = _float_state(tensors, int8)
-    _fit_shapes(float_model, state)
+    _fit_shapes(float_model, state, meta.get("groups"))
     float_model.load_state_dict(state)
     layers = tuple(meta["dynamic_layers"])
     quantized = _quantize_dynamic_module(float_model.eval(), layers)

@@ -60,7 +60,7 @@ def load_half_variant(meta: dict[str, Any], common: dict[str, Any]) -> HalfTorch
     """Rebuild a saved fp16/bf16 variant in its own dtype (a plain load would silently upcast to float32)."""
     state = read_state_dict(common["artifact"], expected_sha256=meta.get("sha256"))
     module = _rebuild_module(meta["source"])
-    _fit_shapes(module, state)
+    _fit_shapes(module, state, meta.get("groups"))
     module.load_state_dict(state)
     stand_in = clone(module).eval()
     return HalfTorchVariant(**common, module=module.to(HALF_DTYPES[meta["dtype"]]).eval(), stand_in=stand_in, dtype=meta["dtype"])
