@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from pathlib import Path
 
@@ -46,8 +47,15 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> n
     """Load ``state`` into ``model`` strictly, turning a shape or key mismatch into a one-line WeightsError."""
     expected = model.state_dict()
     state = _without_wrapper_prefix(state, expected)
-    # load_state_dict fills in a BatchNorm's step counter (read only by momentum=None) when a file leaves it out
-    missing = [k for k in expected if k not in state and k.rpartition(".")[2] != "num_batches_tracked"]
+    # A BatchNorm's step counter, which inference never reads, may be left out of a file: it starts at 0, as
+    # load_state_dict starts it for a dict without version metadata (a torch.save'd state_dict keeps that
+    # metadata, and then load_state_dict itself refuses the gap). With momentum=None, fine-tuning then
+    # averages its running statistics afresh from the first batch.
+    counters = {k: torch.zeros_like(v) for k, v in expected.items() if k not in state and k.rpartition(".")[2] == "num_batches_tracked"}
+    if counters:
+        state = copy.copy(state)  # the caller's dict stays as it was; an OrderedDict keeps its _metadata
+        state.update(counters)
+    missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     reshaped = [f"{k} {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model" for k, v in expected.items() if k in state and state[k].shape != v.shape]
     # load_state_dict would cast int8 codes into float weights as if they were values: a quantized
