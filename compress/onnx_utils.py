@@ -68,9 +68,9 @@ def preprocess(source: str | Path, target: str | Path) -> Path:
     return Path(target)
 
 
-def quantize_dynamic_file(source: str | Path, target: str | Path, per_channel: bool = False) -> Path:
-    """Dynamic int8: int8 weights for MatMul/Gemm/LSTM (DynamicQuantizeLSTM), activations quantized at run time."""
-    with _quiet(), tempfile.TemporaryDirectory(prefix="slimlens-") as tmp:
+def quantize_dynamic_file(source: str | Path, target: str | Path, per_channel: bool = False, notes: list[str] | None = None) -> Path:
+    """Dynamic int8: int8 weights for MatMul/Gemm/LSTM (DynamicQuantizeLSTM), activations quantized at run time; ``notes`` receives the quantizer's warnings."""
+    with _quiet(notes), tempfile.TemporaryDirectory(prefix="slimlens-") as tmp:
         prepared = preprocess(source, Path(tmp) / "prepared.onnx")
         ort_quantize_dynamic(prepared, str(target), per_channel=per_channel, weight_type=QuantType.QInt8)
     return Path(target)
@@ -167,12 +167,12 @@ def layer_input_names(path: str | Path, weights: list[np.ndarray]) -> list[str |
 
 
 class _Collect(logging.Handler):
-    def __init__(self, into: list[str]):
+    def __init__(self, into: list[str]) -> None:
         super().__init__(logging.WARNING)
         self.into = into
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.into.append(record.getMessage())
+        self.into.append(f"{record.levelname.lower()} from {record.name}: {record.getMessage()}")
 
 
 @contextlib.contextmanager

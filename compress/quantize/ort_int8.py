@@ -60,13 +60,15 @@ def quantize_dynamic_onnx(model: nn.Module, config: OrtDynamicInt8Config, data: 
         progress("exporting to ONNX for dynamic int8")
         fp32, exporter = export_fp32(model, data, config.opset, folder)
         progress("ONNX Runtime dynamic int8")
-        target = quantize_dynamic_file(fp32, folder / f"{config.name}.onnx", per_channel=config.per_channel)
+        notes: list[str] = []
+        target = quantize_dynamic_file(fp32, folder / f"{config.name}.onnx", per_channel=config.per_channel, notes=notes)
         if count_int8_initializers(target) == 0:
             raise QuantizationError(
                 f"ONNX Runtime dynamic int8 found no MatMul/Gemm/LSTM weights in {data.model_name} (family {data.family}); "
                 "use quantize_static_onnx instead"
             )
-    step = step_record("quantize_dynamic_onnx", config, backend="onnxruntime.quantization.quantize_dynamic", exported_with=exporter)
+    step = step_record("quantize_dynamic_onnx", config, backend="onnxruntime.quantization.quantize_dynamic", exported_with=exporter,
+                       **({"quantizer_warnings": sorted(set(notes))} if notes else {}))
     variant = OnnxVariant(name=config.name, steps=[step], source=dict(data.source), artifact=target, stand_in=clone(model).eval())
     return removed_with(variant, folder)
 
