@@ -163,8 +163,8 @@ def _size_warnings(step: str, made: list[dict], before: dict, entries: list[dict
         reference = same_format.get(entry["format"])
         if reference is not None and entry["size_bytes"] > reference["size_bytes"]:
             warnings.append(f"{entry['name']} is {entry['size_bytes']:,} bytes, more than the {reference['size_bytes']:,} of {reference['name']}, "
-                            f"the float model it was made from: at {before['params']:,} parameters the file is mostly format "
-                            "(graph, scales, zero points), so this step saves no space on this model")
+                            f"the float model it was made from, so this step saves no space on this model (at {before['params']:,} "
+                            "parameters, graph, scales and zero points can outweigh the weights)")
     return warnings
 
 
@@ -455,8 +455,7 @@ def _resolve(model: nn.Module | str, recipe: Recipe | str | Path | list, data: C
 
 
 def user_family(model: nn.Module, data: CompressionData) -> CompressionData:
-    """``data`` with the family a zoo model like a user's would have: lstm with an LSTM, GRU or RNN layer, cnn with a
-    convolution, else mlp, so a recipe's ``families`` route it as it routes the zoo's."""
+    """``data`` with a user's model's family for recipe routing: lstm with a recurrent layer, cnn with a convolution, else mlp."""
     # The presets give recurrent models gentler pruning and dynamic instead of static int8 by family;
     # as "custom", the edge preset's static int8 step would refuse a user's LSTM after minutes of work, and a
     # step with families = ["cnn"] (the README's example) skipped a user's CNN. A conv → LSTM network is lstm

@@ -39,7 +39,7 @@ from zoo.errors import SlimlensError
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 RESERVED = ("step", "name", "max_drop", "search", "optional", "families")
-FAMILIES = ("cnn", "lstm", "gan", "autoencoder", "mlp", "custom")
+FAMILIES = ("cnn", "lstm", "gan", "autoencoder", "mlp")
 # Strengths the accuracy-aware search tries when neither the recipe nor the config class names any (weakest first).
 DEFAULT_SEARCH = {
     "ratio": (0.3, 0.5, 0.6, 0.7, 0.8),
@@ -258,7 +258,9 @@ def parse_step(table: Any, index: int, origin: str) -> RecipeStep:
     families = table.get("families")
     if families is not None:
         if not isinstance(families, list) or not families or any(f not in FAMILIES for f in families):
-            raise SlimlensError(f"{where}: families must be a list drawn from {', '.join(FAMILIES)}, got {families!r}")
+            hint = ("; a model of your own takes the family a zoo model like it has (cnn, lstm or mlp), so 'custom' names none"
+                    if isinstance(families, list) and "custom" in families else "")
+            raise SlimlensError(f"{where}: families must be a list drawn from {', '.join(FAMILIES)}, got {families!r}{hint}")
         families = tuple(families)
     step = RecipeStep(name, config, label, max_drop, tuple(search) if search is not None else None, optional, families)
     if max_drop is not None:

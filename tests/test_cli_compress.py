@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -145,7 +146,7 @@ def test_steps_lists_every_step_its_families_and_settings(capsys):
     assert cli.main(["steps"]) == 0
     listing = capsys.readouterr().out
     assert all(f"{name}: " in listing for name in list_steps())
-    assert "quantize_static_onnx: " in listing and "(cnn, gan, mlp, autoencoder, custom)" in listing
+    assert "quantize_static_onnx: " in listing and "(cnn, gan, mlp, autoencoder)" in listing
     assert cli.main(["steps", "distill"]) == 0
     settings = capsys.readouterr().out
     assert "    width = 0.25" in settings and "    temperature = 4.0" in settings
@@ -335,8 +336,6 @@ def test_an_untrained_users_model_is_warned_about_in_the_terminal_the_results_an
     assert len(warnings) == 1 and "no better than always answering its most common class" in warnings[0] and "--weights" in warnings[0]
     results = json.loads((out / "results.json").read_text())
     assert [f"warning: original: {w}" for w in results["warnings"]] == warnings
-    import html
-
     assert f"Warning: {results['warnings'][0]}" in re.sub(r"<[^>]+>", "", html.unescape((out / "report.html").read_text()))
     trained = tmp_path / "trained"
     assert cli.main(["compress", "zoo.models.lenet:lenet5", "--weights", str(TRAINED_DIR / "lenet5.safetensors"), "--data", "mnist",

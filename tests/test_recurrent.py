@@ -138,13 +138,13 @@ def test_onnx_runtime_dynamic_int8_refuses_a_gru_it_would_leave_in_float():
 
 
 def test_a_users_recurrent_model_takes_the_recurrent_route_of_a_recipe(tmp_path: Path):
-    recipe = [{"step": "quantize_static_onnx", "samples": 8, "families": ["cnn", "custom"]},
+    recipe = [{"step": "quantize_static_onnx", "samples": 8, "families": ["cnn", "mlp"]},
               {"step": "quantize_dynamic_onnx", "families": ["lstm"], "optional": True},
               {"step": "quantize_dynamic", "families": ["lstm"]}]
     variants = run(RowGRU().eval(), recipe, data_for(BUILDER, data="mnist"), out_dir=tmp_path, export=False)
     results = variants.results
     steps = {s["step"]: s for s in results["timings"]["steps"]}
-    assert results["family"] == "lstm" and steps["quantize_static_onnx"]["skipped"] == "runs on cnn, custom models only, not lstm"
+    assert results["family"] == "lstm" and steps["quantize_static_onnx"]["skipped"] == "runs on cnn, mlp models only, not lstm"
     assert "would stay in float" in steps["quantize_dynamic_onnx"]["skipped"]
     assert [v["name"] for v in results["variants"]] == ["original", "int8-dynamic"]
     from compress.pipeline import user_family
@@ -233,3 +233,7 @@ def test_a_users_cnn_and_dense_model_take_the_zoos_cnn_and_mlp_routes(tmp_path: 
     mlp = run(zoo.load("softmax-regression"), recipe, data_for("zoo.models.mlp:softmax_regression", data="mnist"),
               out_dir=tmp_path / "mlp", export=False).results
     assert mlp["family"] == "mlp" and [v["name"] for v in mlp["variants"]] == ["original", "int8-mlp"]
+    from compress.recipe import Recipe
+
+    with pytest.raises(SlimlensError, match=r"families must be .*'custom' names none"):  # no run has that family any more
+        Recipe.from_steps([{"step": "quantize_dynamic", "families": ["custom"]}])

@@ -17,7 +17,7 @@ from zoo.errors import SlimlensError
 
 Progress = Callable[[str], None]
 # ONNX Runtime has no static (calibrated) quantization of the LSTM op; dynamic int8 handles it.
-STATIC_FAMILIES = ("cnn", "gan", "mlp", "autoencoder", "custom")
+STATIC_FAMILIES = ("cnn", "gan", "mlp", "autoencoder")
 
 
 def output_channel_axis(module: nn.Module) -> int:
@@ -37,7 +37,8 @@ def require_static_family(data: CompressionData, what: str, reason: str, model: 
     if recurrent:
         raise QuantizationError(f"{what} does not apply to {data.model_name}: {reason}, and its {type(model.get_submodule(recurrent[0])).__name__} "
                                 f"layer {recurrent[0]!r} would stay in float; use quantize_dynamic or quantize_dynamic_onnx instead")
-    if data.family not in STATIC_FAMILIES:
+    # "custom": a user's model handed to a step directly, before run() gives it its family; the recurrent check above is what matters there
+    if data.family not in (*STATIC_FAMILIES, "custom"):
         raise QuantizationError(f"{what} does not apply to {data.model_name} (family {data.family}): {reason}; "
                                 "use quantize_dynamic or quantize_dynamic_onnx instead")
 
