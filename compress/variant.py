@@ -172,15 +172,30 @@ def removed_with(variant: Variant, folder: Path) -> Variant:
     return variant
 
 
+def _import_from_here_too(module_name: str) -> Any:
+    """Import ``module_name``, also from the current folder, as ``python -m`` would: a console script's path leaves it out."""
+    import importlib
+    import sys
+
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        top = module_name.partition(".")[0]
+        here = Path.cwd()
+        if exc.name != top or str(here) in sys.path or not ((here / top).is_dir() or (here / f"{top}.py").is_file()):
+            raise
+        sys.path.insert(0, str(here))
+        return importlib.import_module(module_name)
+
+
 def build_module(path: str) -> nn.Module:
     """The module that ``package.module:function`` (a function or class taking no arguments) builds; one-line errors."""
-    import importlib
-
     module_name, _, attr = path.partition(":")
     try:
-        builder = getattr(importlib.import_module(module_name), attr)
+        builder = getattr(_import_from_here_too(module_name), attr)
     except (ImportError, AttributeError, ValueError) as exc:
-        raise SlimlensError(f"cannot import model builder {path!r} ({exc}); give a zoo name or package.module:function") from None
+        raise SlimlensError(f"cannot import model builder {path!r} ({exc}); give a zoo name or package.module:function, "
+                            "importable from the current folder or from PYTHONPATH") from None
     try:
         built = builder()
     except Exception as exc:  # the user's own code: any error it raises is theirs to fix, in one line

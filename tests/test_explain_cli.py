@@ -782,3 +782,24 @@ def test_a_variant_of_this_very_model_that_cannot_run_is_not_called_another_mode
         with pytest.raises(ExplainError, match="cannot take seed-cnn's inputs") as refused:
             run(Request(model="seed-cnn", out=tmp_path / "out", methods=["saliency"], samples=2, variant=variant, trust=False))
         assert advice in str(refused.value)
+
+
+def test_a_users_package_in_the_current_folder_is_found_as_python_m_finds_it(tmp_path, monkeypatch, capsys):
+    """README walkthrough: `slimlens explain mypkg.nets:build` run beside mypkg/ said 'No module named mypkg', since a
+    console script's import path, unlike `python -m`'s, leaves the current folder out."""
+    import sys
+
+    (tmp_path / "walkpkg").mkdir()
+    (tmp_path / "walkpkg" / "__init__.py").write_text("")
+    (tmp_path / "walkpkg" / "nets.py").write_text("from zoo.models.lenet import lenet5 as build\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "walkpkg", raising=False)
+    monkeypatch.delitem(sys.modules, "walkpkg.nets", raising=False)
+    argv = ["explain", "walkpkg.nets:build", "--weights", str(zoo.cards.weights_path("lenet5")), "--data", "mnist",
+            "--methods", "saliency", "--samples", "1", "--no-trust", "--quiet", "--out", "out"]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    assert (tmp_path / "out" / "explain.json").is_file()
+    capsys.readouterr()
+    assert cli.main(["explain", "nowherepkg.nets:build", *argv[2:-1], "again"]) == 2  # the error says where a builder is looked for
+    assert "importable from the current folder or from PYTHONPATH" in capsys.readouterr().err
