@@ -42,6 +42,24 @@ TIMER = f"time.perf_counter_ns around each single call, after warm-up; each vari
 MAX_BATCH = 65_536
 
 
+def _cpu_seconds() -> tuple[float, float] | None:
+    """(busy CPU-seconds of the whole machine, CPU-seconds of this process and all its threads) so far; None off Linux."""
+    try:
+        fields = [int(v) for v in open("/proc/stat", encoding="ascii").readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle and iowait
+    times = os.times()
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), times.user + times.system
+
+
+def other_processes_cpus(start: tuple[float, float] | None, end: tuple[float, float] | None, seconds: float) -> float | None:
+    """How many CPUs other processes kept busy on average between two ``_cpu_seconds`` readings ``seconds`` apart."""
+    if start is None or end is None or seconds <= 0:
+        return None
+    return max(0.0, ((end[0] - start[0]) - (end[1] - start[1])) / seconds)
+
+
 @dataclass(frozen=True)
 class TimingConfig:
     """How latency is taken; every field is recorded next to the figures."""
@@ -187,6 +205,9 @@ def interleaved_cpu(variants: list[Any], x1: torch.Tensor, xb: torch.Tensor, cfg
     by_round: list[list[float]] = [[] for _ in range(n)]
     failures: list[list[tuple[int, str]]] = [[] for _ in range(n)]
     loads: list[float] = []
+    # The load average also counts this process's own work just before (a compress run's training lifted it to
+    # 2.6 on 2 CPUs with nothing else running), so what other processes did during the rounds is measured too.
+    began, before = time.perf_counter(), _cpu_seconds()
     with torch_threads(cfg.threads):
         for r in range(cfg.rounds):
             progress(f"latency round {r + 1}/{cfg.rounds} over {n} variant(s)")
@@ -205,6 +226,7 @@ def interleaved_cpu(variants: list[Any], x1: torch.Tensor, xb: torch.Tensor, cfg
                 ones[i] += one
                 manys[i] += many
                 by_round[i].append(len(xb) / (float(np.median(many)) / 1e9))
+    others = other_processes_cpus(before, _cpu_seconds(), time.perf_counter() - began)
     results = []
     for i in range(n):
         if not manys[i]:
@@ -216,6 +238,8 @@ def interleaved_cpu(variants: list[Any], x1: torch.Tensor, xb: torch.Tensor, cfg
             merged["failed_rounds"] = [f"round {r} of {cfg.rounds}: {reason}" for r, reason in failures[i]]
         if loads:
             merged["load_average_1min"] = round(max(loads), 2)  # the busiest moment of the rounds
+        if others is not None:
+            merged["other_processes_cpus"] = round(others, 2)  # the mean over all rounds
         results.append(merged)
     return results
 
@@ -240,8 +264,9 @@ def cpu_latency(variant: Any, x1: torch.Tensor, xb: torch.Tensor, cfg: TimingCon
     }
     if main is None:
         main = interleaved_cpu([variant], x1, xb, cfg)[0]
-    if "load_average_1min" in main:
-        how["load_average_1min"] = main["load_average_1min"]
+    for key in ("load_average_1min", "other_processes_cpus"):
+        if key in main:
+            how[key] = main[key]
     if variant.format == "onnx":
         return _with_how("onnxruntime", {"onnxruntime": main}, how)
     if _compiled_at_load(variant):  # its main figures are already compiled ones; compiling the program again measures nothing new

@@ -23,6 +23,10 @@ MEMORY_STEP_MB = 0.1  # the summary table shows memory to one decimal
 GAIN_SHOWN = 1.005  # the headline names a variant only if it is faster or smaller than the original by more than noise
 
 
+# Other processes' mean CPU use during the timing rounds above which the report calls its timings noisy; on an
+# idle machine it read 0.01, and one spinning process 1.00
+OTHER_WORK_CPUS = 0.3
+
 def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
@@ -220,12 +224,17 @@ def run_context(run: dict[str, Any]) -> dict[str, Any]:
     no_gpu = any("no CUDA GPU" in str((e.get("latency") or {}).get("cuda", {}).get("unavailable", "")) for e in entries) or str(env.get("gpu", "")).startswith("none")
     loads = [_num(_lat(e, "cpu").get("load_average_1min")) for e in entries]
     loads = [v for v in loads if v is not None]
+    others = [v for v in (_num(_lat(e, "cpu").get("other_processes_cpus")) for e in entries) if v is not None]
     cpus = _num(env.get("cpu_count")) or _num(_lat(original, "cpu").get("cpu_count"))
     busy = None
-    if loads and cpus and max(loads) > cpus:
-        # other work competing for the cores stalls multi-threaded kernels (PyTorch's OpenMP most): say so up front
-        busy = (f"The machine was busy while these timings were taken (1-minute load average up to {max(loads):.1f} on {cpus:.0f} CPUs): "
-                "latencies and speed-ups are unreliable, PyTorch's multi-threaded ones most. Re-run `slimlens bench` on an idle machine.")
+    # other work competing for the cores stalls multi-threaded kernels (PyTorch's OpenMP most): say so up front.
+    # Other processes' CPU time during the rounds decides where it was measured; the load average, which also
+    # counts the run's own training just before, only for results written before that.
+    advice = "latencies and speed-ups are unreliable, PyTorch's multi-threaded ones most. Re-run `slimlens bench` on an idle machine."
+    if others and max(others) > OTHER_WORK_CPUS:
+        busy = f"Other processes kept {max(others):.1f} CPUs busy on average while these timings were taken: {advice}"
+    elif not others and loads and cpus and max(loads) > cpus:
+        busy = f"The machine was busy while these timings were taken (1-minute load average up to {max(loads):.1f} on {cpus:.0f} CPUs): {advice}"
     recipe = run.get("recipe")
     recipe_name = (recipe.get("name") or str(recipe.get("origin", "")).removeprefix("preset:")) if isinstance(recipe, dict) else recipe
     timing = run.get("timing") or _lat(original, "cpu").get("timing") or {}

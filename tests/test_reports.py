@@ -231,12 +231,38 @@ def test_report_renders_self_contained_from_stored_results(bench_dir: Path, tmp_
 
 def test_report_warns_when_the_machine_was_busy(results: dict, tmp_path: Path) -> None:
     run = copy.deepcopy(results)
-    for entry in run["variants"]:
+    for entry in run["variants"]:  # results from before other processes' CPU was measured: the load average decides
+        entry["latency"]["cpu"].pop("other_processes_cpus", None)
         entry["latency"]["cpu"]["load_average_1min"] = 4.0 * run["environment"]["cpu_count"]
     assert "Noisy timings" in reports.render([run], tmp_path / "busy.html").read_text()
     for entry in run["variants"]:
         entry["latency"]["cpu"]["load_average_1min"] = 0.0
     assert "Noisy timings" not in reports.render([run], tmp_path / "idle.html").read_text()
+    # README walkthrough: the load average also counts the run's own training just before the rounds, so what other
+    # processes used during them decides where it was measured
+    for entry in run["variants"]:
+        entry["latency"]["cpu"].update(load_average_1min=1.3 * run["environment"]["cpu_count"], other_processes_cpus=0.01)
+    assert "Noisy timings" not in reports.render([run], tmp_path / "own-load.html").read_text()
+    run["variants"][1]["latency"]["cpu"]["other_processes_cpus"] = 1.0
+    assert "Other processes kept 1.0 CPUs busy" in reports.render([run], tmp_path / "others.html").read_text()
+
+
+def test_timing_rounds_measure_the_cpu_other_processes_use(tmp_path: Path) -> None:
+    """One spinning process beside the rounds is about one CPU of other work; the rounds' own threads do not count."""
+    import subprocess
+    import sys
+
+    from reports.latency import interleaved_cpu
+
+    cfg = reports.TimingConfig(warmup=1, min_repetitions=3, max_repetitions=10_000, min_seconds=1.0, compile=False, rounds=1)
+    model, x = zoo.load("seed-cnn"), timing_inputs("seed-cnn", 8)
+    variant = TorchVariant(name="m", module=model)
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        busy = interleaved_cpu([variant], x[:1], x, cfg)[0]["other_processes_cpus"]
+    finally:
+        spinner.kill()
+    assert busy > 0.5  # a core's worth, less what the rounds' two threads took from it on two cores
 
 
 def test_results_from_before_timing_rounds_still_render(results: dict, tmp_path: Path) -> None:
