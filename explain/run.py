@@ -610,6 +610,8 @@ def _trust(plan: Plan, maps: dict[str, torch.Tensor], target: Any, output_kind: 
         infidelity = trust.infidelity_score(model, x, m, target)
         sensitivity = trust.sensitivity(model, x[few], few_target, method, n_perturb_samples=3, **plan.options[method])
         sanity = trust.randomisation_test(model, x[few], few_target, method, seed=plan.request.seed, **plan.options[method])
+        if sanity["flagged"]:  # the one verdict that says the maps may not explain the model at all: not only in explain.json
+            say(f"warning: {method}: fails the model-randomisation check: {sanity['verdict']}")
         entry: dict[str, Any] = {  # scalars first: one row of a table per method
             "deletion_auc": float(curves["deletion_auc"].mean()),
             "insertion_auc": float(curves["insertion_auc"].mean()),

@@ -803,3 +803,14 @@ def test_a_users_package_in_the_current_folder_is_found_as_python_m_finds_it(tmp
     capsys.readouterr()
     assert cli.main(["explain", "nowherepkg.nets:build", *argv[2:-1], "again"]) == 2  # the error says where a builder is looked for
     assert "importable from the current folder or from PYTHONPATH" in capsys.readouterr().err
+
+
+def test_a_method_that_fails_the_randomisation_check_is_warned_about_even_when_quiet(tmp_path, capsys):
+    """README walkthrough: integrated gradients failed the check on seed-cnn ('an edge detector of the input') and only
+    explain.json said so."""
+    out = tmp_path / "out"
+    assert cli.main(["explain", "seed-cnn", "--methods", "integrated_gradients,occlusion", "--samples", "4", "--out", str(out), "--quiet"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    trust = json.loads((out / "explain.json").read_text())["trust"]
+    flagged = [m for m in ("integrated_gradients", "occlusion") if trust[m]["randomisation_flagged"]]
+    assert flagged and warnings == [f"warning: {m}: fails the model-randomisation check: {trust[m]['randomisation']['verdict']}" for m in flagged]
