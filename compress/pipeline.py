@@ -206,7 +206,8 @@ def _search(recipe_step: RecipeStep, module: nn.Module, data: CompressionData, o
         within = within_max_drop(drop, recipe_step.max_drop)
         trail.append({field: value, data.primary_metric: metrics[data.primary_metric], "drop": round(drop, 4),
                       "gzip_bytes": size, "within": within})
-        progress(f"{recipe_step.label}: {field}={value} → drop {drop:.3f}, {size:,} gzip bytes{'' if within else ' (past max_drop)'}")
+        unit = " points" if data.primary_metric in POINT_METRICS else ""  # max_drop counts points of a fraction, else the metric's units
+        progress(f"{recipe_step.label}: {field}={value} → drop {drop:.3f}{unit}, {size:,} gzip bytes{'' if within else ' (past max_drop)'}")
         weakest = weakest or (output, config)
         if within:
             within_tolerance.append((output, config, size, drop))

@@ -40,7 +40,7 @@ def test_compress_end_to_end_with_a_builder_and_weights(tmp_path: Path, recipe: 
     assert results["variants"][0]["metrics"]["accuracy"] > 0.9
     assert results["command"].startswith("slimlens compress zoo.models.mlp:SimpleNet")
     # a command that reproduces the run from any folder: absolute paths, and the switches that shaped it
-    assert f"--out {out.resolve()}" in results["command"] and f"--recipe {recipe.resolve()}" in results["command"]
+    assert f"--out {out.resolve()} --force" in results["command"] and f"--recipe {recipe.resolve()}" in results["command"]
     assert "--no-latency --no-report" in results["command"]
     assert all((out / v["artifact"]).is_file() for v in results["variants"])
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".run.")]  # the staging folder was renamed away
@@ -339,5 +339,7 @@ def test_an_untrained_users_model_is_warned_about_in_the_terminal_the_results_an
     assert f"Warning: {results['warnings'][0]}" in re.sub(r"<[^>]+>", "", html.unescape((out / "report.html").read_text()))
     trained = tmp_path / "trained"
     assert cli.main(["compress", "zoo.models.lenet:lenet5", "--weights", str(TRAINED_DIR / "lenet5.safetensors"), "--data", "mnist",
-                     "--recipe", str(recipe), "--out", str(trained), "--no-latency", "--quiet"]) == 0
-    assert "warning:" not in capsys.readouterr().err and "warnings" not in json.loads((trained / "results.json").read_text())
+                     "--recipe", str(recipe), "--out", str(trained), "--no-latency"]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" not in err and "warnings" not in json.loads((trained / "results.json").read_text())
+    assert err.splitlines()[-1] == f"report: {trained / 'report.html'}"  # the page to open is named, not only results.json
