@@ -29,14 +29,14 @@ def zoo_variants(model: str, folder: Path, onnx: bool = True) -> tuple[list[Any]
     failed: list[dict[str, str]] = []
     if onnx:
         try:
-            # the exporter and opset compress uses for its original-onnx, so "vs ORT fp32" means the same in both
-            path = export_onnx(original.module, timing_inputs(model, 1), folder / "onnx-fp32.onnx", opset=ExportOnnxConfig().opset)
+            # the name, exporter and opset compress gives its original-onnx, so "vs ORT fp32" means the same in both
+            path = export_onnx(original.module, timing_inputs(model, 1), folder / "original-onnx.onnx", opset=ExportOnnxConfig().opset)
             steps = [{"step": "export_onnx", "opset": ExportOnnxConfig().opset, "exported_with": onnx_exporter(path)}]
-            exported = OnnxVariant(name="onnx-fp32", steps=steps, source={"zoo": model}, artifact=path)
+            exported = OnnxVariant(name="original-onnx", steps=steps, source={"zoo": model}, artifact=path)
             exported.save(folder)
             variants.append(exported)
         except Exception as exc:  # noqa: BLE001 - an export failure is a result, recorded with its reason
-            failed.append({"name": "onnx-fp32", "reason": f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]})
+            failed.append({"name": "original-onnx", "reason": f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]})
     return variants, failed
 
 

@@ -53,7 +53,7 @@ def test_bench_measures_torch_and_onnx_variants(bench_dir: Path, results: dict) 
     assert not list(bench_dir.parent.glob(".run.tmp-*")), "the staging folder must be gone"
     assert results["schema"] == reports.SCHEMA and results["model"] == MODEL
     original, exported = results["variants"]
-    assert (original["name"], original["format"], exported["name"], exported["format"]) == ("original", "torch", "onnx-fp32", "onnx")
+    assert (original["name"], original["format"], exported["name"], exported["format"]) == ("original", "torch", "original-onnx", "onnx")
     card = zoo.card(MODEL)
     for entry in (original, exported):
         assert (bench_dir / entry["artifact"]).is_file()
@@ -219,7 +219,7 @@ def test_legends_sit_outside_the_data() -> None:
 def test_report_renders_self_contained_from_stored_results(bench_dir: Path, tmp_path: Path) -> None:
     out = reports.render([bench_dir], tmp_path / "report.html")
     html = out.read_text()
-    assert "seed-cnn" in html and "onnx-fp32" in html and "No GPU was present" in html
+    assert "seed-cnn" in html and "original-onnx" in html and "No GPU was present" in html
     sources = re.findall(r'<img[^>]*\ssrc="([^"]*)"', html)
     assert len(sources) >= 5 and all(s.startswith("data:image/png;base64,") for s in sources)  # tradeoffs, sizes, confusions
     assert not re.search(r'(src|href)="(https?:)?//', html), "no external resource may be referenced"
@@ -358,7 +358,7 @@ def test_explain_and_sensitivity_sections_render_when_present(results: dict, tmp
     run = copy.deepcopy(results)
     run["_dir"] = str(tmp_path)
     assert "Explanations" not in reports.render([run], tmp_path / "plain.html").read_text()  # absent data, absent section
-    _explain_json(tmp_path / "explain-onnx-fp32", "onnx-fp32")  # found inside the run folder without being named
+    _explain_json(tmp_path / "explain-original-onnx", "original-onnx")  # found inside the run folder without being named
     run["sensitivity"] = {  # compress/sensitivity.py's layout
         "metric": "accuracy", "higher_is_better": True, "baseline": 0.98, "evaluated_on": "256 of 1000 test images",
         "pruning": {"method": "magnitude", "ratios": [0.5, 0.9], "layers": {"conv1.weight": {"params": 288, "values": [0.97, 0.6]},
@@ -392,7 +392,7 @@ def test_several_runs_side_by_side_and_incomparable_runs(bench_dir: Path, tmp_pa
 def test_cli_report(bench_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "r.html"
     assert cli.main(["report", str(bench_dir), "--out", str(out)]) == 0
-    assert out.is_file() and "onnx-fp32" in out.read_text()
+    assert out.is_file() and "original-onnx" in out.read_text()
 
 
 @pytest.mark.parametrize("setup, message", [
@@ -545,7 +545,7 @@ def test_memory_under_the_columns_step_is_not_shown_as_zero(results: dict, tmp_p
     run = copy.deepcopy(results)
     run["variants"][1]["latency"]["cpu"]["peak_memory"] = memory
     html = reports.render([run], tmp_path / "mem.html").read_text()
-    row = re.search(r'<span class="nw">onnx-fp32</span> <span class="fmt">.*?</tr>', html, re.S).group(0)
+    row = re.search(r'<span class="nw">original-onnx</span> <span class="fmt">.*?</tr>', html, re.S).group(0)
     cell = re.search(r'<td class="mem[^>]*>[^<]*</td>', row).group(0)
     assert cell.endswith(f">{shown}</td>")
     if title is None:
