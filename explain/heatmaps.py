@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from matplotlib.ticker import ScalarFormatter
+from matplotlib.ticker import FixedLocator, MaxNLocator, ScalarFormatter
 
 from zoo.cards import write_atomic
 
@@ -178,8 +178,11 @@ def grid(
                 vmax = 1.0
             artist = draw_map(axes[row, col + 1], to_image(images[row]), amap, vmax=vmax, signed=signed)
         axes[0, col + 1].set_title(_wrapped(name.replace("noise_tunnel:", "smooth ").replace("_", " "), 1.4, 9), fontsize=9)
-        bar = fig.colorbar(artist, ax=axes[:, col + 1].tolist(), orientation="horizontal", fraction=0.9 / (n + 4), aspect=12, format=_scale_formatter())
-        bar.ax.tick_params(labelsize=6)
+        # three ticks at 7 pt: five at 6 pt were hard to read, and neighbouring bars' end labels ran together ("1.0 0.0")
+        bar = fig.colorbar(artist, ax=axes[:, col + 1].tolist(), orientation="horizontal", fraction=0.9 / (n + 4), aspect=12, shrink=0.9,
+                           format=_scale_formatter())
+        bar.ax.xaxis.set_major_locator(FixedLocator([-1.0, 0.0, 1.0] if signed else [0.0, 0.5, 1.0]) if column_vmax is None else MaxNLocator(3))
+        bar.ax.tick_params(labelsize=7)
         bar.ax.xaxis.get_offset_text().set_fontsize(7)
         bar.set_label("attribution" if shared_scale else "relative", fontsize=7)
     for row in range(n):

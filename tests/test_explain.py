@@ -342,3 +342,24 @@ def test_drift_figure_keeps_each_figure_beside_its_floor_and_its_max_diff_readab
     labels = [t for ax in fig.axes for t in ax.texts if t.get_text().startswith("max |diff|")]
     assert len(labels) == 2 and all(t.get_bbox_patch() is not None and t.get_bbox_patch().get_facecolor()[:3] == (1.0, 1.0, 1.0) for t in labels)
     heatmaps.png_bytes(fig)
+
+
+def test_the_grids_colour_bar_labels_are_legible_and_apart(digits):
+    """README walkthrough: 6 pt labels, five to a bar, and neighbouring bars' end labels nearly touching ("1.0 0.0")."""
+    x = digits[0][:2]
+    maps = {name: torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(i)) for i, name in enumerate(["a", "b", "c", "d"])}
+    maps["b"] = maps["b"].abs()  # an unsigned column: 0 to 1
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = heatmaps.grid(x, maps)
+    canvas = FigureCanvasAgg(fig)  # drawn on Agg, as the PNG is
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    bars = sorted((ax for ax in fig.axes if getattr(ax, "_colorbar", None) is not None), key=lambda ax: ax.get_position().x0)
+    spans = []
+    for ax in bars:
+        labels = [t for t in ax.get_xticklabels() if t.get_text() and t.get_visible()]
+        assert len(labels) == 3 and all(t.get_fontsize() >= 7 for t in labels)
+        boxes = [t.get_window_extent(renderer) for t in labels]
+        spans.append((min(b.x0 for b in boxes), max(b.x1 for b in boxes)))
+    assert all(right + 8 < left for (_, right), (left, _) in zip(spans, spans[1:])), spans  # pixels between neighbours
