@@ -54,7 +54,9 @@ def run_variants(run_dir: Path, threads: int, trust_code: bool = False) -> tuple
     if not found:
         raise ReportError(f"{run_dir} holds no saved variants (*{METADATA_SUFFIX} in {run_dir / 'variants'})")
     variants = [load_variant(p, threads=threads, trust_code=trust_code) for p in found]
-    example = torch.zeros(1, *run_input_shape(run_dir))
+    model = results.get("model")
+    # a zoo model's own inputs (a generator's latent vectors); a user's model's recorded shape
+    example = timing_inputs(model, 1) if model in zoo.list_models() else torch.zeros(1, *run_input_shape(run_dir))
     for variant in variants:
         _check_runs(variant, example, run_dir)
     order = {v["name"]: i for i, v in enumerate(results["variants"])}
@@ -65,7 +67,7 @@ def run_variants(run_dir: Path, threads: int, trust_code: bool = False) -> tuple
 def _check_runs(variant: Any, example: torch.Tensor, run_dir: Path) -> None:
     """Refuse in one line a loaded variant that fails on an input of its run's shape (its builder's code changed since, say)."""
     try:
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference mode: a compiled PT2E program would recompile for its tensors
             variant(example)
     except Exception as exc:  # noqa: BLE001 - any error of a user's forward; bench measures nothing of a model that cannot run
         detail = " ".join(str(exc).split())[:200] or type(exc).__name__

@@ -50,7 +50,8 @@ def _cpu_seconds() -> tuple[float, float] | None:
         return None
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle and iowait
     times = os.times()
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), times.user + times.system
+    # user, nice, system, idle, iowait, irq, softirq: steal (what a hypervisor took) is no other process's work
+    return (sum(fields[:7]) - idle) / os.sysconf("SC_CLK_TCK"), times.user + times.system
 
 
 def other_processes_cpus(start: tuple[float, float] | None, end: tuple[float, float] | None, seconds: float) -> float | None:

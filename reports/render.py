@@ -231,7 +231,9 @@ def run_context(run: dict[str, Any]) -> dict[str, Any]:
     # Other processes' CPU time during the rounds decides where it was measured; the load average, which also
     # counts the run's own training just before, only for results written before that.
     advice = "latencies and speed-ups are unreliable, PyTorch's multi-threaded ones most. Re-run `slimlens bench` on an idle machine."
-    if others and max(others) > OTHER_WORK_CPUS:
+    threads = _num(_lat(original, "cpu").get("threads")) or 1
+    # on a machine with cores to spare beyond the timed threads, other work there competes little
+    if others and cpus and max(others) > OTHER_WORK_CPUS + max(0.0, cpus - threads - 1):
         busy = f"Other processes kept {max(others):.1f} CPUs busy on average while these timings were taken: {advice}"
     elif not others and loads and cpus and max(loads) > cpus:
         busy = f"The machine was busy while these timings were taken (1-minute load average up to {max(loads):.1f} on {cpus:.0f} CPUs): {advice}"
