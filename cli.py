@@ -256,10 +256,10 @@ def _builder_path(model: str) -> str | None:
 def _compress_command(args: argparse.Namespace) -> str:
     import shlex
 
-    # absolute paths, so the command reproduces the run from any folder; --force, so it also does so where the run
-    # still is (it replaces only a folder an earlier slimlens run wrote)
+    # absolute paths, so the command reproduces the run from any folder; no --force, which would also delete what a
+    # user keeps inside the run folder (explain's output, which the report finds there)
     recipe = str(Path(args.recipe).resolve()) if Path(args.recipe).is_file() else args.recipe
-    parts = ["slimlens", "compress", args.model, "--recipe", recipe, "--out", str(Path(args.out).resolve()), "--force", "--seed", str(args.seed)]
+    parts = ["slimlens", "compress", args.model, "--recipe", recipe, "--out", str(Path(args.out).resolve()), "--seed", str(args.seed)]
     for flag, value in (("--weights", args.weights), ("--data", args.data), ("--data-root", args.data_root)):
         resolved = str(Path(value).resolve()) if value is not None and flag != "--data" else value
         parts += [flag, str(resolved)] if value is not None else []

@@ -40,7 +40,7 @@ def test_compress_end_to_end_with_a_builder_and_weights(tmp_path: Path, recipe: 
     assert results["variants"][0]["metrics"]["accuracy"] > 0.9
     assert results["command"].startswith("slimlens compress zoo.models.mlp:SimpleNet")
     # a command that reproduces the run from any folder: absolute paths, and the switches that shaped it
-    assert f"--out {out.resolve()} --force" in results["command"] and f"--recipe {recipe.resolve()}" in results["command"]
+    assert f"--out {out.resolve()} --seed" in results["command"] and f"--recipe {recipe.resolve()}" in results["command"]
     assert "--no-latency --no-report" in results["command"]
     assert all((out / v["artifact"]).is_file() for v in results["variants"])
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".run.")]  # the staging folder was renamed away
