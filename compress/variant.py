@@ -173,7 +173,7 @@ def removed_with(variant: Variant, folder: Path) -> Variant:
 
 
 def _import_from_here_too(module_name: str) -> Any:
-    """Import ``module_name``, also from the current folder, as ``python -m`` would: a console script's path leaves it out."""
+    """Import ``module_name``; when its package is nowhere on the path, from the current folder, which a console script's path leaves out."""
     import importlib
     import sys
 
@@ -184,8 +184,13 @@ def _import_from_here_too(module_name: str) -> Any:
         here = Path.cwd()
         if exc.name != top or str(here) in sys.path or not ((here / top).is_dir() or (here / f"{top}.py").is_file()):
             raise
+        # only for this import: left on the path, a file of the folder could stand in for a module imported later
+        # (an ./onnx.py for onnx); the package, once imported, finds its own submodules through its __path__
         sys.path.insert(0, str(here))
-        return importlib.import_module(module_name)
+        try:
+            return importlib.import_module(module_name)
+        finally:
+            sys.path.remove(str(here))
 
 
 def build_module(path: str) -> nn.Module:

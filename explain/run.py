@@ -197,7 +197,8 @@ def _card(request: Request) -> Any:
 def _refit_advice(model: str, made_from: str | None) -> str:
     """What to do about a variant that does not fit ``model``: it names this model, so its files or code changed; else it is another model's."""
     if made_from == model:
-        return f"it was made from {model}, so its files or {model}'s code changed since; re-run the compress command in its run's results.json"
+        return (f"it was made from {model}, so its files or {model}'s code changed since, or --data names another dataset than the run's; "
+                "re-run the compress command in its run's results.json")
     return "explain it beside the model it was compressed from"
 
 
