@@ -181,7 +181,7 @@ def grid(
         # three ticks at 7 pt: five at 6 pt were hard to read, and neighbouring bars' end labels ran together ("1.0 0.0")
         bar = fig.colorbar(artist, ax=axes[:, col + 1].tolist(), orientation="horizontal", fraction=0.9 / (n + 4), aspect=12, shrink=0.9,
                            format=_scale_formatter())
-        bar.ax.xaxis.set_major_locator(FixedLocator([-1.0, 0.0, 1.0] if signed else [0.0, 0.5, 1.0]) if column_vmax is None else MaxNLocator(3))
+        bar.locator = FixedLocator([-1.0, 0.0, 1.0] if signed else [0.0, 0.5, 1.0]) if column_vmax is None else MaxNLocator(2, symmetric=signed)
         bar.ax.tick_params(labelsize=7)
         bar.ax.xaxis.get_offset_text().set_fontsize(7)
         bar.set_label("attribution" if shared_scale else "relative", fontsize=7)
