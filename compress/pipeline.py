@@ -641,9 +641,8 @@ def _run_into(out: Path, model: nn.Module, recipe: Recipe, data: CompressionData
                  "original", [], 0.0)
 
     current, chain_steps, timings = model, [], []
-    current_entry = recorder.entries[0]
-    current_metrics = current_entry["metrics"]
-    run_warnings = original_warnings(data, current_metrics)
+    current_entry = recorder.entries[0]  # the variant the next step starts from: its metrics and sizes
+    run_warnings = original_warnings(data, current_entry["metrics"])
     for warning in run_warnings:
         progress(f"warning: original: {warning}")
     for index, recipe_step in enumerate(recipe.steps):
@@ -679,7 +678,7 @@ def _run_into(out: Path, model: nn.Module, recipe: Recipe, data: CompressionData
             # A step that trains several variants one after another (distill: student, then alone) times each.
             produced_in = own.get("training_seconds", seconds)
             made.append(recorder.add(produced, name, chain_steps + [{**step_record, **own}], produced_in, extra))
-        warnings = _step_warnings(data, recipe_step, current_metrics, made) + _size_warnings(recipe_step.step, made, current_entry, recorder.entries)
+        warnings = _step_warnings(data, recipe_step, current_entry["metrics"], made) + _size_warnings(recipe_step.step, made, current_entry, recorder.entries)
         if recipe_step.step in ("prune-unstructured", "weight-sharing"):  # a user's layer the step cannot treat stays as it was
             left = dense_weights_warning(outputs[0][1].variant.module) if hasattr(outputs[0][1].variant, "module") else None
             warnings += [left] if left else []
@@ -691,7 +690,6 @@ def _run_into(out: Path, model: nn.Module, recipe: Recipe, data: CompressionData
         if first.chains:
             current, chain_steps = first.variant.module, chain_steps + [step_record]
             current_entry = made[0]
-            current_metrics = current_entry["metrics"]
 
     extra: dict[str, Any] = {}
     if recipe.sensitivity is not None:

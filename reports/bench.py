@@ -42,7 +42,11 @@ def zoo_variants(model: str, folder: Path, onnx: bool = True) -> tuple[list[Any]
 
 def run_input_shape(run_dir: Path) -> tuple[int, ...]:
     """The input shape a run folder's model takes: recorded by compress, else the digits every user model is checked on."""
-    return tuple(read_results(run_dir).get("input_shape") or (1, 28, 28))
+    return _recorded_input_shape(read_results(run_dir))
+
+
+def _recorded_input_shape(results: dict[str, Any]) -> tuple[int, ...]:
+    return tuple(results.get("input_shape") or (1, 28, 28))
 
 
 def run_variants(run_dir: Path, threads: int, trust_code: bool = False) -> tuple[str | None, list[Any]]:
@@ -56,7 +60,7 @@ def run_variants(run_dir: Path, threads: int, trust_code: bool = False) -> tuple
     variants = [load_variant(p, threads=threads, trust_code=trust_code) for p in found]
     model = results.get("model")
     # a zoo model's own inputs (a generator's latent vectors); a user's model's recorded shape
-    example = timing_inputs(model, 1) if model in zoo.list_models() else torch.zeros(1, *run_input_shape(run_dir))
+    example = timing_inputs(model, 1) if model in zoo.list_models() else torch.zeros(1, *_recorded_input_shape(results))
     for variant in variants:
         _check_runs(variant, example, run_dir)
     order = {v["name"]: i for i, v in enumerate(results["variants"])}
